@@ -1,0 +1,79 @@
+"""Subject → shared-library call. Every path ends in exactly one reply."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from tipsml.contract import (ContractError, ErrorCode, ResetRequest, ScoreRequest, StatsRequest,
+                             error_bytes, parse)
+
+log = logging.getLogger(__name__)
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Handlers:
+    def __init__(self, scorer, writer, metrics, settings):
+        self.scorer = scorer
+        self.writer = writer
+        self.m = metrics
+        self.settings = settings
+
+    async def _respond(self, msg, subject: str, fn) -> None:
+        t0 = time.perf_counter()
+        code = "ok"
+        try:
+            out = await fn(msg)
+        except ContractError as e:
+            code = e.code.value
+            out = error_bytes(e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - the worker keeps serving
+            log.exception("internal error on %s", subject)
+            code = "internal"
+            out = error_bytes(ErrorCode.internal, f"{type(e).__name__}")
+        if msg.reply:
+            try:
+                await msg.respond(out)
+            except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
+                code = "reply_failed"
+        self.m.latency.labels(subject).observe(time.perf_counter() - t0)
+        self.m.requests.labels(subject, code).inc()
+
+    async def score(self, msg) -> None:
+        await self._respond(msg, "tips.score", self._score)
+
+    async def _score(self, msg) -> bytes:
+        req = parse(ScoreRequest, msg.data)
+        res = await self.scorer.score(req)
+        r = res.reply
+        self.m.decisions.labels(r["policy"], r["arm"], "live").inc()
+        if r["explored"]:
+            self.m.explored.labels(r["policy"]).inc()
+        if r["fallback"]:
+            self.m.fallbacks.labels("state_store").inc()
+        for s in r["shadow"]:
+            self.m.decisions.labels(s["policy"], s["arm"], "shadow").inc()
+            self.m.agreement.labels(s["policy"], "true" if s["arm"] == r["arm"] else "false").inc()
+        self.writer.submit(res.record, res.log)
+        return _dumps(r)
+
+    async def stats(self, msg) -> None:
+        await self._respond(msg, "tips.stats", self._stats)
+
+    async def _stats(self, msg) -> bytes:
+        req = parse(StatsRequest, msg.data)
+        return _dumps(await self.scorer.stats(req.user_id, req.policy))
+
+    async def reset(self, msg) -> None:
+        await self._respond(msg, "tips.reset", self._reset)
+
+    async def _reset(self, msg) -> bytes:
+        token = self.settings.admin_token
+        if token and (msg.headers or {}).get("Tips-Admin-Token") != token:
+            raise ContractError(ErrorCode.forbidden, "tips.reset is admin only")
+        req = parse(ResetRequest, msg.data)
+        return _dumps(await self.scorer.reset(req.user_id, req.policy))

@@ -1,0 +1,104 @@
+"""Scorer worker: ``tips.score`` / ``tips.stats`` / ``tips.reset`` on the ``scorer`` queue group.
+
+Raw nats-py on the hot path (FastStream's per-message overhead costs the 5 ms
+budget, see bench/score_bench.py); each message is handled in its own task so
+one slow Redis call never queues the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tipsml import metrics as M
+from tipsml import subjects as S
+from tipsml.decisionlog import DecisionLogWriter
+from tipsml.natsutil import connect, ensure_streams
+from tipsml.scoring import Scorer
+from tipsml.state import StateStore
+from tipsml.worker import announce, run_main, setup_logging, stop_event
+
+from .handlers import Handlers
+from .settings import ScorerSettings
+
+log = logging.getLogger("scorer")
+
+
+class ScorerMetrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram("scorer_request_latency_seconds", "handler latency per subject",
+                                 ["subject"], buckets=M.LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("scorer_requests_total", "requests by subject and outcome code",
+                                ["subject", "code"], registry=r)
+        self.decisions = Counter("scorer_decisions_total", "decisions by policy, arm and role",
+                                 ["policy", "arm", "role"], registry=r)
+        self.explored = Counter("scorer_explored_total", "live decisions that explored",
+                                ["policy"], registry=r)
+        self.agreement = Counter("scorer_shadow_agreement_total",
+                                 "shadow decisions agreeing with the live arm", ["policy", "agree"],
+                                 registry=r)
+        self.fallbacks = Counter("scorer_fallback_total", "uniform fallback decisions", ["reason"],
+                                 registry=r)
+        self.dropped = Counter("scorer_decision_log_dropped_total",
+                               "decisions not logged because the writer queue was full",
+                               registry=r)
+        self.errors = Counter("scorer_decision_log_errors_total", "decision log write failures",
+                              ["sink"], registry=r)
+        self.queue = Gauge("scorer_decision_log_queue", "decisions waiting to be logged",
+                           registry=r)
+
+
+async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    m = ScorerMetrics()
+    port = M.serve(m.registry, settings.metrics_port)
+    store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
+                                lam=settings.ridge_lambda)
+    nc = await connect(settings, "scorer")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    scorer = Scorer(settings, store)
+    writer = DecisionLogWriter(store, js, maxsize=settings.decision_queue_max, metrics=m)
+    writer.start()
+    h = Handlers(scorer, writer, m, settings)
+    tasks: set[asyncio.Task] = set()
+
+    def spawn(fn):
+        async def cb(msg):
+            t = asyncio.create_task(fn(msg))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+        return cb
+
+    subs = [
+        await nc.subscribe(S.TIPS_SCORE, queue=S.Q_SCORER, cb=spawn(h.score)),
+        await nc.subscribe(S.TIPS_STATS, queue=S.Q_SCORER, cb=spawn(h.stats)),
+        await nc.subscribe(S.TIPS_RESET, queue=S.Q_SCORER, cb=spawn(h.reset)),
+    ]
+    await nc.flush()
+    announce("scorer", metrics_port=port, policy=settings.default_policy,
+             shadow=settings.shadow_policies)
+    if ready:
+        ready.set()
+    stop = stop or stop_event()
+    await stop.wait()
+    for s in subs:
+        await s.unsubscribe()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+    await writer.drain()
+    await nc.drain()
+    await store.close()
+
+
+def run() -> None:
+    settings = ScorerSettings()
+    setup_logging(settings.log_level)
+    run_main(lambda: serve(settings))
+
+
+if __name__ == "__main__":
+    run()

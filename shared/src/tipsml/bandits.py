@@ -1,0 +1,189 @@
+"""Contextual-bandit policies: pure numpy, no I/O.
+
+Every policy keeps one disjoint ridge-regression model per arm:
+``A = λI + Σ x xᵀ`` (stored as its inverse, updated by Sherman–Morrison so the
+request path never inverts a matrix), ``b = Σ r x``, ``θ = A⁻¹ b``.
+
+* ``egreedy``  — argmax θ·x with probability 1-ε, uniform otherwise.
+  propensity(a) = ε/K + (1-ε)/|G| if a is among the |G| tied greedy arms, else ε/K.
+* ``linucb``   — disjoint LinUCB (Li et al. 2010): argmax θ·x + α√(xᵀA⁻¹x),
+  ties broken uniformly, so propensity = 1/|ties| (deterministic otherwise).
+* ``thompson`` — linear Thompson sampling: θ_a ~ N(θ̂_a, v²A_a⁻¹). Only θ_a·x
+  matters, which is exactly N(θ̂_a·x, v² xᵀA_a⁻¹x), so sampling is one normal
+  per arm. Its propensity P(a = argmax) has no closed form; it is estimated by
+  M extra draws (``THOMPSON_SAMPLES``) and floored at 1/(M+1).
+
+State of one arm is one packed float64 vector ``[n, reward_sum, b(D), A⁻¹(D·D)]``,
+the same layout the Redis Lua update script reads and writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .features import FS_CTX, FS_CTX_PROFILE, FeatureSet
+
+HEADER = 2  # n, reward_sum
+
+
+def packed_len(dim: int) -> int:
+    return HEADER + dim + dim * dim
+
+
+def initial_arm(dim: int, lam: float) -> np.ndarray:
+    v = np.zeros(packed_len(dim))
+    v[HEADER + dim:] = (np.eye(dim) / lam).ravel()
+    return v
+
+
+def unpack(blob: bytes | None, dim: int, lam: float) -> np.ndarray:
+    if not blob:
+        return initial_arm(dim, lam)
+    v = np.frombuffer(blob, dtype="<f8")
+    if v.shape[0] != packed_len(dim):  # dimension changed: start afresh rather than crash
+        return initial_arm(dim, lam)
+    return v
+
+
+def pack(v: np.ndarray) -> bytes:
+    return np.asarray(v, dtype="<f8").tobytes()
+
+
+def split(v: np.ndarray, dim: int):
+    """(n, reward_sum, b, A_inv) views of a packed arm vector."""
+    return v[0], v[1], v[HEADER:HEADER + dim], v[HEADER + dim:].reshape(dim, dim)
+
+
+def sherman_morrison_update(v: np.ndarray, x: np.ndarray, r: float) -> np.ndarray:
+    """Reference (numpy) version of the Lua update: one reward r observed with features x."""
+    dim = x.shape[0]
+    out = np.array(v, dtype=np.float64, copy=True)
+    n, rs, b, ainv = split(out, dim)
+    u = ainv @ x
+    denom = 1.0 + float(x @ u)
+    ainv -= np.outer(u, u) / denom
+    b += r * x
+    out[0] = n + 1
+    out[1] = rs + r
+    return out
+
+
+@dataclass(frozen=True)
+class Choice:
+    arm: str
+    index: int
+    propensity: float
+    explored: bool
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    kind: str  # egreedy | linucb | thompson
+    features: FeatureSet
+    lam: float = 1.0
+    epsilon: float = 0.1
+    alpha: float = 0.5
+    v: float = 0.3
+    samples: int = 256
+    global_model: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return self.features.dim
+
+    @property
+    def version(self) -> str:
+        p = {"egreedy": f"eps={self.epsilon:g}", "linucb": f"alpha={self.alpha:g}",
+             "thompson": f"v={self.v:g},m={self.samples}"}[self.kind]
+        return f"{self.name}/{self.kind}/{self.features.version}/{p},lambda={self.lam:g}"
+
+    def stack(self, blobs: list[bytes | None]):
+        d = self.dim
+        vs = np.stack([unpack(b, d, self.lam) for b in blobs])
+        b = vs[:, HEADER:HEADER + d]
+        ainv = vs[:, HEADER + d:].reshape(len(blobs), d, d)
+        return vs, b, ainv
+
+    def choose(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
+               rng: np.random.Generator) -> Choice:
+        k = len(arms)
+        _, b, ainv = self.stack(blobs)
+        u = ainv @ x                      # (K, D): A⁻¹x per arm
+        mean = np.einsum("kd,kd->k", u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
+        if self.kind == "egreedy":
+            greedy = np.flatnonzero(mean >= mean.max() - 1e-12)
+            explored = bool(rng.random() < self.epsilon)
+            idx = int(rng.integers(k)) if explored else int(greedy[rng.integers(len(greedy))])
+            p = self.epsilon / k + ((1.0 - self.epsilon) / len(greedy) if idx in greedy else 0.0)
+            scores = mean
+        elif self.kind == "linucb":
+            width = np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+            scores = mean + self.alpha * width
+            top = np.flatnonzero(scores >= scores.max() - 1e-12)
+            idx = int(top[rng.integers(len(top))])
+            p = 1.0 / len(top)
+            explored = bool(mean[idx] < mean.max() - 1e-12)
+        elif self.kind == "thompson":
+            sd = self.v * np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+            draw = mean + sd * rng.standard_normal(k)
+            idx = int(np.argmax(draw))
+            m = self.samples
+            sims = mean + sd * rng.standard_normal((m, k))
+            counts = np.bincount(np.argmax(sims, axis=1), minlength=k)
+            p = max(counts[idx] / m, 1.0 / (m + 1))
+            explored = bool(mean[idx] < mean.max() - 1e-12)
+            scores = mean
+        else:  # pragma: no cover - guarded by build_policies
+            raise ValueError(self.kind)
+        return Choice(arms[idx], idx, float(min(p, 1.0)), explored,
+                      {a: float(s) for a, s in zip(arms, scores)})
+
+    def selection_probs(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
+        """Full distribution over arms (for off-policy evaluation)."""
+        k = len(arms)
+        _, b, ainv = self.stack(blobs)
+        u = ainv @ x
+        mean = np.einsum("kd,kd->k", u, b)
+        if self.kind == "egreedy":
+            greedy = np.flatnonzero(mean >= mean.max() - 1e-12)
+            p = np.full(k, self.epsilon / k)
+            p[greedy] += (1.0 - self.epsilon) / len(greedy)
+            return p
+        if self.kind == "linucb":
+            s = mean + self.alpha * np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+            top = np.flatnonzero(s >= s.max() - 1e-12)
+            p = np.zeros(k)
+            p[top] = 1.0 / len(top)
+            return p
+        rng = rng or np.random.default_rng(0)
+        sd = self.v * np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+        sims = mean + sd * rng.standard_normal((max(self.samples, 1024), k))
+        return np.bincount(np.argmax(sims, axis=1), minlength=k) / sims.shape[0]
+
+
+POLICY_KINDS = {
+    "egreedy-v1": ("egreedy", FS_CTX),
+    "egreedy-v2": ("egreedy", FS_CTX_PROFILE),
+    "linucb": ("linucb", FS_CTX),
+    "linucb-v2": ("linucb", FS_CTX_PROFILE),
+    "thompson": ("thompson", FS_CTX),
+    "thompson-v2": ("thompson", FS_CTX_PROFILE),
+}
+
+
+def build_policies(settings) -> dict[str, Policy]:
+    """The policy registry, parameterised from settings (one entry per policy name)."""
+    out = {}
+    for name, (kind, fs) in POLICY_KINDS.items():
+        out[name] = Policy(
+            name=name, kind=kind, features=fs, lam=settings.ridge_lambda,
+            epsilon=settings.epsilon, alpha=settings.linucb_alpha, v=settings.thompson_v,
+            samples=settings.thompson_samples, global_model=name in settings.global_policies,
+        )
+    return out

@@ -1,0 +1,164 @@
+"""Feature builders shared by the scorer, the generator and the simulator.
+
+Two declared tables, as the seeds describe:
+
+* ``CONTEXT_FEATURES`` — request-time (JIT) fields: freshness, source, fallback.
+  Never cached; derived at the moment of the call.
+* ``PROFILE_SCHEMA`` — batched user-level features computed by the recommender
+  and shipped on every call as ``profile_features``: name, dtype, TTL, source,
+  null fallback. A missing or null (or ill-typed) feature uses its fallback,
+  never an error.
+
+Vectors:
+
+* ``context_vector`` — D=7: bias, sin/cos of the hour, weekend flag,
+  task load (log-scaled), overdue share, mean priority.
+* ``profile_vector`` — 5 dims: completion rate, dismiss rate, mean dwell
+  clipped at 10 min (scaled to [0, 1]), preferred-hour alignment as a cosine,
+  log tip volume (scaled).
+* ``FEATURE_SETS`` — which policy uses which vector (egreedy-v1/linucb/thompson: D=7,
+  egreedy-v2: D=12).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ContextFeature:
+    name: str
+    dtype: str
+    freshness: str
+    source: str
+    fallback: Any
+
+
+@dataclass(frozen=True)
+class ProfileFeature:
+    name: str
+    dtype: str
+    ttl_s: int
+    source: str
+    fallback: Any
+    lo: float | None = None
+    hi: float | None = None
+
+
+CONTEXT_FEATURES: dict[str, ContextFeature] = {
+    f.name: f
+    for f in (
+        ContextFeature("hour_of_day", "int", "jit", "request.context or server clock (UTC)",
+                       "server clock hour"),
+        ContextFeature("day_of_week", "int", "jit", "request.context or server clock (UTC)",
+                       "server clock weekday"),
+        ContextFeature("tasks", "list[Task]", "jit", "request.context (live task feed)", []),
+    )
+}
+
+PROFILE_SCHEMA: dict[str, ProfileFeature] = {
+    f.name: f
+    for f in (
+        ProfileFeature("completion_rate", "float", 86400, "recommender.profile", 0.3, 0.0, 1.0),
+        ProfileFeature("dismiss_rate", "float", 86400, "recommender.profile", 0.3, 0.0, 1.0),
+        ProfileFeature("mean_dwell_ms", "float", 86400, "recommender.profile", 15000.0, 0.0, None),
+        ProfileFeature("preferred_hour", "int", 7 * 86400, "recommender.profile", None, 0, 23),
+        ProfileFeature("tip_volume", "int", 86400, "recommender.profile", 0, 0, None),
+    )
+}
+
+CONTEXT_DIM = 7
+PROFILE_DIM = 5
+DWELL_CLIP_MS = 600_000.0  # 10 minutes
+TIP_VOLUME_SCALE = math.log1p(1000.0)
+TASK_LOAD_SCALE = math.log1p(20.0)
+
+FEATURE_VERSION_CTX = "ctx7-v1"
+FEATURE_VERSION_CTX_PROFILE = "ctx7+prof5-v1"
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return None
+
+
+def resolve_profile(profile: dict | None) -> dict[str, Any]:
+    """Every declared profile feature with its value or its fallback (range-checked)."""
+    profile = profile or {}
+    out: dict[str, Any] = {}
+    for name, spec in PROFILE_SCHEMA.items():
+        v = _num(profile.get(name))
+        if v is None or (spec.lo is not None and v < spec.lo) or (spec.hi is not None and v > spec.hi):
+            out[name] = spec.fallback
+        else:
+            out[name] = int(v) if spec.dtype == "int" else v
+    return out
+
+
+def resolve_time(context: Any, now: _dt.datetime | None = None) -> tuple[int, int]:
+    hour = getattr(context, "hour_of_day", None) if context is not None else None
+    dow = getattr(context, "day_of_week", None) if context is not None else None
+    if hour is None or dow is None:
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        hour = now.hour if hour is None else hour
+        dow = now.weekday() if dow is None else dow
+    return int(hour), int(dow)
+
+
+def context_vector(hour: int, dow: int, tasks: list | None) -> np.ndarray:
+    tasks = tasks or []
+    n = len(tasks)
+    overdue = sum(1 for t in tasks if getattr(t, "overdue", None)) if n else 0
+    prios = [t.priority for t in tasks if getattr(t, "priority", None) is not None]
+    ang = 2.0 * math.pi * hour / 24.0
+    return np.array(
+        [
+            1.0,
+            math.sin(ang),
+            math.cos(ang),
+            1.0 if dow >= 5 else 0.0,
+            min(math.log1p(n) / TASK_LOAD_SCALE, 1.5),
+            overdue / n if n else 0.0,
+            (sum(prios) / len(prios)) / 4.0 if prios else 0.0,
+        ],
+        dtype=np.float64,
+    )
+
+
+def profile_vector(profile: dict | None, hour: int) -> np.ndarray:
+    p = resolve_profile(profile)
+    dwell = min(max(float(p["mean_dwell_ms"]), 0.0), DWELL_CLIP_MS) / DWELL_CLIP_MS
+    ph = p["preferred_hour"]
+    align = 0.0 if ph is None else math.cos(2.0 * math.pi * (hour - ph) / 24.0)
+    vol = min(math.log1p(max(float(p["tip_volume"]), 0.0)) / TIP_VOLUME_SCALE, 1.5)
+    return np.array([p["completion_rate"], p["dismiss_rate"], dwell, align, vol], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    name: str
+    dim: int
+    version: str
+    uses_profile: bool
+
+
+FS_CTX = FeatureSet("ctx7", CONTEXT_DIM, FEATURE_VERSION_CTX, False)
+FS_CTX_PROFILE = FeatureSet("ctx7+prof5", CONTEXT_DIM + PROFILE_DIM, FEATURE_VERSION_CTX_PROFILE, True)
+
+
+def build_vector(fs: FeatureSet, context: Any, profile: dict | None,
+                 now: _dt.datetime | None = None) -> np.ndarray:
+    hour, dow = resolve_time(context, now)
+    x = context_vector(hour, dow, getattr(context, "tasks", None) if context is not None else None)
+    if fs.uses_profile:
+        x = np.concatenate([x, profile_vector(profile, hour)])
+    return x

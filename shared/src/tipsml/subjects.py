@@ -1,0 +1,96 @@
+"""Subjects, streams and durable-consumer configs: defined once, here.
+
+Every stream is created idempotently at start-up by :func:`tipsml.natsutil.ensure_streams`;
+every durable states ack_wait / max_deliver / backoff / max_ack_pending, and
+``ensure_consumer`` updates an existing durable whose config drifted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# request-reply
+TIPS_SCORE = "tips.score"
+TIPS_STATS = "tips.stats"
+TIPS_RESET = "tips.reset"
+TIPS_GENERATE = "tips.generate"
+BENCH_LEADERBOARD = "bench.leaderboard"
+
+# JetStream subjects
+SIGNALS = "signals.>"
+FEEDBACK = "feedback.>"
+DECISIONS = "decisions.>"
+BENCH_RUN = "bench.run"
+BENCH_STATUS = "bench.status"  # bench.status.<job_id>
+DLQ_PREFIX = "dlq"  # dlq.<stream>.<reason>
+DLQ_FEEDBACK = "dlq.feedback"
+DLQ_SIGNALS = "dlq.signals"
+DLQ_BENCH = "dlq.bench"
+
+
+def decisions_subject(policy: str) -> str:
+    return f"decisions.{policy}"
+
+
+# queue groups (replicas of a worker share load)
+Q_SCORER = "scorer"
+Q_GENERATOR = "generator"
+Q_BENCH = "bench-worker"
+
+DAY_NS = 86_400 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: int
+    duplicate_window_s: int = 120
+    max_bytes: int = -1
+    retention: str = "limits"  # limits | workqueue | interest
+    storage: str = "file"
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait_s: float
+    max_deliver: int
+    backoff_s: tuple[float, ...] = field(default_factory=tuple)
+    max_ack_pending: int = 1000
+
+
+STREAMS: dict[str, StreamSpec] = {
+    s.name: s
+    for s in (
+        StreamSpec("SIGNALS", ("signals.>",), max_age_s=7 * 86400, duplicate_window_s=300),
+        StreamSpec("FEEDBACK", ("feedback.>",), max_age_s=14 * 86400, duplicate_window_s=600),
+        StreamSpec("DECISIONS", ("decisions.>",), max_age_s=30 * 86400, duplicate_window_s=120),
+        StreamSpec("BENCH", ("bench.run", "bench.cell.>"), max_age_s=7 * 86400,
+                   duplicate_window_s=3600, retention="workqueue"),
+        StreamSpec("BENCH_STATUS", ("bench.status.>",), max_age_s=7 * 86400),
+        StreamSpec("DEADLETTER", ("dlq.>",), max_age_s=30 * 86400),
+    )
+}
+
+FEEDBACK_CONSUMER = ConsumerSpec(
+    stream="FEEDBACK",
+    durable="feedback-consumer",
+    filter_subject="feedback.>",
+    ack_wait_s=30.0,
+    max_deliver=8,
+    backoff_s=(1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 60.0),
+    max_ack_pending=2000,
+)
+
+SIGNALS_CONSUMER = ConsumerSpec(
+    stream="SIGNALS",
+    durable="generator-signals",
+    filter_subject="signals.>",
+    ack_wait_s=60.0,
+    max_deliver=5,
+    backoff_s=(2.0, 10.0, 30.0, 60.0),
+    max_ack_pending=200,
+)

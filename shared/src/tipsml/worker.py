@@ -1,0 +1,46 @@
+"""Worker plumbing shared by every service: logging, uvloop, signals, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def stop_event() -> asyncio.Event:
+    """An event set on SIGINT/SIGTERM (graceful shutdown)."""
+    ev = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, ev.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover
+            pass
+    return ev
+
+
+def announce(service: str, **info) -> None:
+    """One machine-readable ready line on stdout (the launcher and tests wait for it)."""
+    print(json.dumps({"ready": service, "pid": os.getpid(), **info}), flush=True)
+
+
+def run_main(coro_fn) -> None:
+    install_uvloop()
+    asyncio.run(coro_fn())
