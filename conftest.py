@@ -58,3 +58,40 @@ async def redis_client(stack):
 def uid() -> str:
     """A fresh id per test so tests never share users, subjects or decisions."""
     return uuid.uuid4().hex[:12]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def scorer_service(stack):
+    """The scorer worker, in-process on the session loop, against the embedded stack."""
+    import asyncio
+
+    from scorer.main import serve
+    from scorer.settings import ScorerSettings
+
+    settings = ScorerSettings(nats_url=stack.nats_url, redis_url=stack.redis_url, metrics_port=-1,
+                              redis_timeout_s=0.5)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(settings, ready, stop))
+    await asyncio.wait_for(ready.wait(), 30)
+    yield settings
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def feedback_service(stack):
+    """One feedback consumer, in-process (ack_wait shortened so redelivery tests are quick)."""
+    import asyncio
+
+    from feedback_consumer.main import serve
+    from feedback_consumer.settings import FeedbackSettings
+
+    settings = FeedbackSettings(nats_url=stack.nats_url, redis_url=stack.redis_url,
+                                metrics_port=-1, feedback_ack_wait_s=3.0,
+                                feedback_backoff_s=[0.2, 0.5, 1.0], feedback_max_deliver=4)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(settings, ready, stop))
+    await asyncio.wait_for(ready.wait(), 30)
+    yield settings
+    stop.set()
+    await asyncio.wait_for(task, 30)

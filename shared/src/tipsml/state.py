@@ -40,23 +40,30 @@ def event_key(event_id: str) -> str:
     return f"tips:evt:{event_id}"
 
 
-# KEYS[1] event key, KEYS[2] decision key
+def generation_key(decision_id: str) -> str:
+    """Written by the generator: which prompt version wrote the tip of this decision."""
+    return f"tips:gen:{decision_id}"
+
+
+# KEYS[1] event key, KEYS[2] decision key, KEYS[3] generation key (prompt version)
 # ARGV[1] reward, ARGV[2] event-claim ttl (s), ARGV[3] ridge lambda, ARGV[4] user id
+# returns {outcome, policy, arm, prompt_version}
 APPLY_REWARD_LUA = r"""
+local pv = redis.call('HGET', KEYS[3], 'prompt_version') or ''
 local prev = redis.call('GET', KEYS[1])
-if prev then return {'duplicate', prev} end
+if prev then return {'duplicate', prev, '', pv} end
 local d = redis.call('HMGET', KEYS[2], 'user', 'arm', 'learners', 'rewarded', 'policy')
 if not d[1] then
   redis.call('SET', KEYS[1], 'expired', 'EX', ARGV[2])
-  return {'expired', ''}
+  return {'expired', '', '', pv}
 end
 if d[1] ~= ARGV[4] then
   redis.call('SET', KEYS[1], 'mismatch', 'EX', ARGV[2])
-  return {'mismatch', d[5]}
+  return {'mismatch', d[5], d[2], pv}
 end
 if d[4] then
   redis.call('SET', KEYS[1], 'already_rewarded', 'EX', ARGV[2])
-  return {'already_rewarded', d[5]}
+  return {'already_rewarded', d[5], d[2], pv}
 end
 local r = tonumber(ARGV[1])
 local lam = tonumber(ARGV[3])
@@ -102,14 +109,16 @@ for p in string.gmatch(d[3], '[^,]+') do
 end
 redis.call('HSET', KEYS[2], 'rewarded', ARGV[1])
 redis.call('SET', KEYS[1], 'applied', 'EX', ARGV[2])
-return {'applied', d[5]}
+return {'applied', d[5], d[2], pv}
 """
 
 
 @dataclass(frozen=True)
 class ApplyResult:
     outcome: str  # applied | duplicate | expired | mismatch | already_rewarded
-    policy: str
+    policy: str   # deciding policy (for duplicate: the first outcome)
+    arm: str
+    prompt_version: str
 
 
 class StateStore:
@@ -157,12 +166,11 @@ class StateStore:
     async def apply_reward(self, event_id: str, decision_id: str, user_id: str,
                            reward: float) -> ApplyResult:
         res = await self._apply(
-            keys=[event_key(event_id), decision_key(decision_id)],
+            keys=[event_key(event_id), decision_key(decision_id), generation_key(decision_id)],
             args=[repr(float(reward)), self.reward_window_s * 2, repr(self.lam), user_id],
         )
-        outcome = res[0].decode() if isinstance(res[0], bytes) else res[0]
-        pol = res[1].decode() if isinstance(res[1], bytes) else (res[1] or "")
-        return ApplyResult(outcome, pol)
+        vals = [v.decode() if isinstance(v, bytes) else (v or "") for v in res]
+        return ApplyResult(*vals[:4])
 
     async def get_decision(self, decision_id: str) -> dict[str, str]:
         raw = await self.r.hgetall(decision_key(decision_id))

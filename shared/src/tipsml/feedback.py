@@ -1,0 +1,79 @@
+"""Feedback → reward → bandit update, exactly once (logic of the feedback consumer).
+
+Per message: validate → reward from the declared table → one Lua script (idempotency
+claim on event_id + join to the decision + Sherman–Morrison update) → ack.
+
+* invalid payload (poison): dead-lettered at once (``dlq.feedback``) and acked;
+* Redis error (transient): nak with a delay that grows with the delivery count;
+  after ``max_deliver`` deliveries: dead-lettered (with the reason) and acked;
+* unknown / expired decision, user mismatch, duplicate event, second reward for a
+  decision: counted and acked, state untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .contract import ContractError, Feedback, parse
+from .natsutil import publish_dead_letter
+from .rewards import reward_of
+from .state import StateStore
+from . import subjects as S
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    kind: str  # applied | duplicate | expired | mismatch | already_rewarded | invalid | retry | dead_lettered
+    policy: str = ""
+    arm: str = ""
+    reaction: str = ""
+    reward: float = 0.0
+    prompt_version: str = ""
+
+
+class FeedbackProcessor:
+    def __init__(self, store: StateStore, js, *, max_deliver: int, backoff_s: tuple[float, ...],
+                 dlq_subject: str = S.DLQ_FEEDBACK):
+        self.store = store
+        self.js = js
+        self.max_deliver = max_deliver
+        self.backoff_s = backoff_s or (1.0,)
+        self.dlq_subject = dlq_subject
+
+    def _delay(self, delivered: int) -> float:
+        return self.backoff_s[min(max(delivered - 1, 0), len(self.backoff_s) - 1)]
+
+    async def handle(self, msg) -> Outcome:
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        try:
+            fb = parse(Feedback, msg.data)
+        except ContractError as e:
+            await self._dead_letter(msg, f"invalid_request: {e.message}", delivered)
+            return Outcome("invalid")
+        reward = reward_of(fb.reaction, fb.reward)
+        try:
+            res = await self.store.apply_reward(fb.event_id, fb.decision_id, fb.user_id, reward)
+        except Exception as e:  # noqa: BLE001 - Redis unavailable: retry later, never ack
+            if delivered >= self.max_deliver:
+                await self._dead_letter(msg, f"unapplied after {delivered} deliveries: {e!r}",
+                                        delivered)
+                return Outcome("dead_lettered", reaction=fb.reaction or "")
+            await msg.nak(delay=self._delay(delivered))
+            return Outcome("retry")
+        await msg.ack()
+        return Outcome(res.outcome, res.policy, res.arm, fb.reaction or "explicit", reward,
+                       fb.prompt_version or res.prompt_version)
+
+    async def _dead_letter(self, msg, reason: str, delivered: int) -> None:
+        hdrs = msg.headers or {}
+        try:
+            await publish_dead_letter(self.js, self.dlq_subject, msg.data, reason,
+                                      origin_subject=msg.subject, deliveries=delivered,
+                                      msg_id=hdrs.get("Nats-Msg-Id"))
+        except Exception:  # noqa: BLE001 - could not park it: leave it for redelivery
+            await msg.nak(delay=self._delay(delivered))
+            raise
+        await msg.term()
