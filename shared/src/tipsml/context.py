@@ -30,7 +30,7 @@ DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
 
 _DELIMS = re.compile(r"[<>`\"{}\[\]\\|]")
 _WS = re.compile(r"\s+")
-_TAGLIKE = re.compile(r"/?\s*(tasks|system|assistant|user|im_start|im_end)\b", re.I)
+_TAGLIKE = re.compile(r"/?\s*(tasks|system|assistant|user|im_start|im_end)\b", re.IGNORECASE)
 _SIGNAL_KIND = re.compile(r"[^a-z0-9_.-]")
 
 

@@ -82,11 +82,11 @@ class PromptVersion:
         """``version@hash``: what logs and benchmarks should record."""
         return f"{self.version}@{self.hash}"
 
-    def user_message(self, ctx: "PromptContext", arm: str) -> str:
+    def user_message(self, ctx: PromptContext, arm: str) -> str:
         return self.user_template.format(arm=arm, guidance=arm_guidance(arm),
                                          context=ctx.render())
 
-    def render(self, ctx: "PromptContext", arm: str) -> list[dict]:
+    def render(self, ctx: PromptContext, arm: str) -> list[dict]:
         """Chat messages for ``arm`` in context ``ctx`` (system, few-shot pairs, user)."""
         msgs: list[dict] = [{"role": "system", "content": self.system}]
         for u, a in self.examples:
@@ -121,23 +121,23 @@ _VERSIONS = (
         description="v1 persona plus curated examples",
         system=f"{_V1_PERSONA}\n{DATA_RULE}\n{FORMAT_RULE}",
         examples=(
-            ("Tip kind: focus_block — write a tip to protect one uninterrupted focus block "
+            (("Tip kind: focus_block — write a tip to protect one uninterrupted focus block "
              "for the most important task.\nTime: Tuesday 09:00 (morning).\n"
              "<tasks>\n- \"Write quarterly report\" (priority 4/4, overdue)\n</tasks>\n"
-             "Write the tip now.",
-             "Block the next 45 minutes for the quarterly report: close chat, silence your "
-             "phone and start with the section you know best."),
-            ("Tip kind: break_reminder — write a tip to take a short, restorative break "
+             "Write the tip now."),
+             ("Block the next 45 minutes for the quarterly report: close chat, silence your "
+             "phone and start with the section you know best.")),
+            (("Tip kind: break_reminder — write a tip to take a short, restorative break "
              "before energy runs out.\nTime: Thursday 15:00 (afternoon).\n"
              "<tasks>\n- \"Review pull requests\" (priority 2/4)\n</tasks>\n"
-             "Write the tip now.",
-             "Stand up for five minutes, drink a glass of water and look out of a window "
-             "before you review the next pull request."),
-            ("Tip kind: plan_tomorrow — write a tip to plan tomorrow briefly so the next day "
+             "Write the tip now."),
+             ("Stand up for five minutes, drink a glass of water and look out of a window "
+             "before you review the next pull request.")),
+            (("Tip kind: plan_tomorrow — write a tip to plan tomorrow briefly so the next day "
              "starts with clarity.\nTime: Monday 18:00 (evening).\n<tasks>\n</tasks>\n"
-             "Write the tip now.",
-             "Before you log off, write down the one task that would make tomorrow a good "
-             "day and put it first on your list."),
+             "Write the tip now."),
+             ("Before you log off, write down the one task that would make tomorrow a good "
+             "day and put it first on your list.")),
         ),
     ),
 )

@@ -1,0 +1,173 @@
+"""Generator worker: ``tips.generate`` (request-reply, ``generator`` queue group) and the
+durable JetStream consumer ``generator-signals`` on ``signals.>``.
+
+Raw nats-py on the request path (a cache hit is one Redis round trip; FastStream's
+per-message overhead would be most of the budget). Each request runs in its own task so
+one cache miss waiting on the LLM never queues the cache hits behind it. Signals are
+pulled in small batches, at most ``GENERATOR_SIGNAL_CONCURRENCY`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from tipsml import metrics as M
+from tipsml import prompts
+from tipsml import subjects as S
+from tipsml.generation import GenConfig, Generator
+from tipsml.llm import LLMClient, litellm_module
+from tipsml.natsutil import connect, ensure_consumer, ensure_streams
+from tipsml.worker import announce, run_main, setup_logging, stop_event
+
+from .handlers import Handlers
+from .settings import GeneratorSettings
+
+log = logging.getLogger("generator")
+
+
+class GeneratorMetrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram("generator_request_latency_seconds",
+                                 "tips.generate handler latency by tip source",
+                                 ["subject", "source"], buckets=M.LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("generator_requests_total", "requests by subject and outcome code",
+                                ["subject", "code"], registry=r)
+        self.served = Counter("generator_tips_served_total", "tips served by source and arm",
+                              ["source", "arm"], registry=r)
+        self.prompt_served = Counter("generator_prompt_served_total",
+                                     "tips served per prompt version", ["prompt_version"],
+                                     registry=r)
+        self.cache = Counter("generator_cache_requests_total", "candidate cache hits and misses",
+                             ["result"], registry=r)
+        self.fallbacks = Counter("generator_fallback_total", "fallback tips served, by reason",
+                                 ["reason"], registry=r)
+        self.overlong = Counter("generator_overlong_total", "tips cut because the model ran long",
+                                ["source"], registry=r)
+        self.llm_latency = Histogram("generator_llm_latency_seconds", "LLM call latency",
+                                     ["model", "purpose"], buckets=M.LATENCY_BUCKETS, registry=r)
+        self.llm_tokens = Counter("generator_llm_tokens_total", "LLM tokens by kind",
+                                  ["model", "kind"], registry=r)
+        self.llm_errors = Counter("generator_llm_errors_total", "LLM failures by kind",
+                                  ["model", "kind"], registry=r)
+        self.candidates = Counter("generator_candidates_written_total",
+                                  "pre-generated candidates written to the cache",
+                                  ["prompt_version"], registry=r)
+        self.signals = Counter("generator_signals_total", "signals by outcome", ["outcome"],
+                               registry=r)
+        self.refresh = Counter("generator_refresh_generations_total",
+                               "signal-driven generations by result", ["result"], registry=r)
+        self.redis_errors = Counter("generator_redis_errors_total", "Redis failures by step",
+                                    ["step"], registry=r)
+        self.inflight = Gauge("generator_signals_inflight", "signals being processed", registry=r)
+
+
+async def _signal_loop(js, h: Handlers, settings: GeneratorSettings, stop: asyncio.Event,
+                       m: GeneratorMetrics) -> None:
+    spec = S.SIGNALS_CONSUMER
+    psub = None
+    slots = asyncio.Semaphore(max(1, settings.generator_signal_concurrency))
+    tasks: set[asyncio.Task] = set()
+
+    async def one(msg):
+        m.inflight.inc()
+        try:
+            await h.signal(msg)
+        except Exception:
+            log.exception("signal handler crashed")
+        finally:
+            m.inflight.dec()
+            slots.release()
+
+    while not stop.is_set():
+        try:
+            if psub is None:
+                await ensure_consumer(js, spec)
+                psub = await js.pull_subscribe_bind(consumer=spec.durable, stream=spec.stream)
+        except Exception as e:  # noqa: BLE001 - NATS down or reconnecting: try again shortly
+            log.warning("signal consumer bind failed: %r", e)
+            await asyncio.sleep(1.0)
+            continue
+        await slots.acquire()
+        free = 1
+        while free < settings.generator_fetch_batch and not slots.locked():
+            await slots.acquire()
+            free += 1
+        msgs = []
+        try:
+            msgs = await psub.fetch(batch=free, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            break
+        except Exception as e:  # noqa: BLE001 - reconnecting, consumer deleted, ...
+            log.warning("signal fetch failed: %r", e)
+            if isinstance(e, nats.js.errors.NotFoundError):
+                psub = None
+            await asyncio.sleep(0.5)
+        for _ in range(free - len(msgs)):
+            slots.release()
+        for msg in msgs:
+            t = asyncio.create_task(one(msg))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+
+
+async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    prompts.validate(settings.tip_prompt_version)
+    prompts.get(None, settings.default_prompt_version)
+    litellm_module()  # ~2 s import, paid before announcing ready
+    m = GeneratorMetrics()
+    port = M.serve(m.registry, settings.metrics_port)
+    r = aioredis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    llm = LLMClient.from_settings(settings)
+    gen = Generator(GenConfig.from_settings(settings), r, llm, m)
+    nc = await connect(settings, "generator")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    h = Handlers(gen, m, settings, js)
+    req_tasks: set[asyncio.Task] = set()
+
+    async def on_generate(msg):
+        t = asyncio.create_task(h.generate(msg))
+        req_tasks.add(t)
+        t.add_done_callback(req_tasks.discard)
+
+    sub = await nc.subscribe(S.TIPS_GENERATE, queue=S.Q_GENERATOR, cb=on_generate)
+    await nc.flush()
+    stop = stop or stop_event()
+    sig_task = asyncio.create_task(_signal_loop(js, h, settings, stop, m))
+    announce("generator", metrics_port=port, model=settings.llm_model,
+             api_base=settings.llm_api_base, prompt_versions=prompts.known(),
+             default_prompt_version=prompts.get(None, settings.default_prompt_version).version,
+             rotation=settings.tip_prompt_version)
+    if ready:
+        ready.set()
+    await stop.wait()
+    await sub.unsubscribe()
+    if req_tasks:
+        await asyncio.wait(req_tasks, timeout=5)
+    try:
+        await asyncio.wait_for(sig_task, timeout=15)
+    except TimeoutError:
+        sig_task.cancel()
+    await gen.drain(timeout=5)
+    await nc.drain()
+    await r.aclose()
+
+
+def run() -> None:
+    settings = GeneratorSettings()
+    setup_logging(settings.log_level)
+    run_main(lambda: serve(settings))
+
+
+if __name__ == "__main__":
+    run()
