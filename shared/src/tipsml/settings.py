@@ -28,14 +28,21 @@ every process.
 from __future__ import annotations
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ARMS = ("focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow")
 
 
 def _split(v):
+    """Comma list (``a,b``) or JSON list (``["a","b"]``) from the environment."""
     if v is None:
         return []
+    if isinstance(v, str) and v.strip().startswith("["):
+        import json
+
+        return [str(x) for x in json.loads(v)]
     if isinstance(v, str):
         return [p.strip() for p in v.split(",") if p.strip()]
     return list(v)
@@ -48,10 +55,10 @@ class BaseServiceSettings(BaseSettings):
     nats_user: str | None = None
     nats_password: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
-    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
+    arms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     default_policy: str = "egreedy-v1"
-    shadow_policies: list[str] = Field(default_factory=lambda: ["egreedy-v2", "linucb"])
-    global_policies: list[str] = Field(default_factory=list)
+    shadow_policies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["egreedy-v2", "linucb"])
+    global_policies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     epsilon: float = 0.1
     linucb_alpha: float = 0.5
     thompson_v: float = 0.3

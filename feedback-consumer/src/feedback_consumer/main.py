@@ -1,0 +1,99 @@
+"""Feedback consumer: durable pull consumer on FEEDBACK (``feedback.>``).
+
+Replicas share the durable (JetStream hands each message to one of them); each
+fetched batch is processed concurrently, every message acked only after its
+Redis update (see :mod:`tipsml.feedback`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats.errors
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from tipsml import metrics as M
+from tipsml.feedback import FeedbackProcessor
+from tipsml.natsutil import connect, ensure_consumer, ensure_streams
+from tipsml.state import StateStore
+from tipsml.worker import announce, run_main, setup_logging, stop_event
+
+from .handlers import Handlers
+from .settings import FeedbackSettings
+
+log = logging.getLogger("feedback-consumer")
+
+
+class FeedbackMetrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.outcomes = Counter(
+            "feedback_events_total",
+            "feedback events by outcome: applied, duplicate, expired, mismatch, already_rewarded, "
+            "invalid, retry, dead_lettered", ["outcome"], registry=r)
+        self.applied = Counter("feedback_rewards_applied_total", "rewards applied",
+                               ["policy", "arm"], registry=r)
+        self.reward_sum = Counter("feedback_reward_sum_total", "sum of applied rewards",
+                                  ["policy", "arm"], registry=r)
+        self.reactions = Counter("feedback_reactions_total",
+                                 "reactions per deciding policy and prompt version",
+                                 ["policy", "reaction", "prompt_version"], registry=r)
+        self.latency = Histogram("feedback_processing_latency_seconds",
+                                 "time to process one feedback event",
+                                 buckets=M.LATENCY_BUCKETS, registry=r)
+        self.fetch_errors = Counter("feedback_fetch_errors_total", "failed fetches", registry=r)
+
+
+async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    m = FeedbackMetrics()
+    port = M.serve(m.registry, settings.metrics_port)
+    store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
+                                lam=settings.ridge_lambda)
+    nc = await connect(settings, "feedback-consumer")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    spec = settings.consumer_spec()
+    await ensure_consumer(js, spec)
+    sub = await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
+    proc = FeedbackProcessor(store, js, max_deliver=spec.max_deliver, backoff_s=spec.backoff_s)
+    h = Handlers(proc, m)
+    announce("feedback-consumer", metrics_port=port, durable=spec.durable)
+    if ready:
+        ready.set()
+    stop = stop or stop_event()
+
+    async def _one(msg):
+        try:
+            await h.feedback(msg)
+        except Exception:  # noqa: BLE001 - message stays unacked and is redelivered
+            log.exception("feedback handling failed")
+
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(settings.feedback_batch, timeout=settings.feedback_fetch_timeout_s)
+        except nats.errors.TimeoutError:
+            continue
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.Error, asyncio.TimeoutError) as e:
+            m.fetch_errors.inc()
+            log.warning("fetch failed: %r", e)
+            await asyncio.sleep(0.5)
+            continue
+        await asyncio.gather(*(_one(x) for x in msgs))
+    # every fetched message has been acked or nak'ed by now; a pull subscription
+    # cannot be drained (the drain would wait out its timeout), so flush and close
+    await nc.flush(timeout=5)
+    await nc.close()
+    await store.close()
+
+
+def run() -> None:
+    settings = FeedbackSettings()
+    setup_logging(settings.log_level)
+    run_main(lambda: serve(settings))
+
+
+if __name__ == "__main__":
+    run()

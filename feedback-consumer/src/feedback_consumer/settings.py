@@ -1,0 +1,26 @@
+from pydantic_settings import SettingsConfigDict
+
+from tipsml import subjects as S
+from tipsml.settings import BaseServiceSettings
+
+
+class FeedbackSettings(BaseServiceSettings):
+    """Feedback-consumer settings; the durable's limits default to ``subjects.FEEDBACK_CONSUMER``
+    and can be overridden (``FEEDBACK_ACK_WAIT_S``, ``FEEDBACK_MAX_DELIVER``, ...)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    feedback_batch: int = 256
+    feedback_fetch_timeout_s: float = 1.0
+    feedback_ack_wait_s: float = S.FEEDBACK_CONSUMER.ack_wait_s
+    feedback_max_deliver: int = S.FEEDBACK_CONSUMER.max_deliver
+    feedback_backoff_s: list[float] = list(S.FEEDBACK_CONSUMER.backoff_s)
+    feedback_max_ack_pending: int = S.FEEDBACK_CONSUMER.max_ack_pending
+
+    def consumer_spec(self) -> S.ConsumerSpec:
+        base = S.FEEDBACK_CONSUMER
+        backoff = tuple(self.feedback_backoff_s)[: max(self.feedback_max_deliver - 1, 0)]
+        return S.ConsumerSpec(base.stream, base.durable, base.filter_subject,
+                              ack_wait_s=self.feedback_ack_wait_s,
+                              max_deliver=self.feedback_max_deliver, backoff_s=backoff,
+                              max_ack_pending=self.feedback_max_ack_pending)

@@ -1,0 +1,78 @@
+"""Helpers for feedback tests: make decisions through the real scorer, publish feedback,
+and compute the expected bandit state directly with numpy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+
+from tipsml.bandits import initial_arm, sherman_morrison_update
+from tipsml.natsutil import request_json
+from tipsml.state import StateStore, state_key
+
+
+async def make_decisions(nc, users: list[str], per_user: int, policy: str = "egreedy-v1"):
+    out = []
+    for u in users:
+        for i in range(per_user):
+            r = await request_json(nc, "tips.score", {
+                "user_id": u, "policy": policy,
+                "context": {"hour_of_day": (i * 5) % 24, "day_of_week": i % 7,
+                            "tasks": [{"title": "t", "priority": i % 5, "overdue": i % 2 == 0}]},
+                "profile_features": {"completion_rate": 0.5, "preferred_hour": 10}})
+            assert r["ok"], r
+            out.append((u, r))
+    await asyncio.sleep(0.5)  # decision records are written right after the replies
+    return out
+
+
+async def publish_feedback(js, event_id, decision_id, user_id, reaction=None, reward=None,
+                           msg_id=True):
+    body = {"event_id": event_id, "decision_id": decision_id, "user_id": user_id, "ts": 0}
+    if reaction:
+        body["reaction"] = reaction
+    if reward is not None:
+        body["reward"] = reward
+    hdr = {"Nats-Msg-Id": event_id} if msg_id else None
+    return await js.publish(f"feedback.{reaction or 'explicit'}", json.dumps(body).encode(),
+                            headers=hdr)
+
+
+async def expected_state(store: StateStore, rewarded: dict[str, float], lam: float = 1.0):
+    """{state_key: {arm: packed vector}} from decision records + rewards, with numpy."""
+    exp: dict[str, dict[str, np.ndarray]] = {}
+    for did, r in rewarded.items():
+        rec = await store.get_decision(did)
+        arm = rec["arm"]
+        for p in rec["learners"].split(","):
+            skey = rec[f"skey:{p}"]
+            x = np.frombuffer(rec[f"x:{p}"], dtype="<f8")
+            cur = exp.setdefault(skey, {}).get(arm)
+            if cur is None:
+                cur = initial_arm(x.shape[0], lam)
+            exp[skey][arm] = sherman_morrison_update(cur, x, r)
+    return exp
+
+
+async def assert_state_matches(redis, expected) -> None:
+    for skey, arms in expected.items():
+        got = await redis.hgetall(skey)
+        for arm, v in arms.items():
+            g = np.frombuffer(got[arm.encode()], dtype="<f8")
+            np.testing.assert_allclose(g, v, rtol=1e-9, atol=1e-9, err_msg=f"{skey}/{arm}")
+
+
+async def wait_for(cond, timeout=30.0, every=0.1):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await cond():
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+async def applied_updates(store: StateStore, user: str, policy: str = "egreedy-v1") -> int:
+    raw = await store.r.hgetall(state_key(policy, user))
+    return int(sum(np.frombuffer(v, dtype="<f8")[0] for v in raw.values()))
