@@ -99,7 +99,7 @@ async def _signal_loop(js, h: Handlers, settings: GeneratorSettings, stop: async
             free += 1
         msgs = []
         try:
-            msgs = await psub.fetch(batch=free, timeout=1.0)
+            msgs = await psub.fetch(batch=free, timeout=settings.generator_fetch_timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
             pass
         except asyncio.CancelledError:
@@ -117,14 +117,21 @@ async def _signal_loop(js, h: Handlers, settings: GeneratorSettings, stop: async
             t.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks, timeout=10)
+    if psub is not None:
+        try:
+            await psub.unsubscribe()
+        except Exception as e:  # noqa: BLE001 - connection already gone
+            log.debug("unsubscribe failed: %r", e)
 
 
 async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, metrics: GeneratorMetrics | None = None
+                ) -> None:
+    """Run until ``stop`` (default: SIGINT/SIGTERM). ``metrics`` lets tests read counters."""
     prompts.validate(settings.tip_prompt_version)
     prompts.get(None, settings.default_prompt_version)
     litellm_module()  # ~2 s import, paid before announcing ready
-    m = GeneratorMetrics()
+    m = metrics or GeneratorMetrics()
     port = M.serve(m.registry, settings.metrics_port)
     r = aioredis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
     llm = LLMClient.from_settings(settings)

@@ -11,7 +11,7 @@
 | ``TIP_PROMPT_VERSION`` | empty | comma list: sticky-per-user rotation across versions (overrides the default) |
 | ``PROMPT_EXPERIMENT`` | ``prompt-rotation`` | experiment name hashed with the user id for the rotation bucket |
 | ``GENERATOR_DEADLINE_S`` | ``1.5`` | cache miss: LLM answer within this, else the fallback tip |
-| ``GENERATOR_MAX_TOKENS`` | ``64`` | completion budget of one tip |
+| ``GENERATOR_MAX_TOKENS`` | ``48`` | completion budget of one tip |
 | ``GENERATOR_TEMPERATURE`` | ``0.7`` | sampling temperature |
 | ``GENERATOR_CACHE_ENABLED`` | ``true`` | serve pre-generated candidates |
 | ``GENERATOR_CACHE_MAX`` / ``GENERATOR_CACHE_TTL_S`` | ``4`` / ``21600`` | candidates kept per (user, arm, version, model) and their TTL |
@@ -46,7 +46,7 @@ class GeneratorSettings(BaseServiceSettings):
     tip_prompt_version: CsvList = Field(default_factory=list)
     prompt_experiment: str = "prompt-rotation"
     generator_deadline_s: float = 1.5
-    generator_max_tokens: int = 64
+    generator_max_tokens: int = 48
     generator_temperature: float = 0.7
     generator_max_tip_chars: int = 240
     generator_cache_enabled: bool = True
@@ -60,6 +60,7 @@ class GeneratorSettings(BaseServiceSettings):
     generator_signal_concurrency: int = 2
     generator_bg_concurrency: int = 1
     generator_fetch_batch: int = 10
+    generator_fetch_timeout_s: float = 1.0
 
     @field_validator("tip_prompt_version", "generator_allowed_models", mode="before")
     @classmethod

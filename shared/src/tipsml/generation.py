@@ -36,7 +36,7 @@ from typing import Any
 from . import prompts
 from .context import assemble
 from .contract import Context, ContractError, ErrorCode, GenerateRequest, Signal
-from .llm import LLMClient, LLMError, fallback_tip, postprocess
+from .llm import STOP_SEQUENCES, LLMClient, LLMError, fallback_tip, postprocess
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class GenConfig:
     reward_window_s: int = 86400
     deadline_s: float = 1.5       # the miss path: LLM within this, else fallback
     refresh_timeout_s: float = 20.0
-    max_tokens: int = 64
+    max_tokens: int = 48
     temperature: float = 0.7
     max_tip_chars: int = 240
     refresh_min_interval_s: float = 30.0
@@ -201,7 +201,7 @@ class Generator:
         try:
             pipe = self.r.pipeline(transaction=False)
             if self.cfg.cache_enabled:
-                self._take(keys=[key], client=pipe)
+                await self._take(keys=[key], client=pipe)
             pipe.lrange(sig_key(req.user_id), 0, SIGNALS_KEPT - 1)
             res = await asyncio.wait_for(pipe.execute(), self.cfg.redis_timeout_s * 4)
             if self.cfg.cache_enabled:
@@ -229,9 +229,11 @@ class Generator:
             try:
                 llm_res = await self.llm.complete(
                     pv.render(ctx, arm), model=model, max_tokens=self.cfg.max_tokens,
-                    temperature=self.cfg.temperature, timeout=max(0.05, left))
+                    temperature=self.cfg.temperature, timeout=max(0.05, left),
+                    stop=STOP_SEQUENCES)
                 self._observe_llm("request", llm_res)
-                tp = postprocess(llm_res.text, self.cfg.max_tip_chars)
+                tp = postprocess(llm_res.text, self.cfg.max_tip_chars,
+                                 truncated=llm_res.finish_reason == "length")
                 if tp.ok:
                     source, tip, used_model, overlong = "llm", tp.text, model, tp.overlong
                 else:
@@ -370,7 +372,7 @@ class Generator:
                         out = await self.llm.complete(
                             pv.render(ctx, arm), model=model, max_tokens=self.cfg.max_tokens,
                             temperature=self.cfg.temperature,
-                            timeout=self.cfg.refresh_timeout_s)
+                            timeout=self.cfg.refresh_timeout_s, stop=STOP_SEQUENCES)
                     except LLMError as e:
                         res.failed += 1
                         res.errors.append(e.kind)
@@ -380,7 +382,8 @@ class Generator:
                             break  # the server is down: do not burn the other arms
                         continue
                 self._observe_llm("refresh", out)
-                tp = postprocess(out.text, self.cfg.max_tip_chars)
+                tp = postprocess(out.text, self.cfg.max_tip_chars,
+                                 truncated=out.finish_reason == "length")
                 if not tp.ok:
                     res.bad_output += 1
                     continue

@@ -259,44 +259,70 @@ def extract_json(text: str) -> dict | None:
 
 MAX_TIP_CHARS = 240
 MIN_TIP_CHARS = 12
+STOP_SEQUENCES = ["\n\n", "<tasks>", "</tasks>"]  # a tip is one paragraph
 
 _PREAMBLE = re.compile(
     r"^(?:(?:sure|okay|ok|certainly|absolutely|of course)[!,.]?\s*)?"
     r"(?:here(?:'s| is)\s+(?:a|an|one|your)\s+[^:\n]{0,40}:\s*|"
-    r"(?:productivity\s+)?tip(?:\s*\d+)?\s*[:\-–—]\s*)",
+    r"(?:(?:one|a|your|productivity)\s+)?tip(?:\s*\d+)?\s*[:\-–—]\s*)",
     re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*•·]|\d+[.)])\s+")
 _MARKUP = re.compile(r"(\*\*|__|`|#+\s)")
 _SENT_END = re.compile(r"(?<=[.!?])\s+")
 _BAD_MARKERS = ("<tasks>", "</tasks>", "<|im_start|>", "<|im_end|>", "<|endoftext|>")
+# lines in which a small model echoes the prompt's context block instead of writing a tip
+_ECHO = re.compile(r"^(?:tip kind\b|time:|open tasks:|user habits:|recent activity:|"
+                   r"write (?:the|a|one) tip|[a-z]+_[a-z_]+\s*[—:-]|</?tasks>|-\s*\")",
+                   re.IGNORECASE)
+# a tip that repeats an injected instruction or talks about the model is not a tip
+_UNSAFE = re.compile(r"ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) "
+                     r"instructions|system prompt|\bas an ai\b|\byou(?:'re| are) an ai\b",
+                     re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Tip:
     text: str
-    overlong: bool       # the raw output was longer than the limit and was cut
+    overlong: bool       # the raw output was too long (cut here, or cut by max_tokens)
     ok: bool             # usable (non-empty, long enough, no prompt markup)
     reason: str = ""
 
 
-def postprocess(raw: str, max_chars: int = MAX_TIP_CHARS) -> Tip:
-    """One tip from a raw completion: first paragraph, no preamble/bullets/markup/quotes,
-    cut at a sentence end within ``max_chars`` (flagged overlong when cut)."""
+def _first_tip_lines(s: str) -> str:
+    keep: list[str] = []
+    for line in s.split("\n"):
+        line = line.strip()
+        if not keep:
+            line = _PREAMBLE.sub("", _BULLET.sub("", line), count=1).strip()
+        if not line or _ECHO.match(line):
+            if keep:
+                break  # the tip paragraph ended
+            continue
+        if keep and _BULLET.match(line):
+            break  # a list: the first item is the tip
+        keep.append(line)
+    return " ".join(keep)
+
+
+def postprocess(raw: str, max_chars: int = MAX_TIP_CHARS, truncated: bool = False) -> Tip:
+    """One tip from a raw completion: first non-echo paragraph, no preamble / bullets /
+    markup / quotes, cut at a sentence end within ``max_chars``. ``truncated`` (the model
+    hit max_tokens) drops the unfinished last sentence. Either cut flags ``overlong``."""
     s = (raw or "").replace("\r", "")
-    if any(m in s for m in _BAD_MARKERS):
-        for m in _BAD_MARKERS:
-            s = s.replace(m, " ")
-    paras = [p.strip() for p in re.split(r"\n\s*\n|\n(?=\s*(?:[-*•·]|\d+[.)])\s)", s)
-             if p.strip()]
-    s = paras[0] if paras else ""
+    for m in _BAD_MARKERS:
+        s = s.replace(m, "\n")
+    s = _first_tip_lines(s)
     s = _BULLET.sub("", s)
     s = _PREAMBLE.sub("", s, count=1)
     s = _MARKUP.sub("", s)
     s = re.sub(r"\s+", " ", s).strip().strip("\"'“”‘’ ").strip()
-    overlong = len(s) > max_chars
+    overlong = len(s) > max_chars or truncated
     if overlong:
+        sents = [p for p in _SENT_END.split(s) if p]
+        if truncated and sents and not sents[-1].endswith((".", "!", "?")) and len(sents) > 1:
+            sents = sents[:-1]  # the sentence max_tokens cut off
         cut = ""
-        for sent in _SENT_END.split(s):
+        for sent in sents:
             if len(cut) + len(sent) + (1 if cut else 0) > max_chars:
                 break
             cut = f"{cut} {sent}" if cut else sent
@@ -305,6 +331,8 @@ def postprocess(raw: str, max_chars: int = MAX_TIP_CHARS) -> Tip:
         s = cut
     if len(s) < MIN_TIP_CHARS:
         return Tip(s, overlong, False, "too_short" if s else "empty")
+    if _UNSAFE.search(s):
+        return Tip(s, overlong, False, "unsafe")
     return Tip(s, overlong, True)
 
 

@@ -1,0 +1,252 @@
+"""tips.generate and the signals consumer over real NATS + Redis (embedded stack).
+
+The LLM here is down or hung on purpose (the real-model tests are in
+``test_generate_llm.py``): these tests pin the contract, the cache path, the fallback
+deadline, the bookkeeping for reaction attribution and the dead-letter path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tipsml import prompts
+from tipsml import subjects as S
+from tipsml.generation import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, gen_key
+from tipsml.llm import FALLBACK_TIPS
+from tipsml.natsutil import request_json
+
+pytestmark = pytest.mark.system
+
+MODEL = "openai/smollm2-135m"
+
+
+async def generate(nc, payload, timeout=3.0):
+    return await request_json(nc, S.TIPS_GENERATE, payload, timeout=timeout)
+
+
+async def seed(redis_client, user, arm, version="v1", model=MODEL, tips=("Seeded tip one.",),
+               prompt_hash=None):
+    key = cand_key(user, arm, version, model)
+    h = prompt_hash or prompts.REGISTRY[version].hash
+    for t in tips:
+        await redis_client.lpush(key, json.dumps({"tip": t, "model": model, "prompt_hash": h,
+                                                  "overlong": False, "ts": time.time()}))
+    await redis_client.expire(key, 600)
+    return key
+
+
+async def test_cache_hit_reply_has_contract_fields(nc, redis_client, generator_worker, uid):
+    await seed(redis_client, uid, "focus_block", tips=["Older tip, served second.",
+                                                       "Newest tip, served first."])
+    async with generator_worker():
+        r = await generate(nc, {"user_id": uid, "arm": "focus_block", "request_id": "q1"})
+        assert r["ok"] is True, r
+        for f in ("tip", "prompt_version", "model", "source", "latency_ms", "prompt_hash"):
+            assert f in r
+        assert r["source"] == "cache"
+        assert r["tip"] == "Newest tip, served first."
+        assert r["prompt_version"] == "v1" and r["prompt_hash"] == prompts.REGISTRY["v1"].hash
+        assert r["model"] == MODEL
+        assert r["request_id"] == "q1"
+        assert r["latency_ms"] < 50
+        # the last candidate stays (a repeat beats a miss until the refresh replaces it)
+        r2 = await generate(nc, {"user_id": uid, "arm": "focus_block"})
+        r3 = await generate(nc, {"user_id": uid, "arm": "focus_block"})
+        assert r2["tip"] == r3["tip"] == "Older tip, served second."
+        assert r3["source"] == "cache"
+
+
+async def test_stale_candidate_of_an_edited_prompt_is_not_served(nc, redis_client,
+                                                                 generator_worker, uid):
+    await seed(redis_client, uid, "prioritize", prompt_hash="0ldc0ntent00")
+    async with generator_worker(generator_deadline_s=0.5) as w:
+        r = await generate(nc, {"user_id": uid, "arm": "prioritize"})
+        assert r["ok"] and r["source"] == "fallback"
+        assert w.value("generator_cache_requests_total", result="miss") == 1
+
+
+@pytest.mark.parametrize("payload,code", [
+    (b"{not json", "invalid_request"),
+    (b"", "invalid_request"),
+    (b"[1,2]", "invalid_request"),
+    ({"arm": "focus_block"}, "invalid_request"),
+    ({"user_id": 42}, "invalid_request"),
+    ({"user_id": ""}, "invalid_request"),
+    ({"user_id": "u", "arm": "bad arm!"}, "invalid_request"),
+    ({"user_id": "u", "arm": "x" * 65}, "invalid_request"),
+    ({"user_id": "u", "context": {"hour_of_day": 24}}, "invalid_request"),
+    ({"user_id": "u", "context": {"tasks": "nope"}}, "invalid_request"),
+    ({"user_id": "u", "context": {"tasks": [{"title": "x" * 501}]}}, "invalid_request"),
+    ({"user_id": "u", "profile_features": {"completion_rate": float("inf")}}, "invalid_request"),
+    ({"user_id": "u", "model": "bedrock/some-model"}, "invalid_request"),
+    ({"user_id": "u", "prompt_version": "v9-nope"}, "unknown_prompt_version"),
+    (b'{"user_id":"' + b"x" * 70000 + b'"}', "invalid_request"),
+])
+async def test_bad_requests_get_typed_errors_and_worker_keeps_serving(nc, generator_worker,
+                                                                      payload, code):
+    if isinstance(payload, dict):
+        payload = json.dumps(payload, allow_nan=True).encode()
+    async with generator_worker(generator_deadline_s=0.3) as w:
+        r = await generate(nc, payload)
+        assert r["ok"] is False
+        assert r["error"]["code"] == code
+        assert r["error"]["message"]
+        ok = await generate(nc, {"user_id": "still-alive"})
+        assert ok["ok"] is True
+        assert w.value("generator_requests_total", subject=S.TIPS_GENERATE, code=code) == 1
+
+
+async def test_unknown_prompt_version_lists_known_ones(nc, generator_worker, uid):
+    async with generator_worker():
+        r = await generate(nc, {"user_id": uid, "prompt_version": "v2"})
+        assert r["error"]["code"] == "unknown_prompt_version"
+        for v in ("v1", "v2-mentor", "v3-few-shot"):
+            assert v in r["error"]["message"]
+
+
+async def test_llm_down_falls_back_fast(nc, generator_worker, dead_llm_url, uid):
+    async with generator_worker(llm_api_base=dead_llm_url, generator_deadline_s=1.0) as w:
+        t0 = time.perf_counter()
+        r = await generate(nc, {"user_id": uid, "arm": "break_reminder",
+                                "prompt_version": "v2-mentor"})
+        elapsed = time.perf_counter() - t0
+        assert r["ok"] and r["source"] == "fallback"
+        assert r["tip"] in FALLBACK_TIPS["break_reminder"]
+        assert r["prompt_version"] == "v2-mentor"
+        assert r["fallback_reason"] in ("unavailable", "circuit_open")
+        assert elapsed < 1.0
+        # the same user and arm always get the same fallback text
+        r2 = await generate(nc, {"user_id": uid, "arm": "break_reminder"})
+        assert r2["tip"] == r["tip"]
+        assert w.value("generator_fallback_total", reason=r["fallback_reason"]) >= 1
+        assert w.value("generator_tips_served_total", source="fallback",
+                       arm="break_reminder") == 2
+
+
+async def test_llm_hung_falls_back_within_the_deadline(nc, generator_worker, hung_llm_url, uid):
+    deadline = 0.6
+    async with generator_worker(llm_api_base=hung_llm_url, generator_deadline_s=deadline) as w:
+        t0 = time.perf_counter()
+        r = await generate(nc, {"user_id": uid, "arm": "task_breakdown"})
+        elapsed = time.perf_counter() - t0
+        assert r["ok"] and r["source"] == "fallback"
+        assert r["fallback_reason"] == "timeout"
+        assert deadline * 0.8 < elapsed < deadline + 0.4
+        assert r["latency_ms"] < (deadline + 0.2) * 1000
+        assert w.value("generator_fallback_total", reason="timeout") == 1
+
+
+async def test_no_arm_means_a_general_tip(nc, generator_worker, uid):
+    async with generator_worker(generator_deadline_s=0.3):
+        r = await generate(nc, {"user_id": uid})
+        assert r["ok"] and r["arm"] == "general" and r["tip"]
+
+
+async def test_decision_id_records_the_prompt_version_for_feedback(nc, redis_client,
+                                                                   generator_worker, uid):
+    did = f"dec-{uid}"
+    await seed(redis_client, uid, "focus_block", version="v3-few-shot")
+    async with generator_worker(reward_window_s=3600) as w:
+        r = await generate(nc, {"user_id": uid, "arm": "focus_block", "decision_id": did,
+                                "prompt_version": "v3-few-shot"})
+        assert r["ok"] and r["source"] == "cache" and r["decision_id"] == did
+        await asyncio.sleep(0.2)  # bookkeeping happens after the reply
+        h = await redis_client.hgetall(gen_key(did))
+        assert h[b"prompt_version"] == b"v3-few-shot"
+        assert h[b"prompt_hash"] == prompts.REGISTRY["v3-few-shot"].hash.encode()
+        assert h[b"source"] == b"cache" and h[b"user_id"] == uid.encode()
+        ttl = await redis_client.ttl(gen_key(did))
+        assert 3500 < ttl <= 3600
+        assert w.value("generator_prompt_served_total", prompt_version="v3-few-shot") == 1
+        assert int(await redis_client.hget(PV_SERVED_KEY, "v3-few-shot")) >= 1
+        # an exposure entry per tip served
+        last = await redis_client.xrevrange(EXPOSURES_STREAM, count=20)
+        mine = [f for _id, f in last if f[b"user_id"] == uid.encode()]
+        assert mine and mine[0][b"prompt_version"] == b"v3-few-shot"
+        assert mine[0][b"decision_id"] == did.encode()
+
+
+async def test_rotation_is_sticky_per_user_and_logged(nc, redis_client, generator_worker, uid):
+    rotation = ["v1", "v2-mentor", "v3-few-shot"]
+    async with generator_worker(tip_prompt_version=rotation, prompt_experiment="exp-a",
+                                generator_deadline_s=0.2):
+        seen: dict[str, set] = {}
+        for i in range(12):
+            user = f"{uid}-{i}"
+            for _ in range(2):
+                r = await generate(nc, {"user_id": user, "arm": "prioritize"})
+                assert r["ok"]
+                seen.setdefault(user, set()).add(r["prompt_version"])
+        assert all(len(v) == 1 for v in seen.values())  # a user never sees two variants
+        assert set().union(*seen.values()) == set(rotation)  # 12 users cover 3 buckets
+        for user, (v,) in seen.items():
+            assert v == rotation[prompts.sticky_bucket(user, "exp-a", 3)]
+        # an explicit request still wins over the rotation
+        r = await generate(nc, {"user_id": f"{uid}-0", "prompt_version": "v1"})
+        assert r["prompt_version"] == "v1"
+        await asyncio.sleep(0.2)
+        last = await redis_client.xrevrange(EXPOSURES_STREAM, count=50)
+        exp = [f for _id, f in last if f[b"user_id"].startswith(uid.encode())
+               and f[b"experiment"] == b"exp-a"]
+        assert len(exp) == 24
+
+
+async def test_env_default_prompt_version(nc, generator_worker, uid):
+    async with generator_worker(default_prompt_version="v2-mentor", generator_deadline_s=0.2):
+        r = await generate(nc, {"user_id": uid})
+        assert r["prompt_version"] == "v2-mentor"
+        r = await generate(nc, {"user_id": uid, "prompt_version": "v3-few-shot"})
+        assert r["prompt_version"] == "v3-few-shot"
+
+
+async def test_unknown_configured_version_refuses_to_start(generator_worker):
+    with pytest.raises(Exception, match="unknown prompt version"):
+        async with generator_worker(tip_prompt_version=["v1", "nope"]):
+            pass
+
+
+async def test_poison_signal_goes_to_the_dead_letter_subject(nc, generator_worker, uid):
+    js = nc.jetstream()
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def cb(msg):
+        await got.put(msg)
+
+    sub = await nc.subscribe(S.DLQ_SIGNALS, cb=cb)
+    try:
+        async with generator_worker() as w:
+            await js.publish("signals.app.opened", b"{not json", headers={"Nats-Msg-Id": uid})
+            msg = await asyncio.wait_for(got.get(), 10)
+            assert msg.data == b"{not json"
+            assert msg.headers["Tips-Origin-Subject"] == "signals.app.opened"
+            assert msg.headers["Tips-Dlq-Reason"].startswith("invalid")
+            await asyncio.sleep(0.1)
+            assert w.value("generator_signals_total", outcome="poison") == 1
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_signal_with_llm_down_is_retried_not_dead_lettered(nc, redis_client,
+                                                                 generator_worker, dead_llm_url,
+                                                                 uid):
+    js = nc.jetstream()
+    async with generator_worker(llm_api_base=dead_llm_url, arms=["focus_block"]) as w:
+        await js.publish("signals.task.completed",
+                         json.dumps({"user_id": uid, "kind": "task.completed", "ts": time.time(),
+                                     "payload": {"tasks": [{"title": "Pay rent",
+                                                            "overdue": True}]}}).encode(),
+                         headers={"Nats-Msg-Id": f"sig-{uid}"})
+        for _ in range(100):
+            if w.value("generator_signals_total", outcome="retry") >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert w.value("generator_signals_total", outcome="retry") >= 1
+        assert w.value("generator_signals_total", outcome="exhausted") == 0
+        # the signal itself was recorded and its context merged before the LLM failed
+        assert await redis_client.llen(f"tips:sig:{uid}") >= 1
+        ctx = json.loads(await redis_client.get(f"tips:genctx:{uid}"))
+        assert ctx["context"]["tasks"][0]["title"] == "Pay rent"
