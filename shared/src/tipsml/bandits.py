@@ -38,12 +38,25 @@ def initial_arm(dim: int, lam: float) -> np.ndarray:
     return v
 
 
+_INITIAL: dict[tuple[int, float], np.ndarray] = {}
+
+
+def _initial_ro(dim: int, lam: float) -> np.ndarray:
+    v = _INITIAL.get((dim, lam))
+    if v is None:
+        v = initial_arm(dim, lam)
+        v.setflags(write=False)
+        _INITIAL[(dim, lam)] = v
+    return v
+
+
 def unpack(blob: bytes | None, dim: int, lam: float) -> np.ndarray:
+    """Read-only view of a packed arm (a shared prior for an arm never updated)."""
     if not blob:
-        return initial_arm(dim, lam)
+        return _initial_ro(dim, lam)
     v = np.frombuffer(blob, dtype="<f8")
     if v.shape[0] != packed_len(dim):  # dimension changed: start afresh rather than crash
-        return initial_arm(dim, lam)
+        return _initial_ro(dim, lam)
     return v
 
 

@@ -1,0 +1,200 @@
+"""tips.score latency under open-loop load, against the floor of a trivial nats-py echo.
+
+    make bench-score                 # 500 and 1000 req/s, 30 s each, shadows on
+    python bench/score_bench.py --rates 500 --duration 10
+
+Starts the embedded stack (real nats-server + redis-server) unless --external, the
+scorer as its own process (shadow policies on: egreedy-v2 + linucb beside egreedy-v1),
+and an echo responder process; this process is the client. Open loop: requests are
+sent on a fixed schedule whatever the replies do, and latency is measured from the
+*scheduled* send time, so a stall shows up as latency (no coordinated omission).
+Writes bench/results/score.json and prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "score.json"
+ECHO_SUBJECT = "bench.echo"
+
+
+async def echo_server(url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+
+    async def cb(msg):
+        await msg.respond(msg.data)
+
+    await nc.subscribe(ECHO_SUBJECT, cb=cb)
+    await nc.flush()
+    print(json.dumps({"ready": "echo"}), flush=True)
+    await asyncio.Event().wait()
+
+
+def payloads(n_users: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_users):
+        tasks = [{"id": j, "title": f"task {j}", "priority": int(rng.integers(0, 5)),
+                  "overdue": bool(rng.random() < 0.3)} for j in range(int(rng.integers(0, 6)))]
+        out.append(json.dumps({
+            "user_id": f"bench-user-{i}",
+            "context": {"hour_of_day": int(rng.integers(0, 24)),
+                        "day_of_week": int(rng.integers(0, 7)), "tasks": tasks},
+            "profile_features": {"completion_rate": float(rng.random()),
+                                 "dismiss_rate": float(rng.random()) * 0.5,
+                                 "mean_dwell_ms": float(rng.integers(1000, 900000)),
+                                 "preferred_hour": int(rng.integers(0, 24)),
+                                 "tip_volume": int(rng.integers(0, 500))},
+        }).encode())
+    return out
+
+
+async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration: float,
+                    timeout: float = 2.0) -> dict:
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    n = int(rate * duration)
+    interval = 1.0 / rate
+    tasks = []
+
+    async def one(i: int, scheduled: float):
+        try:
+            msg = await nc.request(subject, bodies[i % len(bodies)], timeout=timeout)
+            if subject != ECHO_SUBJECT and not msg.data.startswith(b'{"ok":true'):
+                code = json.loads(msg.data).get("error", {}).get("code", "bad_reply")
+                errors[code] = errors.get(code, 0) + 1
+                return
+            lat.append(time.perf_counter() - scheduled)
+        except Exception as e:  # noqa: BLE001 - counted
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+
+    clock = time.perf_counter  # uvloop's loop.time() has only millisecond resolution
+    t0 = clock() + 0.05
+    for i in range(n):
+        scheduled = t0 + i * interval
+        delay = scheduled - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    wall = clock() - t0
+    a = np.array(lat) * 1000.0
+    return {
+        "subject": subject, "target_rate": rate, "duration_s": duration, "sent": n,
+        "ok": int(a.size), "errors": sum(errors.values()), "error_kinds": errors,
+        "achieved_rate": round(a.size / wall, 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 3) if a.size else None,
+        "p90_ms": round(float(np.percentile(a, 90)), 3) if a.size else None,
+        "p99_ms": round(float(np.percentile(a, 99)), 3) if a.size else None,
+        "max_ms": round(float(a.max()), 3) if a.size else None,
+    }
+
+
+def spawn(argv: list[str], env: dict) -> subprocess.Popen:
+    p = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    line = p.stdout.readline()
+    if b"ready" not in line:
+        raise RuntimeError(f"{argv} did not start: {line!r}")
+    return p
+
+
+async def run(args) -> dict:
+    import nats
+
+    from tipsml.launcher import EmbeddedStack
+
+    stack = None
+    if args.external:
+        env = {"NATS_URL": os.environ["NATS_URL"], "REDIS_URL": os.environ["REDIS_URL"]}
+    else:
+        stack = EmbeddedStack().start()
+        env = stack.env()
+    env.update({"SHADOW_POLICIES": args.shadow, "DEFAULT_POLICY": args.policy,
+                "METRICS_PORT": "-1", "LOG_LEVEL": "WARNING"})
+    procs = [spawn([sys.executable, "-m", "scorer.main"], env),
+             spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env)]
+    results = {"rates": []}
+    try:
+        nc = await nats.connect(env["NATS_URL"], pending_size=64 * 1024 * 1024)
+        bodies = payloads(args.users)
+        await open_loop(nc, "tips.score", bodies, 200, 3)  # warm-up: users' state, JIT paths
+        for rate in args.rates:
+            echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, args.duration)
+            score = await open_loop(nc, "tips.score", bodies, rate, args.duration)
+            ratio = (score["p99_ms"] / echo["p99_ms"]) if echo["p99_ms"] else None
+            target = 5.0 if rate <= 500 else 15.0
+            results["rates"].append({
+                "rate": rate, "score": score, "echo": echo,
+                "p99_ratio_to_echo": round(ratio, 2) if ratio else None,
+                "target_p99_ms": target,
+                "meets_target": bool(score["p99_ms"] is not None and score["p99_ms"] <= target
+                                     and score["errors"] == 0 and ratio is not None
+                                     and ratio <= 3.0),
+            })
+            print(f"rate {rate}/s: score p50 {score['p50_ms']} ms p99 {score['p99_ms']} ms "
+                  f"max {score['max_ms']} ms errors {score['errors']} | echo p99 "
+                  f"{echo['p99_ms']} ms | ratio {results['rates'][-1]['p99_ratio_to_echo']}",
+                  flush=True)
+        await nc.close()
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+        if stack:
+            stack.stop()
+    results["config"] = {"policy": args.policy, "shadow": args.shadow, "users": args.users,
+                         "duration_s": args.duration, "cpus": os.cpu_count(),
+                         "python": platform.python_version(),
+                         "loadavg_at_end": os.getloadavg(),
+                         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rates", type=float, nargs="+", default=[500, 1000])
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--policy", default="egreedy-v1")
+    ap.add_argument("--shadow", default="egreedy-v2,linucb")
+    ap.add_argument("--external", action="store_true", help="use NATS_URL/REDIS_URL")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--echo-server", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    if args.echo_server:
+        asyncio.run(echo_server(args.echo_server))
+        return 0
+    res = asyncio.run(run(args))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    ok = all(r["meets_target"] for r in res["rates"])
+    summary = "; ".join(f"{int(r['rate'])}/s p99 {r['score']['p99_ms']} ms "
+                        f"(echo {r['echo']['p99_ms']} ms, x{r['p99_ratio_to_echo']}, "
+                        f"errors {r['score']['errors']})" for r in res["rates"])
+    print(f"tips.score: {summary} -> {'targets met' if ok else 'TARGETS MISSED'}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
