@@ -1,0 +1,62 @@
+"""Global-model option, metrics over HTTP, Redis-down fallback."""
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+from scorer.settings import ScorerSettings
+from tipsml.contract import ScoreRequest
+from tipsml.natsutil import request_json
+from tipsml.scoring import Scorer
+from tipsml.state import StateStore
+from tipsml.testing import spawn_worker
+
+pytestmark = pytest.mark.system
+
+
+async def test_global_policy_shares_one_model_across_users(stack, redis_client, uid):
+    s = ScorerSettings(redis_url=stack.redis_url, global_policies=["linucb"], shadow_policies=[])
+    store = StateStore.from_url(stack.redis_url)
+    sc = Scorer(s, store, rng=np.random.default_rng(0))
+    a = await sc.score(ScoreRequest(user_id=f"{uid}-a", policy="linucb"))
+    b = await sc.score(ScoreRequest(user_id=f"{uid}-b", policy="egreedy-v1"))
+    assert a.record["vectors"]["linucb"][0] == "tips:st:linucb:*global*"
+    assert b.record["vectors"]["egreedy-v1"][0] == f"tips:st:egreedy-v1:{uid}-b"
+    await store.record_decisions([a.record])
+    r = await store.apply_reward(f"ev-{uid}", a.reply["decision_id"], f"{uid}-a", 1.0)
+    assert r.outcome == "applied"
+    st_other_user = await sc.stats(f"{uid}-zzz", "linucb")
+    assert sum(x["updates"] for x in st_other_user["arms"].values()) == 1
+    await store.r.delete("tips:st:linucb:*global*", "tips:pulls:linucb:*global*")
+    await store.close()
+
+
+async def test_redis_unreachable_gives_flagged_uniform_fallback(stack):
+    s = ScorerSettings(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.05)
+    store = StateStore.from_url(s.redis_url)
+    sc = Scorer(s, store)
+    out = await sc.score(ScoreRequest(user_id="u", arms=["a", "b", "c", "d"]))
+    assert out.reply["ok"] and out.reply["fallback"] is True
+    assert out.reply["propensity"] == pytest.approx(0.25)
+    assert out.record is None and out.log[0]["fallback"] is True
+    await store.close()
+
+
+async def test_worker_serves_prometheus_metrics(stack, nc):
+    w = spawn_worker("scorer.main", {**stack.env(), "METRICS_PORT": "0"})
+    try:
+        port = w.info["metrics_port"]
+        # 40 of each: replicas in the queue group share them, this one surely gets some
+        for _ in range(40):
+            assert (await request_json(nc, "tips.score", {"user_id": "metrics-user"}))["ok"]
+            assert (await request_json(nc, "tips.score", b"bad"))["ok"] is False
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for name in ("scorer_request_latency_seconds_bucket", "scorer_requests_total",
+                     "scorer_decisions_total", "scorer_explored_total"):
+            assert name in body
+        assert 'scorer_requests_total{code="invalid_request",subject="tips.score"}' in body
+        assert 'scorer_requests_total{code="ok",subject="tips.score"}' in body
+    finally:
+        w.stop()
