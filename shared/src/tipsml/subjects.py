@@ -94,3 +94,41 @@ SIGNALS_CONSUMER = ConsumerSpec(
     backoff_s=(2.0, 10.0, 30.0, 60.0),
     max_ack_pending=200,
 )
+
+
+# ---- bench (appended by the bench-worker; see tipsml.bench) ----
+BENCH_CELL_PREFIX = "bench.cell"  # bench.cell.<job_id>.<n>
+DLQ_BENCH_JOB = "dlq.bench.job"  # refused / invalid jobs
+DLQ_BENCH_CELL = "dlq.bench.cell"  # cells that exhausted their deliveries
+
+
+def bench_status_subject(job_id: str) -> str:
+    return f"{BENCH_STATUS}.{job_id}"
+
+
+def bench_cell_subject(job_id: str, n: int) -> str:
+    return f"{BENCH_CELL_PREFIX}.{job_id}.{n}"
+
+
+# Jobs are quick (validate, split, publish cells). Cells are long (generate + judge +
+# MLflow): the worker sends in_progress heartbeats every ack_wait/3, so ack_wait only
+# bounds how long a killed worker's cell waits before another worker takes it.
+BENCH_JOBS_CONSUMER = ConsumerSpec(
+    stream="BENCH",
+    durable="bench-jobs",
+    filter_subject=BENCH_RUN,
+    ack_wait_s=30.0,
+    max_deliver=5,
+    backoff_s=(),  # transient failures nak with a delay (see bench-worker handlers)
+    max_ack_pending=16,
+)
+
+BENCH_CELLS_CONSUMER = ConsumerSpec(
+    stream="BENCH",
+    durable="bench-cells",
+    filter_subject=f"{BENCH_CELL_PREFIX}.>",
+    ack_wait_s=60.0,
+    max_deliver=5,
+    backoff_s=(),  # redeliveries after a crash wait ack_wait; failures nak with a delay
+    max_ack_pending=64,
+)

@@ -1,0 +1,45 @@
+"""Subject → shared-library call (tipsml.bench.service). Every message ends acked,
+nak'ed with a delay, or terminated; every request ends in exactly one reply."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("bench_worker")
+
+
+class Handlers:
+    def __init__(self, service, metrics):
+        self.svc = service
+        self.m = metrics
+
+    async def job(self, msg) -> None:
+        t0 = time.perf_counter()
+        try:
+            await self.svc.handle_job(msg)
+        except Exception:  # noqa: BLE001 - the worker keeps serving; redelivery retries
+            log.exception("bench.run handler crashed")
+            await _nak(msg, 5.0)
+        self.m.latency.labels("bench.run").observe(time.perf_counter() - t0)
+
+    async def cell(self, msg) -> None:
+        t0 = time.perf_counter()
+        try:
+            await self.svc.handle_cell(msg)
+        except Exception:  # noqa: BLE001
+            log.exception("bench.cell handler crashed")
+            await _nak(msg, 10.0)
+        self.m.latency.labels("bench.cell").observe(time.perf_counter() - t0)
+
+    async def leaderboard(self, msg) -> None:
+        t0 = time.perf_counter()
+        await self.svc.handle_leaderboard(msg)
+        self.m.latency.labels("bench.leaderboard").observe(time.perf_counter() - t0)
+
+
+async def _nak(msg, delay: float) -> None:
+    try:
+        await msg.nak(delay=delay)
+    except Exception:  # noqa: BLE001 - connection gone: ack_wait redelivers
+        pass

@@ -1,0 +1,130 @@
+"""Bench worker: takes ``bench.run`` jobs and ``bench.cell.>`` cells from the BENCH work
+queue (pull consumers ``bench-jobs`` / ``bench-cells``: any number of workers share them)
+and answers ``bench.leaderboard`` (queue group ``bench-worker``).
+
+One cell at a time per worker (a cell is a model's generations + judging; running two
+at once would load two models). Graceful stop: the cell in hand finishes (or, if killed,
+is redelivered to another worker after ack_wait — nothing is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import nats.errors
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tipsml import metrics as M
+from tipsml import subjects as S
+from tipsml.bench.service import BenchService, Counters
+from tipsml.bench.tracking import Tracker, default_tracking_uri
+from tipsml.natsutil import connect, ensure_consumer, ensure_streams
+from tipsml.worker import announce, run_main, setup_logging, stop_event
+
+from .handlers import Handlers
+from .settings import BenchSettings
+
+log = logging.getLogger("bench_worker")
+
+
+class BenchMetrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram("bench_handler_latency_seconds", "handler time per subject",
+                                 ["subject"], buckets=M.LATENCY_BUCKETS + (60.0, 300.0, 900.0),
+                                 registry=r)
+        self.jobs = Counter("bench_jobs_total", "bench.run jobs by outcome", ["outcome"],
+                            registry=r)
+        self.cells = Counter("bench_cells_total", "cells by outcome", ["outcome"], registry=r)
+        self.cell_s = Histogram("bench_cell_duration_seconds", "generate + judge + log per cell",
+                                buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r)
+        self.busy = Gauge("bench_cells_in_progress", "cells being worked on", registry=r)
+
+
+def consumer_specs(settings: BenchSettings) -> tuple[S.ConsumerSpec, S.ConsumerSpec]:
+    cells = dataclasses.replace(S.BENCH_CELLS_CONSUMER, ack_wait_s=settings.cell_ack_wait_s,
+                                max_deliver=settings.cell_max_deliver)
+    return S.BENCH_JOBS_CONSUMER, cells
+
+
+async def _pull_loop(sub, handler, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(1, timeout=1.0)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            return
+        except Exception as e:  # noqa: BLE001 - reconnecting: try again shortly
+            log.warning("fetch failed: %s", e)
+            await asyncio.sleep(0.5)
+            continue
+        for msg in msgs:
+            await handler(msg)
+
+
+async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    import redis.asyncio as aioredis
+
+    from tipsml.llm import litellm_module
+
+    m = BenchMetrics()
+    port = M.serve(m.registry, settings.metrics_port)
+    uri = settings.mlflow_tracking_uri or default_tracking_uri()
+    tracker = await asyncio.to_thread(Tracker, uri, settings.artifact_root)
+    await asyncio.to_thread(litellm_module)  # import once, before the first cell
+    redis = aioredis.from_url(settings.redis_url)
+    nc = await connect(settings, "bench-worker")
+    js = nc.jetstream()
+    await ensure_streams(js, ["BENCH", "BENCH_STATUS", "DEADLETTER"])
+    jobs_spec, cells_spec = consumer_specs(settings)
+    for spec in (jobs_spec, cells_spec):
+        await ensure_consumer(js, spec)
+    svc = BenchService(settings, nc, redis, tracker,
+                       Counters(jobs=m.jobs, cells=m.cells, cell_s=m.cell_s, busy=m.busy))
+    h = Handlers(svc, m)
+    jobs_sub = await js.pull_subscribe_bind(jobs_spec.durable, stream=jobs_spec.stream)
+    cells_sub = await js.pull_subscribe_bind(cells_spec.durable, stream=cells_spec.stream)
+    lb_tasks: set[asyncio.Task] = set()
+
+    async def on_leaderboard(msg):
+        t = asyncio.create_task(h.leaderboard(msg))
+        lb_tasks.add(t)
+        t.add_done_callback(lb_tasks.discard)
+
+    lb_sub = await nc.subscribe(S.BENCH_LEADERBOARD, queue=S.Q_BENCH, cb=on_leaderboard)
+    await nc.flush()
+    stop = stop or stop_event()
+    loops = [asyncio.create_task(_pull_loop(jobs_sub, h.job, stop)),
+             asyncio.create_task(_pull_loop(cells_sub, h.cell, stop))]
+    announce("bench-worker", metrics_port=port, tracking_uri=uri, worker_id=svc.worker_id)
+    if ready:
+        ready.set()
+    await stop.wait()
+    await lb_sub.unsubscribe()
+    await asyncio.wait(loops, timeout=settings.llm_timeout_s)
+    if lb_tasks:
+        await asyncio.wait(lb_tasks, timeout=5)
+    for sub in (jobs_sub, cells_sub):
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+    try:
+        await asyncio.wait_for(nc.drain(), timeout=5)
+    except Exception:  # noqa: BLE001 - pull subscriptions may not drain: close
+        await nc.close()
+    await redis.aclose()
+
+
+def run() -> None:
+    settings = BenchSettings()
+    setup_logging(settings.log_level)
+    run_main(lambda: serve(settings))
+
+
+if __name__ == "__main__":
+    run()
