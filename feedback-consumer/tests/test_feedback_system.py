@@ -112,3 +112,27 @@ async def test_poison_message_goes_to_dead_letter(nc, feedback_service, body):
     assert found.data == body
     assert found.headers["Tips-Dlq-Reason"].startswith("invalid_request")
     assert found.headers["Tips-Origin-Subject"] == "feedback.poison"
+
+
+async def test_dead_letter_replay_applies_once(nc, stack, scorer_service, feedback_service, store,
+                                               uid):
+    """A valid event parked in the DLQ (e.g. after a long Redis outage) is replayed by the CLI."""
+    import os
+    import subprocess
+    import sys
+
+    js = nc.jetstream()
+    (u, r), = await make_decisions(nc, [uid], 1)
+    body = json.dumps({"event_id": f"rp-{uid}", "decision_id": r["decision_id"], "user_id": u,
+                       "reaction": "completed"}).encode()
+    await js.publish("dlq.feedback", body, headers={
+        "Nats-Msg-Id": f"dlq:rp-{uid}", "Tips-Dlq-Reason": "unapplied after 8 deliveries",
+        "Tips-Origin-Subject": "feedback.completed", "Tips-Deliveries": "8"})
+    env = dict(os.environ, **stack.env())
+    for _ in range(2):  # replaying twice cannot double the reward
+        out = subprocess.run([sys.executable, "-m", "tipsml.dlq", "replay", "--subject",
+                              "dlq.feedback"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    assert await wait_for(lambda: _eq(applied_updates(store, uid), 1))
+    await asyncio.sleep(0.5)
+    assert await applied_updates(store, uid) == 1
