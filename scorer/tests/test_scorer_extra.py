@@ -60,3 +60,21 @@ async def test_worker_serves_prometheus_metrics(stack, nc):
         assert 'scorer_requests_total{code="ok",subject="tips.score"}' in body
     finally:
         w.stop()
+
+
+async def test_reset_requires_admin_token_when_configured(stack, nc, uid):
+    w = spawn_worker("scorer.main", {**stack.env(), "ADMIN_TOKEN": "s3cret-for-test",
+                                     "METRICS_PORT": "-1"})
+    try:
+        # other scorers of the session may share the queue group: 30 tries reach this one
+        codes = set()
+        for _ in range(30):
+            r = await request_json(nc, "tips.reset", {"user_id": uid})
+            codes.add(r.get("error", {}).get("code", "ok"))
+        assert "forbidden" in codes
+        ok = [await request_json(nc, "tips.reset", {"user_id": uid},
+                                 headers={"Tips-Admin-Token": "s3cret-for-test"})
+              for _ in range(10)]
+        assert all(r["ok"] for r in ok)
+    finally:
+        w.stop()

@@ -13,4 +13,3 @@ class ScorerSettings(BaseServiceSettings):
     redis_breaker_s: float = 1.0
     shadow_learn: bool = True
     decision_queue_max: int = 20000
-    admin_token: str | None = None
