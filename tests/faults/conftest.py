@@ -54,7 +54,13 @@ async def clients(own_stack):
 
     nc = await nats.connect(own_stack.nats_url, max_reconnect_attempts=-1,
                             reconnect_time_wait=0.2, name="chaos-client")
-    r = aioredis.from_url(own_stack.redis_url)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RConnErr, TimeoutError as RTimeout
+
+    r = aioredis.from_url(own_stack.redis_url,  # the test's own reads survive a Redis restart
+                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 40),
+                          retry_on_error=[RConnErr, RTimeout])
     yield nc, nc.jetstream(), r, StateStore(r)
     await nc.close()
     await r.aclose()
