@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+
+import redis.exceptions
 
 from tipsml.contract import (ContractError, ErrorCode, ResetRequest, ScoreRequest, StatsRequest,
                              error_bytes, parse)
@@ -31,6 +34,10 @@ class Handlers:
         except ContractError as e:
             code = e.code.value
             out = error_bytes(e.code, e.message)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                asyncio.TimeoutError) as e:  # state store down (stats/reset cannot fall back)
+            code = "unavailable"
+            out = error_bytes(ErrorCode.unavailable, f"state store unavailable: {type(e).__name__}")
         except Exception as e:  # noqa: BLE001 - the worker keeps serving
             log.exception("internal error on %s", subject)
             code = "internal"
