@@ -1,0 +1,113 @@
+"""In-process (fast) mode: the scorer's policy code and the reward update, without I/O.
+
+Per user and policy it keeps exactly what Redis keeps (one packed arm vector per arm,
+``tipsml.bandits`` layout), chooses with :meth:`Policy.choose` on the features the
+scorer would build, and applies each reward with :func:`sherman_morrison_update` — the
+numpy reference of the Lua script the feedback consumer runs. Rewards apply before the
+user's next round, as in NATS mode (which waits for the consumer between rounds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..bandits import Policy, initial_arm, sherman_morrison_update
+from ..rewards import REWARD_TABLE
+from .world import REACTIONS, Episode
+
+GLOBAL = "*global*"
+
+
+@dataclass
+class Trace:
+    """What one policy did on one episode (arrays are (users, rounds))."""
+
+    policy: str
+    seed: int
+    arm: np.ndarray
+    propensity: np.ndarray
+    reward: np.ndarray
+    expected: np.ndarray       # E[r] of the chosen arm (hidden model)
+    oracle: np.ndarray         # E[r] of the best arm
+    reaction: np.ndarray       # index into REACTIONS
+    state: dict = field(default_factory=dict)  # key -> list of packed arm vectors (in-process)
+    meta: dict = field(default_factory=dict)   # NATS mode: user ids, decision ids, run id
+
+    @property
+    def mean_reward(self) -> float:
+        return float(self.reward.mean())
+
+    @property
+    def mean_expected(self) -> float:
+        return float(self.expected.mean())
+
+    def regret_curve(self) -> np.ndarray:
+        """Mean over users of the cumulative (expected) regret after each round."""
+        return np.cumsum((self.oracle - self.expected).mean(axis=0))
+
+    def reward_curve(self) -> np.ndarray:
+        return np.cumsum(self.reward.mean(axis=0))
+
+
+class StateBook:
+    """Per-user (or global) arm models of one policy, as packed float64 vectors."""
+
+    def __init__(self, policy: Policy, arms: tuple[str, ...], init: dict | None = None):
+        self.p = policy
+        self.arms = arms
+        self.d: dict[str, list[np.ndarray]] = {}
+        if init:
+            self.d = {k: [v.copy() for v in vs] for k, vs in init.items()}
+
+    def key(self, user: str) -> str:
+        return GLOBAL if self.p.global_model else user
+
+    def get(self, user: str) -> list[np.ndarray]:
+        k = self.key(user)
+        vs = self.d.get(k)
+        if vs is None:
+            vs = self.d[k] = [initial_arm(self.p.dim, self.p.lam) for _ in self.arms]
+        return vs
+
+    def blobs(self, user: str) -> list[bytes]:
+        return [v.tobytes() for v in self.get(user)]
+
+    def update(self, user: str, arm_index: int, x: np.ndarray, r: float) -> None:
+        vs = self.get(user)
+        vs[arm_index] = sherman_morrison_update(vs[arm_index], x, r)
+
+
+def run_policy(ep: Episode, policy: Policy, rng: np.random.Generator, *, learn: bool = True,
+               init_state: dict | None = None, progress=None) -> Trace:
+    """Play ``policy`` on the episode; ``learn=False`` freezes it at ``init_state``."""
+    U, T = ep.n_users, ep.rounds
+    arms = list(ep.arms)
+    book = StateBook(policy, ep.arms, init_state)
+    X = ep.features(policy.features.uses_profile)
+    arm = np.zeros((U, T), dtype=np.int64)
+    prop = np.zeros((U, T))
+    rew = np.zeros((U, T))
+    react = np.zeros((U, T), dtype=np.int64)
+    rmap = np.array([REWARD_TABLE[r] for r in REACTIONS])
+    for t in range(T):
+        for u in range(U):
+            uid = ep.user_ids[u]
+            x = X[u, t]
+            c = policy.choose(arms, book.blobs(uid), x, rng)
+            reaction = ep.reaction(u, t, c.index)
+            ri = REACTIONS.index(reaction)
+            r = float(rmap[ri])
+            arm[u, t], prop[u, t], rew[u, t], react[u, t] = c.index, c.propensity, r, ri
+            if learn:
+                book.update(uid, c.index, x, r)
+        if progress is not None:
+            progress(U)
+    exp = np.take_along_axis(ep.expected, arm[:, :, None], axis=2)[:, :, 0]
+    return Trace(policy.name, ep.seed, arm, prop, rew, exp, ep.oracle(), react, book.d)
+
+
+def policy_rng(seed: int, stream: int) -> np.random.Generator:
+    """The policy's own randomness: independent of the world's (which is fixed by the seed)."""
+    return np.random.default_rng([seed, 31337, stream])
