@@ -95,18 +95,22 @@ async def wait_feedback_applied(js, last_seq: int, timeout: float,
         delay = min(delay * 1.5, 0.05)
 
 
-async def run_nats(nc, ep: Episode, policies: list[str], *, run_id: str | None = None,
+async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                    concurrency: int = 64, timeout: float = 2.0, settle: bool = True,
                    settle_timeout: float = 15.0, deadline: float | None = None,
                    stats: LiveStats | None = None, progress=None,
                    generate_every: int = 0, stop: asyncio.Event | None = None
                    ) -> dict[str, Trace]:
-    """Play every policy in ``policies`` (one cohort each) on ``ep`` through NATS.
+    """Play every cohort on ``ep`` through NATS. A cohort is a policy name or a
+    ``(label, policy)`` pair (two cohorts may run the same policy under different labels).
 
     ``deadline`` (monotonic) / ``stop`` end the run after the current round; the traces
     then hold only the rounds played (``Trace.extra['rounds']``).
     """
     js = nc.jetstream()
+    cohorts = [(c, c) if isinstance(c, str) else tuple(c) for c in cohorts]
+    policies = [lab for lab, _ in cohorts]
+    policy_of = dict(cohorts)
     run_id = run_id or uuid.uuid4().hex[:8]
     stats = stats or LiveStats()
     U, T, K = ep.n_users, ep.rounds, len(ep.arms)
@@ -128,7 +132,8 @@ async def run_nats(nc, ep: Episode, policies: list[str], *, run_id: str | None =
             seen.add(d.get("decision_id"))
             seen_ev.set()
 
-    subs = [await nc.subscribe(S.decisions_subject(p), cb=on_decision) for p in policies]
+    subs = [await nc.subscribe(S.decisions_subject(p), cb=on_decision)
+            for p in sorted(set(policy_of.values()))]
     await nc.flush()
     sem = asyncio.Semaphore(concurrency)
     last_seq = 0
@@ -136,7 +141,7 @@ async def run_nats(nc, ep: Episode, policies: list[str], *, run_id: str | None =
     gen_tasks: set[asyncio.Task] = set()
 
     async def score(p: str, u: int, t: int):
-        body = {"user_id": uids[p][u], "policy": p, "arms": arms, "context": ep.context(u, t),
+        body = {"user_id": uids[p][u], "policy": policy_of[p], "arms": arms, "context": ep.context(u, t),
                 "profile_features": ep.profile[u][t], "request_id": f"{run_id}:{p}:{u}:{t}"}
         async with sem:
             for attempt in range(3):
@@ -227,9 +232,9 @@ async def run_nats(nc, ep: Episode, policies: list[str], *, run_id: str | None =
         a = o["arm"][:, :rounds_done]
         exp = np.take_along_axis(ep.expected[:, :rounds_done], np.maximum(a, 0)[:, :, None],
                                  axis=2)[:, :, 0]
-        tr = Trace(p, ep.seed, a, o["prop"][:, :rounds_done], o["rew"][:, :rounds_done], exp,
+        tr = Trace(policy_of[p], ep.seed, a, o["prop"][:, :rounds_done], o["rew"][:, :rounds_done], exp,
                    ep.oracle()[:, :rounds_done], o["react"][:, :rounds_done])
-        tr.meta = {"user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
+        tr.meta = {"label": p, "user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
                     "rounds": rounds_done, "run_id": run_id}
         traces[p] = tr
     return traces

@@ -64,34 +64,36 @@ def summarise_trace(tr: Trace) -> dict:
             "user_mean_reward": tr.reward.mean(axis=1)}
 
 
-def _job(policy: str, stream: int, seed: int, users: int, rounds: int, world: WorldConfig,
-         env: dict | None = None) -> dict:
-    if env:
-        os.environ.update(env)
+def _job(label: str, policy: str, stream: int, seed: int, users: int, rounds: int,
+         world: WorldConfig) -> dict:
     reg = policies_from_env([policy])
     ep = _episode(seed, users, rounds, world)
     tr = run_policy(ep, reg[policy], policy_rng(seed, stream))
     out = summarise_trace(tr)
+    out["policy"] = label
     out["uniform"] = float(ep.expected.mean())
     return out
 
 
-def run_inproc(cfg: SimConfig, progress=None, streams: dict[str, int] | None = None) -> list[dict]:
-    """Every (policy, seed) in processes; ``streams`` names each policy's RNG stream."""
-    policies_from_env(cfg.policies)
-    streams = streams or {p: i for i, p in enumerate(cfg.policies)}
-    jobs = [(p, streams[p], s) for s in cfg.seeds for p in cfg.policies]
+def run_inproc(cfg: SimConfig, progress=None,
+               cohorts: list[tuple[str, str, int]] | None = None) -> list[dict]:
+    """Every (cohort, seed) in processes. A cohort is (label, policy, RNG stream); by
+    default one per policy. The world of a seed is the same for every cohort."""
+    cohorts = cohorts or [(p, p, i) for i, p in enumerate(cfg.policies)]
+    policies_from_env([c[1] for c in cohorts])
+    jobs = [(lab, pol, st, s) for s in cfg.seeds for lab, pol, st in cohorts]
     world = cfg.world()
     n = cfg.workers or min(os.cpu_count() or 1, len(jobs))
     out = []
     if n <= 1:
-        for p, st, s in jobs:
-            out.append(_job(p, st, s, cfg.users, cfg.rounds, world))
+        for lab, pol, st, s in jobs:
+            out.append(_job(lab, pol, st, s, cfg.users, cfg.rounds, world))
             if progress:
                 progress(1)
         return out
     with ProcessPoolExecutor(max_workers=n) as ex:
-        futs = [ex.submit(_job, p, st, s, cfg.users, cfg.rounds, world) for p, st, s in jobs]
+        futs = [ex.submit(_job, lab, pol, st, s, cfg.users, cfg.rounds, world)
+                for lab, pol, st, s in jobs]
         for f in as_completed(futs):
             out.append(f.result())
             if progress:
@@ -100,17 +102,19 @@ def run_inproc(cfg: SimConfig, progress=None, streams: dict[str, int] | None = N
 
 
 async def run_nats_sweep(cfg: SimConfig, nc, progress=None, settle: bool = True,
-                         stats=None) -> list[dict]:
-    """Every seed through the real workers; all policies of a seed run side by side."""
+                         stats=None, cohorts: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Every seed through the real workers; all cohorts of a seed run side by side."""
     from .natsmode import run_nats
 
     out = []
+    cohorts = cohorts or [(p, p) for p in cfg.policies]
     for s in cfg.seeds:
         ep = make_episode(s, cfg.users, cfg.rounds, cfg.world())
-        traces = await run_nats(nc, ep, list(cfg.policies), progress=progress, settle=settle,
+        traces = await run_nats(nc, ep, cohorts, progress=progress, settle=settle,
                                 stats=stats)
-        for tr in traces.values():
+        for label, tr in traces.items():
             d = summarise_trace(tr)
+            d["policy"] = label
             d["uniform"] = float(ep.expected.mean())
             out.append(d)
     return out
@@ -144,19 +148,23 @@ def aggregate(rows: list[dict], cfg: SimConfig) -> dict:
     return res
 
 
+def run_rows(cfg: SimConfig, progress=None, cohorts=None) -> list[dict]:
+    """Rows (one per cohort × seed) in the configured mode. Cohorts: (label, policy, stream)."""
+    if cfg.mode == "inproc":
+        return run_inproc(cfg, progress, cohorts)
+    return asyncio.run(_nats_main(cfg, progress, [(c[0], c[1]) for c in cohorts] if cohorts else None))
+
+
 def run(cfg: SimConfig, progress=None) -> dict:
     t0 = time.perf_counter()
-    if cfg.mode == "inproc":
-        rows = run_inproc(cfg, progress)
-    else:
-        rows = asyncio.run(_nats_main(cfg, progress))
+    rows = run_rows(cfg, progress)
     res = aggregate(rows, cfg)
     res["elapsed_s"] = time.perf_counter() - t0
     return res
 
 
-async def _nats_main(cfg: SimConfig, progress=None) -> list[dict]:
+async def _nats_main(cfg: SimConfig, progress=None, cohorts=None) -> list[dict]:
     from .services import Services
 
     async with Services.from_env_or_embedded(log_dir=cfg.extra.get("log_dir")) as svc:
-        return await run_nats_sweep(cfg, svc.nc, progress)
+        return await run_nats_sweep(cfg, svc.nc, progress, cohorts=cohorts)

@@ -196,6 +196,15 @@ class Episode:
         i = int(np.searchsorted(cdf, self.uniform[u, t], side="right"))
         return REACTIONS[min(i, len(REACTIONS) - 1)]
 
+    def slice(self, t0: int, t1: int) -> "Episode":
+        """Rounds [t0, t1) of the same users (e.g. a warm-up and an evaluation period)."""
+        return Episode(self.seed, self.arms, self.user_ids, self.personas,
+                       self.hour[:, t0:t1], self.dow[:, t0:t1],
+                       [row[t0:t1] for row in self.tasks], [row[t0:t1] for row in self.profile],
+                       self.x7[:, t0:t1], self.x12[:, t0:t1], self.probs[:, t0:t1],
+                       self.expected[:, t0:t1], self.uniform[:, t0:t1], self.strain[:, t0:t1],
+                       dict(self.extra))
+
     def oracle(self) -> np.ndarray:
         """(U, T) expected reward of the best arm (the oracle knows the hidden model)."""
         return self.expected.max(axis=2)
