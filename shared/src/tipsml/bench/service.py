@@ -288,7 +288,7 @@ class BenchService:
             await self._advance_after(job, cell)
             await msg.ack()
             return
-        ttl_ms = int(self.s.cell_ack_wait_s * 2000)
+        ttl_ms = int(self.s.cell_ack_wait_s * 1500)
         if not await self.store.acquire(cell.key, self.worker_id, ttl_ms):
             # another live worker holds it (a duplicate from a re-sent job): let it finish
             await msg.nak(delay=self.s.cell_ack_wait_s)
