@@ -131,9 +131,15 @@ class StateStore:
         self._apply = redis.register_script(APPLY_REWARD_LUA)
 
     @classmethod
-    def from_url(cls, url: str, **kw) -> "StateStore":
-        return cls(aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                     health_check_interval=0), **kw)
+    def from_url(cls, url: str, max_connections: int = 64, pool_timeout_s: float = 5.0,
+                 **kw) -> "StateStore":
+        # A blocking pool: callers beyond max_connections wait for a free connection.
+        # redis-py's default pool raises MaxConnectionsError past 100 connections, which
+        # turned every concurrent batch > 100 into spurious naks (and scorer fallbacks).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout_s,
+            socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=0)
+        return cls(aioredis.Redis.from_pool(pool), **kw)
 
     async def close(self) -> None:
         await self.r.aclose()
