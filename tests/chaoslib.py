@@ -46,6 +46,22 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def metric(port: int, name: str, **labels) -> float:
+    """One sample of a worker's Prometheus endpoint (0.0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as fh:
+        text = fh.read().decode()
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
 def loadavg() -> list[float]:
     with open("/proc/loadavg") as fh:
         return [float(x) for x in fh.read().split()[:3]]
@@ -271,4 +287,4 @@ async def live_updates(r, policy: str = "egreedy-v1", prefix: str = "") -> int:
 __all__ = ["SHORT", "FAST_FEEDBACK", "record", "rss_mb", "loadavg", "score", "make_decisions",
            "feedback_body", "publish_until_acked", "Ledger", "applied_count", "wait_applied",
            "expected_state", "exactly_once_report", "dlq_count", "LatencyLog", "score_traffic",
-           "random_reaction", "live_updates", "state_key"]
+           "random_reaction", "live_updates", "state_key", "metric"]
