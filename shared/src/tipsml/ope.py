@@ -325,14 +325,35 @@ DEFAULT_PAIRS = (("egreedy-v1", "egreedy-v2"), ("egreedy-v1", "linucb"),
 
 
 def validation_table(rows: list[dict]) -> str:
-    lines = ["| logging → target | n | logged reward | online reward (target run live) | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | within ±10% (IPS/SNIPS/DR) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| logging → target | seed | n | logged reward | online reward (target run live) | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | within ±10% (IPS/SNIPS/DR) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cell = lambda k: f"{r[k]['value']:.3f} [{r[k]['lo']:.3f}, {r[k]['hi']:.3f}] ({r[k]['rel_err_pct']:+.1f}%)"  # noqa: E731
         ok = "/".join("yes" if r[k]["within_10pct"] else "no" for k in ("ips", "snips", "dr"))
         note = "" if r["valid_logging"] else " ⚠ deterministic logging (invalid)"
-        lines.append(f"| {r['logging']} → {r['target']}{note} | {r['n']} | {r['logged_reward']:.3f} | "
+        lines.append(f"| {r['logging']} → {r['target']}{note} | {r['seed']} | {r['n']} | {r['logged_reward']:.3f} | "
                      f"{r['online_reward']:.3f} | {cell('ips')} | {cell('snips')} | {cell('dr')} | {ok} |")
+    return "\n".join(lines)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Per pair over seeds: mean online value, mean estimate, worst error, seeds within ±10%."""
+    pairs: dict = {}
+    for r in rows:
+        pairs.setdefault((r["logging"], r["target"]), []).append(r)
+    lines = ["| logging → target | seeds | online reward | IPS | SNIPS | DR | within ±10% (IPS / SNIPS / DR) |",
+             "|---|---|---|---|---|---|---|"]
+    for (lp, tp), rs in pairs.items():
+        on = np.mean([r["online_reward"] for r in rs])
+
+        def cell(k):
+            v = np.mean([r[k]["value"] for r in rs])
+            worst = max((r[k]["rel_err_pct"] for r in rs), key=abs)
+            return f"{v:.3f} (mean err {100 * (v - on) / on:+.1f}%, worst {worst:+.1f}%)"
+        ok = " / ".join(f"{sum(r[k]['within_10pct'] for r in rs)}/{len(rs)}" for k in ("ips", "snips", "dr"))
+        note = "" if rs[0]["valid_logging"] else " ⚠ invalid: deterministic logging"
+        lines.append(f"| {lp} → {tp}{note} | {len(rs)} | {on:.3f} | {cell('ips')} | {cell('snips')} | "
+                     f"{cell('dr')} | {ok} |")
     return "\n".join(lines)
 
 
@@ -355,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--users", type=int, default=200)
     v.add_argument("--warmup", type=int, default=100)
     v.add_argument("--rounds", type=int, default=100)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seeds", default="0", help="comma list of seeds")
     v.add_argument("--pairs", default=",".join(f"{a}:{b}" for a, b in DEFAULT_PAIRS))
     v.add_argument("--out", default="bench/results/sim_ope")
     v.add_argument("--no-mlflow", action="store_true")
@@ -365,11 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
-    kw = dict(users=args.users, warmup=args.warmup, rounds=args.rounds, seed=args.seed)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    kw = dict(users=args.users, warmup=args.warmup, rounds=args.rounds)
     with ProcessPoolExecutor() as ex:
-        rows = list(ex.map(_job, [(a, b, kw) for a, b in pairs]))
+        rows = list(ex.map(_job, [(a, b, dict(kw, seed=s)) for s in seeds for a, b in pairs]))
     table = validation_table(rows)
     print(table)
+    if len(seeds) > 1:
+        print()
+        print(summary_table(rows))
+    kw["seeds"] = seeds
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps({"config": kw, "rows": rows}, indent=1))
@@ -378,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_mlflow:
         from .sim.tracking import log_run
 
-        info = log_run("tips-ope", f"ope-validate-seed{args.seed}", params=kw,
-                       metrics={f"{r['logging']}__{r['target']}": {
+        info = log_run("tips-ope", f"ope-validate-{len(seeds)}seeds", params=kw,
+                       metrics={f"{r['logging']}__{r['target']}__s{r['seed']}": {
                            k: r[k]["rel_err_pct"] for k in ("ips", "snips", "dr")} for r in rows},
                        artifacts=[f"{out}.json", f"{out}.png"])
         print(f"MLflow: {info.get('run_id') or info.get('error')}")
@@ -393,8 +419,8 @@ def _plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
-    labels = [f"{r['logging']}\n→ {r['target']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 0.75 * len(rows)), 4.4), dpi=120)
+    labels = [f"{r['logging']}\n→ {r['target']} (s{r['seed']})" for r in rows]
     xs = np.arange(len(rows))
     ax.scatter(xs, [r["online_reward"] for r in rows], marker="*", s=140, c="k", label="online",
                zorder=3)

@@ -111,3 +111,23 @@ def run_policy(ep: Episode, policy: Policy, rng: np.random.Generator, *, learn: 
 def policy_rng(seed: int, stream: int) -> np.random.Generator:
     """The policy's own randomness: independent of the world's (which is fixed by the seed)."""
     return np.random.default_rng([seed, 31337, stream])
+
+
+def replay(ep: Episode, policy: Policy, arms: np.ndarray) -> tuple[np.ndarray, StateBook]:
+    """Re-run ``policy`` on ``ep`` forcing the arms of a logged run (e.g. NATS mode).
+
+    Returns, for every (user, round), the probability the policy gives the forced arm in
+    the replayed state (the propensity the scorer should have logged), and the final state.
+    """
+    U, T = arms.shape
+    book = StateBook(policy, ep.arms)
+    X = ep.features(policy.features.uses_profile)
+    prop = np.zeros((U, T))
+    rng = np.random.default_rng(0)
+    for u in range(U):
+        uid = ep.user_ids[u]
+        for t in range(T):
+            a = int(arms[u, t])
+            prop[u, t] = policy.selection_probs(list(ep.arms), book.blobs(uid), X[u, t], rng)[a]
+            book.update(uid, a, X[u, t], REWARD_TABLE[ep.reaction(u, t, a)])
+    return prop, book
