@@ -14,7 +14,8 @@
 
 Ctrl-C stops the traffic and everything started here, cleanly (twice: at once).
 
-Options: ``--seconds 60 --users 40`` (users per cohort), ``--no-llm``, ``--no-gate``.
+Options: ``--seconds 60 --users 40`` (users per cohort), ``--rate 250`` (requests/s),
+``--no-llm``, ``--no-gate``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import signal
 import sys
@@ -155,6 +155,7 @@ async def demo(args) -> int:
         vt = asyncio.create_task(view.run(view_stop))
         try:
             traces = await run_nats(svc.nc, ep, POLICIES, run_id=run_id, settle=False,
+                                    rate=args.rate, concurrency=16,
                                     deadline=time.monotonic() + args.seconds, stats=stats,
                                     stop=stop, generate_every=5 if has_gen else 0)
         finally:
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--users", type=int, default=40, help="simulated users per policy cohort")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rate", type=float, default=250.0, help="tips.score requests per second")
     ap.add_argument("--no-llm", action="store_true")
     ap.add_argument("--no-gate", action="store_true")
     ap.add_argument("--gate-seeds", type=int, default=6)

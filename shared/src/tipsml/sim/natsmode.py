@@ -99,13 +99,14 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                    concurrency: int = 64, timeout: float = 2.0, settle: bool = True,
                    settle_timeout: float = 15.0, deadline: float | None = None,
                    stats: LiveStats | None = None, progress=None,
-                   generate_every: int = 0, stop: asyncio.Event | None = None
-                   ) -> dict[str, Trace]:
+                   generate_every: int = 0, stop: asyncio.Event | None = None,
+                   rate: float | None = None) -> dict[str, Trace]:
     """Play every cohort on ``ep`` through NATS. A cohort is a policy name or a
     ``(label, policy)`` pair (two cohorts may run the same policy under different labels).
 
     ``deadline`` (monotonic) / ``stop`` end the run after the current round; the traces
-    then hold only the rounds played (``Trace.extra['rounds']``).
+    then hold only the rounds played (``Trace.meta['rounds']``). ``rate`` paces the
+    ``tips.score`` requests (per second) so a demo stays within what the box sustains.
     """
     js = nc.jetstream()
     cohorts = [(c, c) if isinstance(c, str) else tuple(c) for c in cohorts]
@@ -139,10 +140,20 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
     last_seq = 0
     rounds_done = 0
     gen_tasks: set[asyncio.Task] = set()
+    pace = {"next": 0.0}
+
+    async def paced():
+        now = time.monotonic()
+        slot = max(pace["next"], now)
+        pace["next"] = slot + 1.0 / rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     async def score(p: str, u: int, t: int):
         body = {"user_id": uids[p][u], "policy": policy_of[p], "arms": arms, "context": ep.context(u, t),
                 "profile_features": ep.profile[u][t], "request_id": f"{run_id}:{p}:{u}:{t}"}
+        if rate:
+            await paced()
         async with sem:
             for attempt in range(3):
                 t0 = time.perf_counter()

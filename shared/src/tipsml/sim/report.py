@@ -18,10 +18,11 @@ def regret_plot(res: dict, path: str | Path, title: str | None = None) -> Path:
 
     cfg = res["config"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    for name, p in res["policies"].items():
+    styles = ["-", "--", "-.", ":"]
+    for i, (name, p) in enumerate(res["policies"].items()):
         c = p["regret_curve"]
         x = np.arange(1, len(c["mean"]) + 1)
-        ax.plot(x, c["mean"], label=name, lw=1.8)
+        ax.plot(x, c["mean"], label=name, lw=1.8, ls=styles[i % len(styles)])
         ax.fill_between(x, c["lo"], c["hi"], alpha=0.2)
     ax.set_xlabel("round (tip opportunity per user)")
     ax.set_ylabel("cumulative expected regret per user")
