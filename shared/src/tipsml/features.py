@@ -86,7 +86,10 @@ def _num(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # an int beyond float range (JSON allows 1000…0): fallback
+            return None
         return f if math.isfinite(f) else None
     return None
 
