@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
 from tipsml.launcher import EmbeddedStack
 
 ROOT = Path(__file__).resolve().parents[2]

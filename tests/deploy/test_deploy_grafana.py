@@ -79,5 +79,5 @@ def test_promtool_accepts_the_scrape_config():
         pytest.skip("promtool not installed (Debian package prometheus)")
     r = subprocess.run([promtool, "check", "config",
                         str(ROOT / "deploy" / "prometheus" / "prometheus.yml")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stdout + r.stderr

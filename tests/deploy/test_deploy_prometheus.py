@@ -36,7 +36,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
 from tipsml import subjects as S
 from tipsml.launcher import EmbeddedStack, free_port
 from tipsml.testing import spawn_worker
@@ -83,7 +82,8 @@ def find_prometheus() -> str:
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=240,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                            "prometheus"], env=env, timeout=300, capture_output=True, text=True)
+                            "prometheus"], env=env, timeout=300, capture_output=True, text=True,
+                           check=False)
     except subprocess.TimeoutExpired:
         pytest.skip("apt-get install prometheus timed out")
     found = shutil.which("prometheus")
@@ -288,7 +288,7 @@ async def run_bench_job(admin, timeout: float = 150.0) -> dict:
                      headers={"Nats-Msg-Id": f"deploy-job-{job['job_id']}"})
     try:
         await asyncio.wait_for(done.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     await sub.unsubscribe()
     msg = await admin.request(S.BENCH_LEADERBOARD,
@@ -373,7 +373,7 @@ BOARD_WORKERS = {  # which worker jobs a dashboard's metrics come from
 
 @pytest.mark.parametrize("board", BOARD_FILES)
 async def test_every_dashboard_query_returns_data(observed, board):
-    prom, targets, skipped, work = observed
+    prom, _targets, skipped, work = observed
     missing = {j: skipped[j] for j in BOARD_WORKERS.get(board, set()) if j in skipped}
     if missing:
         pytest.skip(f"{board}: metrics come from a worker that is not available: {missing}")
