@@ -14,7 +14,6 @@ import socket
 
 import pytest
 import pytest_asyncio
-
 from tipsml.launcher import EmbeddedStack
 
 
@@ -71,11 +70,11 @@ def generator_worker(stack):
 
     @contextlib.asynccontextmanager
     async def start(**overrides):
-        kw = dict(nats_url=stack.nats_url, redis_url=stack.redis_url, metrics_port=-1,
-                  llm_model="openai/smollm2-135m", llm_api_base="http://127.0.0.1:9/v1",
-                  llm_retries=0, generator_refresh_min_interval_s=0.0,
-                  generator_refill_on_miss=False, tip_prompt_version=[],
-                  default_prompt_version=None, generator_fetch_timeout_s=0.2)
+        kw = {"nats_url": stack.nats_url, "redis_url": stack.redis_url, "metrics_port": -1,
+              "llm_model": "openai/smollm2-135m", "llm_api_base": "http://127.0.0.1:9/v1",
+              "llm_retries": 0, "generator_refresh_min_interval_s": 0.0,
+              "generator_refill_on_miss": False, "tip_prompt_version": [],
+              "default_prompt_version": None, "generator_fetch_timeout_s": 0.2}
         kw.update(overrides)
         settings = GeneratorSettings(**kw)
         metrics = GeneratorMetrics()
@@ -92,3 +91,27 @@ def generator_worker(stack):
             await asyncio.wait_for(task, 30)
 
     return start
+
+
+@pytest.fixture
+def gen_request(nc):
+    """``await gen_request(payload, timeout=3)`` → reply dict for ``tips.generate``.
+
+    Retries a "no responders" answer for up to 2 s: right after a worker subscribes, a
+    busy nats-server can still answer 503 for a moment even though the worker flushed its
+    SUB (nats-server#2876). The retried requests never reached a worker.
+    """
+    from tipsml import subjects as S
+    from tipsml.natsutil import request_json
+
+    async def call(payload, timeout: float = 3.0) -> dict:
+        for _ in range(100):
+            r = await request_json(nc, S.TIPS_GENERATE, payload, timeout=timeout)
+            err = r.get("error") or {}
+            if r.get("ok") is False and err.get("message", "").startswith("no responders"):
+                await asyncio.sleep(0.02)
+                continue
+            return r
+        return r
+
+    return call

@@ -12,20 +12,14 @@ import json
 import time
 
 import pytest
-
 from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.generation import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, gen_key
 from tipsml.llm import FALLBACK_TIPS
-from tipsml.natsutil import request_json
 
 pytestmark = pytest.mark.system
 
 MODEL = "openai/smollm2-135m"
-
-
-async def generate(nc, payload, timeout=3.0):
-    return await request_json(nc, S.TIPS_GENERATE, payload, timeout=timeout)
 
 
 async def seed(redis_client, user, arm, version="v1", model=MODEL, tips=("Seeded tip one.",),
@@ -39,11 +33,11 @@ async def seed(redis_client, user, arm, version="v1", model=MODEL, tips=("Seeded
     return key
 
 
-async def test_cache_hit_reply_has_contract_fields(nc, redis_client, generator_worker, uid):
+async def test_cache_hit_reply_has_contract_fields(nc, redis_client, generator_worker, uid, gen_request):
     await seed(redis_client, uid, "focus_block", tips=["Older tip, served second.",
                                                        "Newest tip, served first."])
     async with generator_worker():
-        r = await generate(nc, {"user_id": uid, "arm": "focus_block", "request_id": "q1"})
+        r = await gen_request({"user_id": uid, "arm": "focus_block", "request_id": "q1"})
         assert r["ok"] is True, r
         for f in ("tip", "prompt_version", "model", "source", "latency_ms", "prompt_hash"):
             assert f in r
@@ -54,17 +48,17 @@ async def test_cache_hit_reply_has_contract_fields(nc, redis_client, generator_w
         assert r["request_id"] == "q1"
         assert r["latency_ms"] < 50
         # the last candidate stays (a repeat beats a miss until the refresh replaces it)
-        r2 = await generate(nc, {"user_id": uid, "arm": "focus_block"})
-        r3 = await generate(nc, {"user_id": uid, "arm": "focus_block"})
+        r2 = await gen_request({"user_id": uid, "arm": "focus_block"})
+        r3 = await gen_request({"user_id": uid, "arm": "focus_block"})
         assert r2["tip"] == r3["tip"] == "Older tip, served second."
         assert r3["source"] == "cache"
 
 
 async def test_stale_candidate_of_an_edited_prompt_is_not_served(nc, redis_client,
-                                                                 generator_worker, uid):
+                                                                 generator_worker, uid, gen_request):
     await seed(redis_client, uid, "prioritize", prompt_hash="0ldc0ntent00")
     async with generator_worker(generator_deadline_s=0.5) as w:
-        r = await generate(nc, {"user_id": uid, "arm": "prioritize"})
+        r = await gen_request({"user_id": uid, "arm": "prioritize"})
         assert r["ok"] and r["source"] == "fallback"
         assert w.value("generator_cache_requests_total", result="miss") == 1
 
@@ -87,31 +81,31 @@ async def test_stale_candidate_of_an_edited_prompt_is_not_served(nc, redis_clien
     (b'{"user_id":"' + b"x" * 70000 + b'"}', "invalid_request"),
 ])
 async def test_bad_requests_get_typed_errors_and_worker_keeps_serving(nc, generator_worker,
-                                                                      payload, code):
+                                                                      payload, code, gen_request):
     if isinstance(payload, dict):
         payload = json.dumps(payload, allow_nan=True).encode()
     async with generator_worker(generator_deadline_s=0.3) as w:
-        r = await generate(nc, payload)
+        r = await gen_request(payload)
         assert r["ok"] is False
-        assert r["error"]["code"] == code
+        assert r["error"]["code"] == code, r
         assert r["error"]["message"]
-        ok = await generate(nc, {"user_id": "still-alive"})
+        ok = await gen_request({"user_id": "still-alive"})
         assert ok["ok"] is True
         assert w.value("generator_requests_total", subject=S.TIPS_GENERATE, code=code) == 1
 
 
-async def test_unknown_prompt_version_lists_known_ones(nc, generator_worker, uid):
+async def test_unknown_prompt_version_lists_known_ones(nc, generator_worker, uid, gen_request):
     async with generator_worker():
-        r = await generate(nc, {"user_id": uid, "prompt_version": "v2"})
+        r = await gen_request({"user_id": uid, "prompt_version": "v2"})
         assert r["error"]["code"] == "unknown_prompt_version"
         for v in ("v1", "v2-mentor", "v3-few-shot"):
             assert v in r["error"]["message"]
 
 
-async def test_llm_down_falls_back_fast(nc, generator_worker, dead_llm_url, uid):
+async def test_llm_down_falls_back_fast(nc, generator_worker, dead_llm_url, uid, gen_request):
     async with generator_worker(llm_api_base=dead_llm_url, generator_deadline_s=1.0) as w:
         t0 = time.perf_counter()
-        r = await generate(nc, {"user_id": uid, "arm": "break_reminder",
+        r = await gen_request({"user_id": uid, "arm": "break_reminder",
                                 "prompt_version": "v2-mentor"})
         elapsed = time.perf_counter() - t0
         assert r["ok"] and r["source"] == "fallback"
@@ -120,18 +114,18 @@ async def test_llm_down_falls_back_fast(nc, generator_worker, dead_llm_url, uid)
         assert r["fallback_reason"] in ("unavailable", "circuit_open")
         assert elapsed < 1.0
         # the same user and arm always get the same fallback text
-        r2 = await generate(nc, {"user_id": uid, "arm": "break_reminder"})
+        r2 = await gen_request({"user_id": uid, "arm": "break_reminder"})
         assert r2["tip"] == r["tip"]
         assert w.value("generator_fallback_total", reason=r["fallback_reason"]) >= 1
         assert w.value("generator_tips_served_total", source="fallback",
                        arm="break_reminder") == 2
 
 
-async def test_llm_hung_falls_back_within_the_deadline(nc, generator_worker, hung_llm_url, uid):
+async def test_llm_hung_falls_back_within_the_deadline(nc, generator_worker, hung_llm_url, uid, gen_request):
     deadline = 0.6
     async with generator_worker(llm_api_base=hung_llm_url, generator_deadline_s=deadline) as w:
         t0 = time.perf_counter()
-        r = await generate(nc, {"user_id": uid, "arm": "task_breakdown"})
+        r = await gen_request({"user_id": uid, "arm": "task_breakdown"})
         elapsed = time.perf_counter() - t0
         assert r["ok"] and r["source"] == "fallback"
         assert r["fallback_reason"] == "timeout"
@@ -140,18 +134,18 @@ async def test_llm_hung_falls_back_within_the_deadline(nc, generator_worker, hun
         assert w.value("generator_fallback_total", reason="timeout") == 1
 
 
-async def test_no_arm_means_a_general_tip(nc, generator_worker, uid):
+async def test_no_arm_means_a_general_tip(nc, generator_worker, uid, gen_request):
     async with generator_worker(generator_deadline_s=0.3):
-        r = await generate(nc, {"user_id": uid})
+        r = await gen_request({"user_id": uid})
         assert r["ok"] and r["arm"] == "general" and r["tip"]
 
 
 async def test_decision_id_records_the_prompt_version_for_feedback(nc, redis_client,
-                                                                   generator_worker, uid):
+                                                                   generator_worker, uid, gen_request):
     did = f"dec-{uid}"
     await seed(redis_client, uid, "focus_block", version="v3-few-shot")
     async with generator_worker(reward_window_s=3600) as w:
-        r = await generate(nc, {"user_id": uid, "arm": "focus_block", "decision_id": did,
+        r = await gen_request({"user_id": uid, "arm": "focus_block", "decision_id": did,
                                 "prompt_version": "v3-few-shot"})
         assert r["ok"] and r["source"] == "cache" and r["decision_id"] == did
         await asyncio.sleep(0.2)  # bookkeeping happens after the reply
@@ -170,7 +164,7 @@ async def test_decision_id_records_the_prompt_version_for_feedback(nc, redis_cli
         assert mine[0][b"decision_id"] == did.encode()
 
 
-async def test_rotation_is_sticky_per_user_and_logged(nc, redis_client, generator_worker, uid):
+async def test_rotation_is_sticky_per_user_and_logged(nc, redis_client, generator_worker, uid, gen_request):
     rotation = ["v1", "v2-mentor", "v3-few-shot"]
     async with generator_worker(tip_prompt_version=rotation, prompt_experiment="exp-a",
                                 generator_deadline_s=0.2):
@@ -178,15 +172,15 @@ async def test_rotation_is_sticky_per_user_and_logged(nc, redis_client, generato
         for i in range(12):
             user = f"{uid}-{i}"
             for _ in range(2):
-                r = await generate(nc, {"user_id": user, "arm": "prioritize"})
-                assert r["ok"]
+                r = await gen_request({"user_id": user, "arm": "prioritize"})
+                assert r["ok"], r
                 seen.setdefault(user, set()).add(r["prompt_version"])
         assert all(len(v) == 1 for v in seen.values())  # a user never sees two variants
         assert set().union(*seen.values()) == set(rotation)  # 12 users cover 3 buckets
         for user, (v,) in seen.items():
             assert v == rotation[prompts.sticky_bucket(user, "exp-a", 3)]
         # an explicit request still wins over the rotation
-        r = await generate(nc, {"user_id": f"{uid}-0", "prompt_version": "v1"})
+        r = await gen_request({"user_id": f"{uid}-0", "prompt_version": "v1"})
         assert r["prompt_version"] == "v1"
         await asyncio.sleep(0.2)
         last = await redis_client.xrevrange(EXPOSURES_STREAM, count=50)
@@ -195,11 +189,11 @@ async def test_rotation_is_sticky_per_user_and_logged(nc, redis_client, generato
         assert len(exp) == 24
 
 
-async def test_env_default_prompt_version(nc, generator_worker, uid):
+async def test_env_default_prompt_version(nc, generator_worker, uid, gen_request):
     async with generator_worker(default_prompt_version="v2-mentor", generator_deadline_s=0.2):
-        r = await generate(nc, {"user_id": uid})
+        r = await gen_request({"user_id": uid})
         assert r["prompt_version"] == "v2-mentor"
-        r = await generate(nc, {"user_id": uid, "prompt_version": "v3-few-shot"})
+        r = await gen_request({"user_id": uid, "prompt_version": "v3-few-shot"})
         assert r["prompt_version"] == "v3-few-shot"
 
 

@@ -32,6 +32,7 @@ _DELIMS = re.compile(r"[<>`\"{}\[\]\\|]")
 _WS = re.compile(r"\s+")
 _TAGLIKE = re.compile(r"/?\s*(tasks|system|assistant|user|im_start|im_end)\b", re.IGNORECASE)
 _SIGNAL_KIND = re.compile(r"[^a-z0-9_.-]")
+_WORDS = re.compile(r"\w+")
 
 
 def sanitize_title(title: Any, max_len: int = MAX_PROMPT_TITLE_CHARS) -> str:
@@ -117,6 +118,19 @@ class PromptContext:
         lines.extend(t.render() for t in self.tasks)
         lines.append("</tasks>")
         return "\n".join(lines)
+
+    def echoes_tasks(self, text: str, n: int = 6) -> bool:
+        """True when ``text`` repeats ``n`` consecutive words of a task title: the model
+        parroting user data (e.g. an injected instruction) instead of writing a tip."""
+        words = _WORDS.findall(text.lower())
+        grams = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+        if not grams:
+            return False
+        for t in self.tasks:
+            tw = _WORDS.findall(t.title.lower())
+            if any(tuple(tw[i:i + n]) in grams for i in range(len(tw) - n + 1)):
+                return True
+        return False
 
     def to_dict(self) -> dict:
         return {"hour_of_day": self.hour_of_day, "day_of_week": self.day_of_week,

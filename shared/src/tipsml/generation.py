@@ -36,7 +36,7 @@ from typing import Any
 from . import prompts
 from .context import assemble
 from .contract import Context, ContractError, ErrorCode, GenerateRequest, Signal
-from .llm import STOP_SEQUENCES, LLMClient, LLMError, fallback_tip, postprocess
+from .llm import STOP_SEQUENCES, LLMClient, LLMError, Tip, fallback_tip, postprocess
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,8 @@ class Generator:
                 self._observe_llm("request", llm_res)
                 tp = postprocess(llm_res.text, self.cfg.max_tip_chars,
                                  truncated=llm_res.finish_reason == "length")
+                if tp.ok and ctx.echoes_tasks(tp.text):
+                    tp = Tip(tp.text, tp.overlong, False, "echo")
                 if tp.ok:
                     source, tip, used_model, overlong = "llm", tp.text, model, tp.overlong
                 else:
@@ -384,7 +386,7 @@ class Generator:
                 self._observe_llm("refresh", out)
                 tp = postprocess(out.text, self.cfg.max_tip_chars,
                                  truncated=out.finish_reason == "length")
-                if not tp.ok:
+                if not tp.ok or ctx.echoes_tasks(tp.text):
                     res.bad_output += 1
                     continue
                 entry = json.dumps({"tip": tp.text, "model": model, "prompt_hash": pv.hash,
