@@ -422,10 +422,6 @@ def listening_addresses(port: int) -> set[str]:
     return out
 
 
-@pytest.mark.xfail(reason="workers serve metrics on 127.0.0.1 only (tipsml.metrics.serve's "
-                          "default) until they read METRICS_ADDR; in compose Prometheus must "
-                          "reach them on the container's address — see deploy/README.md",
-                   strict=False)
 def test_worker_metrics_listen_on_metrics_addr_for_prometheus_in_compose(worker_env, tmp_path):
     """compose sets METRICS_ADDR=0.0.0.0: the scraper is another container."""
     if not Path("/proc/net/tcp").exists():

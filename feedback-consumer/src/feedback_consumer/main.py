@@ -48,7 +48,7 @@ class FeedbackMetrics:
 async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     m = FeedbackMetrics()
-    port = M.serve(m.registry, settings.metrics_port)
+    port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
                                 lam=settings.ridge_lambda)
     nc = await connect(settings, "feedback-consumer")

@@ -54,7 +54,7 @@ class ScorerMetrics:
 async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     m = ScorerMetrics()
-    port = M.serve(m.registry, settings.metrics_port)
+    port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
                                 lam=settings.ridge_lambda)
     nc = await connect(settings, "scorer")

@@ -22,6 +22,7 @@ every process.
 | ``REWARD_WINDOW_S`` | ``86400`` | how long a decision can still be rewarded |
 | ``REQUEST_TIMEOUT_S`` | ``2.0`` | timeout of every outgoing request |
 | ``METRICS_PORT`` | ``0`` (worker default) | Prometheus HTTP port; 0 picks a free port, -1 disables |
+| ``METRICS_ADDR`` | ``127.0.0.1`` | address the metrics server binds (``0.0.0.0`` in containers) |
 | ``ADMIN_TOKEN`` | unset | when set, admin requests (``tips.reset``, ``bench.run``) must carry header ``Tips-Admin-Token`` with it (on top of the NATS permissions in deploy/) |
 """
 
@@ -67,6 +68,7 @@ class BaseServiceSettings(BaseSettings):
     reward_window_s: int = 86400
     request_timeout_s: float = 2.0
     metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
     admin_token: str | None = None
     log_level: str = "INFO"
 
