@@ -132,7 +132,7 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     prompts.get(None, settings.default_prompt_version)
     litellm_module()  # ~2 s import, paid before announcing ready
     m = metrics or GeneratorMetrics()
-    port = M.serve(m.registry, settings.metrics_port)
+    port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     r = aioredis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
     llm = LLMClient.from_settings(settings)
     gen = Generator(GenConfig.from_settings(settings), r, llm, m)
