@@ -16,7 +16,7 @@ from tipsml.launcher import EmbeddedStack
 from tipsml.testing import spawn_worker
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40" if os.environ.get("CHAOS_SHORT") == "1"
-                              else "150"))
+                              else "100"))
 
 
 def _dead_url() -> str:

@@ -71,8 +71,22 @@ leaderboard_req = with_unknown(st.fixed_dictionaries({}, optional={
 
 
 def feedback_req(decisions):
+    """Half well-formed events on real decisions (rewards sometimes out of range, NaN, inf),
+    half fuzzed field by field."""
     did = st.sampled_from([d for d, _ in decisions]) if decisions else ids
     uid = st.sampled_from([u for _, u in decisions]) if decisions else ids
+    pair = st.sampled_from(decisions) if decisions else st.tuples(ids, ids)
+    wellformed = st.tuples(pair, st.uuids(), st.one_of(
+        st.sampled_from(REACTIONS).map(lambda r: {"reaction": r}),
+        st.floats(0, 1).map(lambda r: {"reward": r}),
+        st.sampled_from([-0.01, -1, 1.01, 2, 1e308, float("nan"), float("inf"),
+                         float("-inf")]).map(lambda r: {"reward": r}))).map(
+        lambda t: {"event_id": f"fz-{t[1]}", "decision_id": t[0][0], "user_id": t[0][1],
+                   "ts": 0, **t[2]})
+    return st.one_of(wellformed, _fuzzed_feedback(did, uid))
+
+
+def _fuzzed_feedback(did, uid):
     return with_unknown(st.fixed_dictionaries({
         "event_id": field(st.uuids().map(lambda u: f"fz-{u}")),
         "decision_id": field(st.one_of(did, did, ids)),

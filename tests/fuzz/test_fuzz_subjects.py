@@ -89,8 +89,20 @@ def _request_reply(fz, subject: str, data: bytes, req=None):
 SUBJECTS = ["tips.score", "tips.stats", "tips.reset", "tips.generate", "bench.leaderboard"]
 
 
-@pytest.mark.parametrize("subject", SUBJECTS)
-@pytest.mark.parametrize("i", range(len(CORPUS)))
+DEEP = {i for i, c in enumerate(CORPUS) if c.count(b"[") > 1000 or c.count(b"{") > 1000}
+BENCH_RECURSION = pytest.mark.xfail(
+    strict=True, reason="bug: shared/src/tipsml/bench/service.py catches ValueError, not "
+    "RecursionError, around json.loads (lines ~160, ~276, ~408): deeply nested JSON -> internal")
+
+
+def _corpus_params():
+    for i in range(len(CORPUS)):
+        for subject in SUBJECTS:
+            marks = [BENCH_RECURSION] if subject == "bench.leaderboard" and i in DEEP else []
+            yield pytest.param(subject, i, marks=marks, id=f"{i}-{subject}")
+
+
+@pytest.mark.parametrize("subject,i", list(_corpus_params()))
 def test_corpus(fuzz, subject, i):
     data = CORPUS[i]
     if len(data) > NATS_MAX:
@@ -130,6 +142,12 @@ test_fuzz_leaderboard = _prop("bench.leaderboard", leaderboard_req)
 def _valid_feedback(obj) -> bool:
     """Independent oracle of the contract (DESIGN.md) for a feedback event."""
     if not isinstance(obj, dict):
+        return False
+    dw, pv = obj.get("dwell_ms"), obj.get("prompt_version")
+    if dw is not None and not (isinstance(dw, (int, float)) and not isinstance(dw, bool)
+                               and 0 <= dw <= 7 * 86400 * 1000):
+        return False
+    if pv is not None and not (isinstance(pv, str) and len(pv) <= 64):
         return False
     for k in ("event_id", "decision_id", "user_id"):
         if not (isinstance(obj.get(k), str) and 1 <= len(obj[k]) <= 128):
@@ -203,6 +221,10 @@ def test_fuzz_feedback(fuzz, decisions):
             if valid and len(data) <= 64 * 1024:
                 _tally("feedback.>", "crash:valid_rejected")
                 raise AssertionError(f"valid feedback dead-lettered: {data[:300]!r}")
+            rw = obj.get("reward") if isinstance(obj, dict) else None
+            if isinstance(rw, (int, float)) and not isinstance(rw, bool) and not (
+                    math.isfinite(rw) and 0 <= rw <= 1):
+                _tally("feedback.>", "rejected_bad_reward")
         else:
             if not valid:
                 _tally("feedback.>", "crash:invalid_accepted")
