@@ -104,7 +104,7 @@ class LLMClient:
     retries: int = 1           # extra attempts after the first, within the deadline
     retry_backoff_s: float = 0.2
     keep_alive: str | int | None = None  # Ollama only, e.g. "10m"; 0 unloads after the call
-    breaker_failures: int = 3  # consecutive transient failures that open the breaker
+    breaker_failures: int = 3  # consecutive "unavailable" failures that open the breaker
     breaker_s: float = 5.0     # how long it stays open
     _fails: int = field(default=0, init=False, repr=False)
     _open_until: float = field(default=0.0, init=False, repr=False)
@@ -184,8 +184,8 @@ class LLMClient:
             except BaseException as e:  # noqa: BLE001 - classified below
                 kind, retry = _classify(e)
                 last = LLMError(kind, f"{model}: {type(e).__name__}: {str(e)[:200]}", attempt)
-                if kind in ("timeout", "unavailable"):
-                    self._failed()
+                if kind == "unavailable":  # refused / 5xx: down. A timeout may be a
+                    self._failed()         # short deadline on a busy server, not an outage
                 if not retry or attempt > self.retries or self.circuit_open:
                     break
                 await asyncio.sleep(min(self.retry_backoff_s * attempt,
