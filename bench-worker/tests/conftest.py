@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 
 import pytest
-
 from tipsml.launcher import EmbeddedStack
 
 ACK_WAIT_S = 4.0  # short, so a killed worker's cell comes back quickly in tests
@@ -54,10 +53,10 @@ def bench_worker(stack, llm_stack, mlflow_uri):
 
     @contextlib.asynccontextmanager
     async def start(**overrides):
-        kw = dict(nats_url=stack.nats_url, redis_url=stack.redis_url, metrics_port=-1,
-                  llm_model=MODEL, llm_api_base=llm_stack.llm_url,
-                  mlflow_tracking_uri=mlflow_uri, cell_ack_wait_s=ACK_WAIT_S,
-                  retry_delay_s=1.0)
+        kw = {"nats_url": stack.nats_url, "redis_url": stack.redis_url, "metrics_port": -1,
+              "llm_model": MODEL, "llm_api_base": llm_stack.llm_url,
+              "mlflow_tracking_uri": mlflow_uri, "cell_ack_wait_s": ACK_WAIT_S,
+              "retry_delay_s": 1.0}
         kw.update(overrides)
         settings = BenchSettings(**kw)
         ready, stop = asyncio.Event(), asyncio.Event()

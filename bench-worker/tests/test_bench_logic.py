@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from tipsml import rubric as R
 from tipsml import scenarios as SC
 from tipsml.bench import human, stats

@@ -86,7 +86,7 @@ async def run_job(job: BenchJob, settings: BenchSettings | None = None, *, nc=No
                     break
                 try:
                     ev = await asyncio.wait_for(q.get(), timeout=left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 events.append(ev)
                 if on_event:

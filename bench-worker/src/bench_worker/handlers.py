@@ -18,7 +18,7 @@ class Handlers:
         t0 = time.perf_counter()
         try:
             await self.svc.handle_job(msg)
-        except Exception:  # noqa: BLE001 - the worker keeps serving; redelivery retries
+        except Exception:
             log.exception("bench.run handler crashed")
             await _nak(msg, 5.0)
         self.m.latency.labels("bench.run").observe(time.perf_counter() - t0)
@@ -27,7 +27,7 @@ class Handlers:
         t0 = time.perf_counter()
         try:
             await self.svc.handle_cell(msg)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("bench.cell handler crashed")
             await _nak(msg, 10.0)
         self.m.latency.labels("bench.cell").observe(time.perf_counter() - t0)
@@ -41,5 +41,5 @@ class Handlers:
 async def _nak(msg, delay: float) -> None:
     try:
         await msg.nak(delay=delay)
-    except Exception:  # noqa: BLE001 - connection gone: ack_wait redelivers
-        pass
+    except Exception as e:  # noqa: BLE001 - connection gone: ack_wait redelivers
+        log.info("nak failed: %s", e)

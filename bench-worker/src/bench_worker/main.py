@@ -15,7 +15,6 @@ import logging
 
 import nats.errors
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from tipsml import metrics as M
 from tipsml import subjects as S
 from tipsml.bench.service import BenchService, Counters
@@ -53,7 +52,7 @@ async def _pull_loop(sub, handler, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             msgs = await sub.fetch(1, timeout=1.0)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
             return
@@ -68,11 +67,10 @@ async def _pull_loop(sub, handler, stop: asyncio.Event) -> None:
 async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     import redis.asyncio as aioredis
-
     from tipsml.llm import litellm_module
 
     m = BenchMetrics()
-    port = M.serve(m.registry, settings.metrics_port)
+    port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     uri = settings.mlflow_tracking_uri or default_tracking_uri()
     tracker = await asyncio.to_thread(Tracker, uri, settings.artifact_root)
     await asyncio.to_thread(litellm_module)  # import once, before the first cell
@@ -111,8 +109,8 @@ async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
     for sub in (jobs_sub, cells_sub):
         try:
             await sub.unsubscribe()
-        except Exception:  # noqa: BLE001 - closing anyway
-            pass
+        except Exception as e:  # noqa: BLE001 - closing anyway
+            log.debug("unsubscribe: %s", e)
     try:
         await asyncio.wait_for(nc.drain(), timeout=5)
     except Exception:  # noqa: BLE001 - pull subscriptions may not drain: close

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
-
 from tipsml.settings import BaseServiceSettings
 
 

@@ -66,8 +66,8 @@ RUBRIC_HASH = hashlib.sha256(json.dumps(RUBRIC, sort_keys=True).encode()).hexdig
 COMPOSITE_RANGE = (3 * SCALE[0] - 1, 3 * SCALE[1] + 2)
 
 _PREAMBLE = re.compile(r"^(sure|certainly|of course|here('s| is| are)|as an ai|tip\s*:|"
-                       r"okay|ok,)\b", re.I)
-_MARKDOWN = re.compile(r"(^\s*([-*•#>]|\d+[.)])\s)|\*\*|__|`", re.M)
+                       r"okay|ok,)\b", re.IGNORECASE)
+_MARKDOWN = re.compile(r"(^\s*([-*•#>]|\d+[.)])\s)|\*\*|__|`", re.MULTILINE)
 _QUOTES = "\"'“”‘’«»"
 
 
@@ -135,7 +135,7 @@ class Score(BaseModel):
 
     @classmethod
     def of(cls, text: str, judge: str, scores: JudgeScores | None,
-           error: str | None = None) -> "Score":
+           error: str | None = None) -> Score:
         fo, ov = format_ok(text), overlong(text)
         if scores is None:
             return cls(judge=judge, format_ok=fo, overlong=ov, judge_failed=True,
@@ -146,10 +146,13 @@ class Score(BaseModel):
                                        fo, ov))
 
 
-def describe() -> str:
-    """The rubric as text, for judge prompts and export files."""
+def describe(compact: bool = False) -> str:
+    """The rubric as text, for judge prompts (``compact``: questions and the 1/5 anchors
+    only, fewer tokens for small local judges) and export files."""
     lines = [f"Rubric {VERSION}. Score each criterion with an integer from 1 to 5."]
     for name, c in RUBRIC["criteria"].items():
-        anchors = "; ".join(f"{k} = {v}" for k, v in c["anchors"].items())
+        a = c["anchors"]
+        anchors = (f"1 = {a['1']}, 5 = {a['5']}" if compact
+                   else "; ".join(f"{k} = {v}" for k, v in a.items()))
         lines.append(f"- {name}: {c['question']} ({anchors})")
     return "\n".join(lines)

@@ -80,7 +80,7 @@ class BenchJob(BaseModel):
         blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
         return "j" + hashlib.sha256(blob.encode()).hexdigest()[:15]
 
-    def cells(self) -> list["Cell"]:
+    def cells(self) -> list[Cell]:
         scen = [s.id for s in SC.build(self.n_scenarios, self.seed)]
         out = []
         for mi, m in enumerate(self.models):
@@ -90,7 +90,7 @@ class BenchJob(BaseModel):
                                     scenario=s))
         return out
 
-    def phase_cells(self, phase: int) -> list["Cell"]:
+    def phase_cells(self, phase: int) -> list[Cell]:
         return [c for c in self.cells() if c.phase == phase]
 
     @property
@@ -131,8 +131,8 @@ def cell_message(job: BenchJob, cell: Cell) -> dict:
 
 # ---------------------------------------------------------------- model sizes
 
-_TAG_SIZE = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.I)
-_NAME_SIZE = re.compile(r"[-_:/](?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.I)
+_TAG_SIZE = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
+_NAME_SIZE = re.compile(r"[-_:/](?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
 
 
 def _size(m: re.Match) -> float:
@@ -160,7 +160,7 @@ def parse_parameter_size(text: str | None) -> float | None:
     """Ollama's ``details.parameter_size`` (``"3.2B"``, ``"135M"``) in billions."""
     if not text:
         return None
-    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([BMK])", str(text), re.I)
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([BMK])", str(text), re.IGNORECASE)
     if not m:
         return None
     v = float(m.group(1))

@@ -29,9 +29,9 @@ TRANSIENT = ("timeout", "unavailable", "circuit_open")
 
 SYSTEM = (
     "You are a strict, fair evaluator of short productivity tips shown in a to-do app.\n"
-    + R.describe()
-    + "\nJudge only the tip text against the user's situation. Reply with only a JSON object "
-      'like {"relevance": 3, "actionability": 4, "tone": 5} — integers 1 to 5, no other text.'
+    + R.describe(compact=True)
+    + "\nJudge only the tip against the user's situation. Reply with only a JSON object "
+      "with integer relevance, actionability and tone (1 to 5), no other text."
 )
 
 

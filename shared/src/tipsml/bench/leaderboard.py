@@ -154,8 +154,8 @@ def format_table(board: dict) -> str:
     """The leaderboard as a fixed-width text table (CLI)."""
     def f(x, nd=2):
         return "-" if x is None else f"{x:.{nd}f}"
-    lines = [f"{'#':>2}  {'model':<28} {'prompt':<14} {'n':>4} {'mean':>6} {'95% CI':>15} "
-             f"{'rel':>5} {'act':>5} {'tone':>5} {'fmt':>5} {'fail':>4}"]
+    lines = [(f"{'#':>2}  {'model':<28} {'prompt':<14} {'n':>4} {'mean':>6} {'95% CI':>15} "
+              f"{'rel':>5} {'act':>5} {'tone':>5} {'fmt':>5} {'fail':>4}")]
     for i, r in enumerate(board["rows"], 1):
         ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]"
         lines.append(f"{i:>2}  {r['model'][:28]:<28} {r['prompt'][:14]:<14} {r['n']:>4} "

@@ -180,7 +180,7 @@ class BenchService:
             return
         try:
             await self._start(job, sub)
-        except Exception as e:  # noqa: BLE001 - transient: MLflow / Redis / NATS
+        except Exception as e:
             log.exception("job %s: start failed", job.id)
             if meta.num_delivered >= S.BENCH_JOBS_CONSUMER.max_deliver:
                 await self._refuse(msg, job.id, sub, ContractError(
@@ -300,8 +300,8 @@ class BenchService:
             hb.cancel()
             try:
                 await self.store.release(cell.key, self.worker_id)
-            except Exception:  # noqa: BLE001 - the lease expires by itself
-                pass
+            except Exception as e:  # noqa: BLE001 - the lease expires by itself
+                log.info("lease of %s not released: %s", cell.key, e)
 
     async def _heartbeat(self, msg, cell_key: str, ttl_ms: int) -> None:
         every = max(1.0, self.s.cell_ack_wait_s / 3.0)
@@ -348,7 +348,7 @@ class BenchService:
         except ContractError as e:  # e.g. a prompt version removed since validation
             await self._cell_failed(msg, job, cell, f"{e.code.value}: {e.message}")
             return
-        except (LLMError, Exception) as e:  # noqa: BLE001
+        except (LLMError, Exception) as e:
             transient = not isinstance(e, LLMError) or e.kind in TRANSIENT
             reason = f"{type(e).__name__}: {str(e)[:300]}"
             if isinstance(e, LLMError):
@@ -422,10 +422,10 @@ class BenchService:
             body = _dumps({"ok": True, **out})
         except ContractError as e:
             body = _dumps({"ok": False, "error": {"code": e.code.value, "message": e.message}})
-        except asyncio.TimeoutError:
+        except TimeoutError:
             body = _dumps({"ok": False, "error": {"code": "timeout",
                                                   "message": "leaderboard took too long"}})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.exception("leaderboard failed")
             body = _dumps({"ok": False, "error": {"code": "internal",
                                                   "message": type(e).__name__}})

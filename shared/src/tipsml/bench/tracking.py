@@ -87,7 +87,7 @@ class Tracker:
                         name, artifact_location=loc,
                         tags={"rubric": R.VERSION, "rubric_hash": R.RUBRIC_HASH,
                               "kind": "tip-bench"})
-                except Exception:  # noqa: BLE001 - another worker created it first
+                except Exception:
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
                         raise
@@ -130,7 +130,7 @@ class Tracker:
                 self.client.set_terminated(r.info.run_id, "KILLED")
         if not done:
             return None
-        return sorted(done, key=lambda r: r.info.start_time)[0].info.run_id
+        return min(done, key=lambda r: r.info.start_time).info.run_id
 
     def finished_cells(self, experiment: str, job_id: str) -> dict[int, str]:
         return {int(r.data.tags["cell_n"]): r.info.run_id
@@ -139,7 +139,7 @@ class Tracker:
     def log_cell(self, *, experiment: str, tags: dict[str, str], params: dict[str, Any],
                  metrics: dict[str, float], artifacts: dict[str, Any],
                  table: dict[str, list] | None, run_name: str) -> str:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
         from mlflow.utils.time import get_current_time_millis
 
         eid = self.experiment_id(experiment)
