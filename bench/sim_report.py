@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared" / "src"))
 
-from tipsml.gate import summary  # noqa: E402
-from tipsml.ope import summary_table  # noqa: E402
-from tipsml.sim.report import regret_table  # noqa: E402
+from tipsml.gate import summary
+from tipsml.ope import summary_table
+from tipsml.sim.report import regret_table
 
 
 def main() -> int:
@@ -77,6 +77,9 @@ def main() -> int:
                 f"{', '.join(map(str, c['seeds']))}; error relative to the online reward.", "",
                 summary_table(o["rows"]), "",
                 "![OPE vs online](sim_ope.png)", "",
+                "Under Thompson logging, plain IPS runs high (~+5%): the scorer states Thompson's "
+                "propensity from M=256 Monte-Carlo draws, and 1/p̂ of a noisy p̂ is biased upward "
+                "(Jensen); SNIPS and DR, which normalise or model it away, stay within ~3%.", "",
                 "LinUCB is not a valid logging policy: it is deterministic (propensity 1 for its "
                 "arm, 0 for the others), so the log has no support for the arms it never picks; "
                 "the row is there to show IPS/SNIPS failing on it (DR can look right by luck of "

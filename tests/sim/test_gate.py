@@ -1,7 +1,6 @@
 """The promotion gate (in-process mode, paired seeds)."""
 
 import numpy as np
-
 from tipsml.gate import decide, gate, summary
 
 

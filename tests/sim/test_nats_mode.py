@@ -11,7 +11,6 @@ Then the DECISIONS log of the run feeds the off-policy estimators.
 
 import numpy as np
 import pytest
-
 from tipsml.natsutil import request_json
 from tipsml.ope import evaluate, load_from_nats
 from tipsml.sim.inproc import policy_rng, replay, run_policy
@@ -42,7 +41,7 @@ def uid():
 
 
 async def test_run_is_clean(nats_run):
-    ep, traces, stats, _ = nats_run
+    _, traces, stats, _ = nats_run
     assert stats.errors == 0 and stats.fallbacks == 0 and stats.unconfirmed == 0
     assert stats.unsettled_rounds == 0
     assert stats.requests == USERS * ROUNDS * len(COHORTS)

@@ -1,7 +1,6 @@
 """Off-policy estimators: exact cases, and validation against online runs in the simulator."""
 
 import numpy as np
-
 from tipsml.ope import Logged, dr, evaluate, ips, snips, target_probs_from_entry, validate_pair
 
 

@@ -3,7 +3,6 @@ the profile features (no servers needed)."""
 
 import numpy as np
 import pytest
-
 from tipsml.contract import Context
 from tipsml.features import FS_CTX, FS_CTX_PROFILE, build_vector
 from tipsml.rewards import REWARD_TABLE

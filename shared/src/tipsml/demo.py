@@ -14,7 +14,7 @@
 
 Ctrl-C stops the traffic and everything started here, cleanly (twice: at once).
 
-Options: ``--seconds 60 --users 40`` (users per cohort), ``--rate 250`` (requests/s),
+Options: ``--seconds 60 --users 40`` (users per cohort), ``--rate 150`` (requests/s),
 ``--no-llm``, ``--no-gate``.
 """
 
@@ -59,7 +59,7 @@ class LiveView:
         el = time.monotonic() - self.t0
         out = [f"t={el:5.1f}s/{self.seconds:.0f}s  round {s.round:4d}  decisions {s.requests:7d}  "
                f"req/s {s.rps():7.1f}  p99 {s.p99_ms():6.1f} ms  feedback {s.feedback:7d}  "
-               f"errors {s.errors}  fallbacks {s.fallbacks}"]
+               f"errors {s.errors}  fallbacks {100 * s.fallbacks / max(s.requests, 1):.0f}%"]
         cells = "  ".join(f"{p} {s.reward(p):.3f}" for p in self.policies)
         out.append(f"mean reward  {cells}")
         if s.last_tip:
@@ -84,7 +84,7 @@ class LiveView:
             self.draw()
             try:
                 await asyncio.wait_for(stop.wait(), every)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self.draw()
 
@@ -115,6 +115,8 @@ async def demo(args) -> int:
             pass
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    # leave a core to the serving path: the LLM server would take both on a 2-core box
+    os.environ.setdefault("TIPS_LLM_THREADS", "1")
     run_id = "demo" + uuid.uuid4().hex[:6]
     _say(f"== tips ML demo ({run_id}) ==")
     _say("starting nats-server (JetStream) + redis-server" + ("" if args.no_llm else
@@ -188,8 +190,15 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
     for p, tr in traces.items():
         ci = user_ci(tr)
         reg = float(tr.regret_curve()[-1]) if rounds else float("nan")
-        rep["policies"][p] = {"reward": ci, "regret_per_user": reg}
-        _say(f"  {p:12s} {fmt_ci(ci, 3)}   regret/user vs oracle {reg:6.2f}")
+        fb = float(tr.meta["fallback"].mean()) if rounds else 0.0
+        rep["policies"][p] = {"reward": ci, "regret_per_user": reg, "fallback_share": fb}
+        _say(f"  {p:12s} {fmt_ci(ci, 3)}   regret/user vs oracle {reg:6.2f}   "
+             f"uniform fallbacks {100 * fb:.0f}%")
+    if stats.fallbacks:
+        _say(f"  note: {stats.fallbacks} decisions ({100 * stats.fallbacks / stats.requests:.0f}%) were "
+             "the scorer's uniform fallback (its Redis read missed SCORER redis_timeout_s and "
+             "the breaker opened): those rounds did not use the policy — on a busy box lower "
+             "--rate")
     # regret curves of this run
     res = {"config": SimConfig(policies=tuple(traces), users=args.users, rounds=rounds,
                                seeds=(args.seed,), mode="nats").to_dict(), "policies": {}}
@@ -253,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--users", type=int, default=40, help="simulated users per policy cohort")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rate", type=float, default=250.0, help="tips.score requests per second")
+    ap.add_argument("--rate", type=float, default=150.0, help="tips.score requests per second")
     ap.add_argument("--no-llm", action="store_true")
     ap.add_argument("--no-gate", action="store_true")
     ap.add_argument("--gate-seeds", type=int, default=6)

@@ -33,7 +33,6 @@ import numpy as np
 from .sim.runner import SimConfig, run_rows
 from .sim.stats import mean_ci
 
-
 DEFAULT_MIN_EFFECT = 0.005  # absolute reward; ≈1.3% of egreedy-v1's mean reward
 
 
@@ -52,7 +51,7 @@ def decide(diffs, min_effect: float = DEFAULT_MIN_EFFECT, level: float = 0.95) -
 
 
 def gate(candidate: str, baseline: str, *, users: int = 200, rounds: int = 300,
-         seeds=tuple(range(10)), mode: str = "inproc", min_effect: float = None,
+         seeds=tuple(range(10)), mode: str = "inproc", min_effect: float | None = None,
          workers: int = 0, progress=None, personas=None) -> dict:
     min_effect = DEFAULT_MIN_EFFECT if min_effect is None else min_effect
     cfg = SimConfig(policies=(baseline, candidate), users=users, rounds=rounds,

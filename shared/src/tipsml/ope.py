@@ -328,7 +328,7 @@ def validation_table(rows: list[dict]) -> str:
     lines = ["| logging → target | seed | n | logged reward | online reward (target run live) | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | within ±10% (IPS/SNIPS/DR) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cell = lambda k: f"{r[k]['value']:.3f} [{r[k]['lo']:.3f}, {r[k]['hi']:.3f}] ({r[k]['rel_err_pct']:+.1f}%)"  # noqa: E731
+        cell = lambda k: f"{r[k]['value']:.3f} [{r[k]['lo']:.3f}, {r[k]['hi']:.3f}] ({r[k]['rel_err_pct']:+.1f}%)"
         ok = "/".join("yes" if r[k]["within_10pct"] else "no" for k in ("ips", "snips", "dr"))
         note = "" if r["valid_logging"] else " ⚠ deterministic logging (invalid)"
         lines.append(f"| {r['logging']} → {r['target']}{note} | {r['seed']} | {r['n']} | {r['logged_reward']:.3f} | "

@@ -114,11 +114,12 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
     policy_of = dict(cohorts)
     run_id = run_id or uuid.uuid4().hex[:8]
     stats = stats or LiveStats()
-    U, T, K = ep.n_users, ep.rounds, len(ep.arms)
+    U, T = ep.n_users, ep.rounds
     arms = list(ep.arms)
     arm_ix = {a: i for i, a in enumerate(arms)}
     out = {p: {"arm": np.full((U, T), -1), "prop": np.zeros((U, T)), "rew": np.zeros((U, T)),
-               "react": np.zeros((U, T), dtype=np.int64), "did": [[None] * T for _ in range(U)]}
+               "react": np.zeros((U, T), dtype=np.int64), "did": [[None] * T for _ in range(U)],
+               "fb": np.zeros((U, T), dtype=bool)}
            for p in policies}
     uids = {p: [f"{run_id}-{p}-{u}" for u in ep.user_ids] for p in policies}
     seen: set[str] = set()
@@ -165,9 +166,10 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                 await asyncio.sleep(0.05 * (attempt + 1))
             else:
                 raise NatsSimError(f"tips.score failed 3 times for {body['user_id']}: {r}")
+        o = out[p]
         if r.get("fallback"):
             stats.fallbacks += 1
-        o = out[p]
+            o["fb"][u, t] = True
         o["arm"][u, t] = arm_ix[r["arm"]]
         o["prop"][u, t] = r["propensity"]
         o["did"][u][t] = r["decision_id"]
@@ -221,7 +223,7 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                 seen_ev.clear()
                 try:
                     await asyncio.wait_for(seen_ev.wait(), 0.1)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             missing = want - seen
             stats.unconfirmed += len(missing)
@@ -245,7 +247,7 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                                  axis=2)[:, :, 0]
         tr = Trace(policy_of[p], ep.seed, a, o["prop"][:, :rounds_done], o["rew"][:, :rounds_done], exp,
                    ep.oracle()[:, :rounds_done], o["react"][:, :rounds_done])
-        tr.meta = {"label": p, "user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
+        tr.meta = {"label": p, "fallback": o["fb"][:, :rounds_done], "user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
                     "rounds": rounds_done, "run_id": run_id}
         traces[p] = tr
     return traces

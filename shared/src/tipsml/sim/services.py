@@ -37,7 +37,7 @@ class Services:
     llm_error: str | None = None
 
     @classmethod
-    def from_env_or_embedded(cls, **kw) -> "Services":
+    def from_env_or_embedded(cls, **kw) -> Services:
         return cls(embedded=not os.environ.get("NATS_URL"), **kw)
 
     def _start_sync(self) -> None:
@@ -84,7 +84,7 @@ class Services:
             self.stack.stop()
             self.stack = None
 
-    async def __aenter__(self) -> "Services":
+    async def __aenter__(self) -> Services:
         import nats
 
         try:

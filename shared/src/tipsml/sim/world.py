@@ -196,7 +196,7 @@ class Episode:
         i = int(np.searchsorted(cdf, self.uniform[u, t], side="right"))
         return REACTIONS[min(i, len(REACTIONS) - 1)]
 
-    def slice(self, t0: int, t1: int) -> "Episode":
+    def slice(self, t0: int, t1: int) -> Episode:
         """Rounds [t0, t1) of the same users (e.g. a warm-up and an evaluation period)."""
         return Episode(self.seed, self.arms, self.user_ids, self.personas,
                        self.hour[:, t0:t1], self.dow[:, t0:t1],
@@ -217,7 +217,7 @@ def _sigmoid(z):
 class _TaskView:
     """Duck-typed Task for :func:`tipsml.features.context_vector` (no pydantic on the hot path)."""
 
-    __slots__ = ("priority", "overdue")
+    __slots__ = ("overdue", "priority")
 
     def __init__(self, d: dict):
         self.priority = d.get("priority")
