@@ -73,8 +73,8 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
     while not stop.is_set():
         try:
             msgs = await sub.fetch(settings.feedback_batch, timeout=settings.feedback_fetch_timeout_s)
-        except nats.errors.TimeoutError:
-            continue
+        except (nats.errors.TimeoutError, asyncio.TimeoutError, TimeoutError):
+            continue  # idle: nothing to fetch
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.Error, asyncio.TimeoutError) as e:
             m.fetch_errors.inc()

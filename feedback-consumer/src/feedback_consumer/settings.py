@@ -11,7 +11,7 @@ class FeedbackSettings(BaseServiceSettings):
     model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
 
     feedback_batch: int = 256
-    feedback_fetch_timeout_s: float = 1.0
+    feedback_fetch_timeout_s: float = 0.25  # a partial batch is returned after this
     feedback_ack_wait_s: float = S.FEEDBACK_CONSUMER.ack_wait_s
     feedback_max_deliver: int = S.FEEDBACK_CONSUMER.max_deliver
     feedback_backoff_s: list[float] = list(S.FEEDBACK_CONSUMER.backoff_s)

@@ -4,12 +4,18 @@ from tipsml.settings import BaseServiceSettings
 
 
 class ScorerSettings(BaseServiceSettings):
-    """Scorer settings. Worker-only options use the ``SCORER_`` prefix, e.g.
-    ``SCORER_REDIS_TIMEOUT_S`` (default 0.025: past it the reply is a uniform fallback)."""
+    """Scorer settings (env names are the field names in upper case):
+
+    * ``REDIS_TIMEOUT_S`` (0.025): past it the reply is a flagged uniform fallback;
+    * ``REDIS_BREAKER_FAILURES`` (3) consecutive failures open the breaker for
+      ``REDIS_BREAKER_S`` (0.5 s): requests then fall back at once instead of waiting;
+    * ``SHADOW_LEARN`` (true): shadow policies learn from the served arm's reward;
+    * ``DECISION_QUEUE_MAX`` (20000): bound of the decision-log queue."""
 
     model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
 
     redis_timeout_s: float = 0.025
-    redis_breaker_s: float = 1.0
+    redis_breaker_s: float = 0.5
+    redis_breaker_failures: int = 3
     shadow_learn: bool = True
     decision_queue_max: int = 20000

@@ -39,8 +39,10 @@ class Scorer:
         self.arms = list(settings.arms)
         self.rng = rng or np.random.default_rng()
         self.redis_timeout_s = getattr(settings, "redis_timeout_s", 0.025)
-        self.breaker_s = getattr(settings, "redis_breaker_s", 1.0)
+        self.breaker_s = getattr(settings, "redis_breaker_s", 0.5)
+        self.breaker_failures = getattr(settings, "redis_breaker_failures", 3)
         self._down_until = 0.0
+        self._failures = 0
 
     def policy(self, name: str | None) -> Policy:
         name = name or self.settings.default_policy
@@ -51,14 +53,20 @@ class Scorer:
         return p
 
     async def _load(self, reqs):
-        now = time.monotonic()
-        if now < self._down_until:
+        """One pipelined read with a deadline; a breaker opens after consecutive failures
+        so an unavailable Redis costs nothing per request until the next probe."""
+        if time.monotonic() < self._down_until:
             raise ConnectionError("redis circuit open")
         try:
-            return await asyncio.wait_for(self.store.load_many(reqs), self.redis_timeout_s)
+            out = await asyncio.wait_for(self.store.load_many(reqs), self.redis_timeout_s)
         except (Exception, asyncio.TimeoutError):
-            self._down_until = time.monotonic() + self.breaker_s
+            self._failures += 1
+            if self._failures >= self.breaker_failures:
+                self._down_until = time.monotonic() + self.breaker_s
+                self._failures = 0
             raise
+        self._failures = 0
+        return out
 
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         live = self.policy(req.policy)
