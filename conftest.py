@@ -73,6 +73,13 @@ async def scorer_service(stack):
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(settings, ready, stop))
     await asyncio.wait_for(ready.wait(), 30)
+    import nats
+
+    from tipsml.testing import wait_responding
+
+    probe = await nats.connect(stack.nats_url)
+    await wait_responding(probe, "tips.stats")
+    await probe.close()
     yield settings
     stop.set()
     await asyncio.wait_for(task, 30)

@@ -58,3 +58,22 @@ def spawn_worker(module: str, env: dict[str, str], timeout: float = 60.0,
                     return WorkerProc(module, p, info)
     p.kill()
     raise RuntimeError(f"{module} not ready within {timeout}s")
+
+
+async def wait_responding(nc, subject: str, payload: bytes = b'{"user_id":"probe"}',
+                          timeout: float = 10.0) -> None:
+    """Wait until ``subject`` has a responder: right after a worker subscribes, a busy
+    nats-server can still answer "no responders" for a moment."""
+    import asyncio
+
+    import nats.errors
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await nc.request(subject, payload, timeout=2.0)
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
