@@ -15,7 +15,7 @@ from helpers import assert_state_matches, expected_state, make_decisions, publis
 from tipsml.launcher import EmbeddedStack
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore
-from tipsml.testing import spawn_worker
+from tipsml.testing import spawn_worker, wait_responding
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -47,6 +47,7 @@ async def _applied_count(r, event_ids) -> int:
 async def _setup(own_stack, n_users, per_user):
     st, env = own_stack
     nc = await nats.connect(st.nats_url)
+    await wait_responding(nc, "tips.stats")
     r = aioredis.from_url(st.redis_url)
     store = StateStore(r)
     users = [f"cu-{i}-{random.randrange(10**9)}" for i in range(n_users)]

@@ -11,7 +11,7 @@ from tipsml.contract import ScoreRequest
 from tipsml.natsutil import request_json
 from tipsml.scoring import Scorer
 from tipsml.state import StateStore
-from tipsml.testing import spawn_worker
+from tipsml.testing import spawn_worker, wait_responding
 
 pytestmark = pytest.mark.system
 
@@ -48,6 +48,7 @@ async def test_worker_serves_prometheus_metrics(stack, nc):
     w = spawn_worker("scorer.main", {**stack.env(), "METRICS_PORT": "0"})
     try:
         port = w.info["metrics_port"]
+        await wait_responding(nc, "tips.stats")
         # 40 of each: replicas in the queue group share them, this one surely gets some
         for _ in range(40):
             assert (await request_json(nc, "tips.score", {"user_id": "metrics-user"}))["ok"]
@@ -66,6 +67,7 @@ async def test_reset_requires_admin_token_when_configured(stack, nc, uid):
     w = spawn_worker("scorer.main", {**stack.env(), "ADMIN_TOKEN": "s3cret-for-test",
                                      "METRICS_PORT": "-1"})
     try:
+        await wait_responding(nc, "tips.stats")
         # other scorers of the session may share the queue group: 30 tries reach this one
         codes = set()
         for _ in range(30):
