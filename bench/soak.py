@@ -167,9 +167,31 @@ async def count_applied(redis_url: str, events: list[str]) -> dict:
     r = aioredis.from_url(redis_url)
     out: dict[str, int] = {}
     for j in range(0, len(events), 2000):
-        for v in await r.mget([f"tips:evt:{e}" for e in events[j:j + 2000]]):
+        chunk = events[j:j + 2000]
+        vals = await r.mget([f"tips:evt:{e}" for e in chunk])
+        # "expired" although the decision record exists: the feedback overtook the record
+        exp = [e for e, v in zip(chunk, vals) if v == b"expired"]
+        if exp:
+            there = await r.exists(*[f"tips:dec:{e[len('soak-'):]}" for e in exp])
+            out["expired_but_decision_exists"] = out.get("expired_but_decision_exists", 0) + there
+        for v in vals:
             k = v.decode() if v else "missing"
             out[k] = out.get(k, 0) + 1
+    await r.aclose()
+    return out
+
+
+async def redis_usage(redis_url: str) -> dict:
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(redis_url)
+    info = await r.info("memory")
+    n_dec = 0
+    async for _ in r.scan_iter("tips:dec:*", count=5000):
+        n_dec += 1
+    out = {"used_memory_mb": round(info["used_memory"] / 2**20, 1), "keys": await r.dbsize(),
+           "decision_records": n_dec,
+           "bytes_per_decision_record": round(info["used_memory"] / n_dec) if n_dec else None}
     await r.aclose()
     return out
 
@@ -259,6 +281,7 @@ def main(argv=None) -> int:
                 break
             time.sleep(2.0)
         rss_end = {k: rss_mb(p) for k, p in pids.items()}
+        usage = asyncio.run(redis_usage(env["REDIS_URL"]))
         alive = {k: w.popen.poll() is None for k, w in workers.items()}
         windows, overall = summarize(res["rows"], args.window)
         base = rss_warm or rss_start
@@ -280,10 +303,12 @@ def main(argv=None) -> int:
             "p99_under_target": (overall["p99_ms"] or 1e9) <= args.target_p99_ms,
             "rss_mb": {"start": rss_start, "after_warmup": rss_warm, "end": rss_end,
                        "peak": peak, "drift_after_warmup": drift},
-            "workers_alive_at_end": alive,
+            "workers_alive_at_end": alive, "redis_at_end": usage,
             "feedback": {"published": len(events),
                          "publish_failures": res["feedback_publish_failures"],
-                         "outcomes": applied, "lost": applied.get("missing", 0)},
+                         "outcomes": applied, "lost": applied.get("missing", 0),
+                         "note": "expired_but_decision_exists = rewards lost to the race "
+                                 "between the async decision write and fast feedback"},
             "windows": windows, "samples": samples,
         }
         out = Path(args.out)

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from tipsml.natsutil import request_json
 from chaoslib import (FAST_FEEDBACK, SHORT, Ledger, LatencyLog, dlq_count, exactly_once_report,
                       feedback_body, make_decisions, publish_until_acked, random_reaction, record,
                       score_traffic, wait_applied)
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 SCORER_ENV = {"REDIS_TIMEOUT_S": "0.25"}
 OUTAGE_S = 2.0
+GEN_ENV = {"LLM_API_BASE": "http://127.0.0.1:9/v1", "LLM_MODEL": "openai/smollm2-135m",
+           "LLM_RETRIES": "0", "GENERATOR_DEADLINE_S": "0.5", "GENERATOR_REFILL_ON_MISS": "false"}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -34,6 +37,7 @@ async def test_nats_restart_mid_traffic(own_stack, workers, clients, sig):
     nc, js, r, store = clients
     scorer = workers.spawn("scorer.main", SCORER_ENV)
     cons = workers.spawn("feedback_consumer.main", FAST_FEEDBACK)
+    gen = workers.spawn("generator.main", GEN_ENV)
     decs = await make_decisions(nc, [f"nr-{i}" for i in range(10)], 40 if SHORT else 80, redis=r)
     rng = random.Random(int(sig))
     ledger = Ledger()
@@ -66,7 +70,8 @@ async def test_nats_restart_mid_traffic(own_stack, workers, clients, sig):
     await asyncio.sleep(3.0)
     stop.set()
     await traffic
-    assert scorer.popen.poll() is None and cons.popen.poll() is None, "a worker died"
+    assert all(w.popen.poll() is None for w in (scorer, cons, gen)), "a worker died"
+    gen_after = await request_json(nc, "tips.generate", {"user_id": "nr-gen"}, timeout=3.0)
 
     during = log.between(t_down, t_up)
     failed = [x for x in log.rows if x[2] not in ("ok", "fallback")]
@@ -84,7 +89,8 @@ async def test_nats_restart_mid_traffic(own_stack, workers, clients, sig):
            recovered_s=None if first_ok is None else round(first_ok - t_up, 2),
            publish_retries=publish_failures, unique_events=len(ledger.events),
            apply_wait_s=took, rewards_lost=rep["lost"], rewards_doubled=rep["doubled"],
-           mismatched_arms=rep["mismatched_arms"], outcomes=rep["outcomes"], dead_lettered=dlq)
+           mismatched_arms=rep["mismatched_arms"], outcomes=rep["outcomes"], dead_lettered=dlq,
+           generate_after_restart=gen_after.get("source") or gen_after.get("error"))
     assert during, "no request was sent during the outage"
     assert {x[2] for x in failed} <= {"unavailable", "timeout"}, sorted({x[2] for x in failed})
     assert max(x[1] for x in log.rows) <= timeout + 0.3, "a request hung past its timeout"
@@ -95,3 +101,4 @@ async def test_nats_restart_mid_traffic(own_stack, workers, clients, sig):
     assert rep["outcomes"] == {"applied": len(ledger.events)}
     assert rep["lost"] == 0 and rep["doubled"] == 0 and rep["mismatched_arms"] == 0
     assert dlq == 0
+    assert gen_after.get("ok"), f"generator did not come back after the NATS restart: {gen_after}"

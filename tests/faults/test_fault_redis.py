@@ -29,6 +29,10 @@ REDIS_TIMEOUT_S = 0.1
 SCORER_ENV = {"REDIS_TIMEOUT_S": str(REDIS_TIMEOUT_S)}
 OUTAGE_S = 3.0
 ARMS = ["a1", "a2", "a3", "a4"]
+GEN_DEADLINE_S = 0.5
+GEN_ENV = {"LLM_API_BASE": "http://127.0.0.1:9/v1", "LLM_MODEL": "openai/smollm2-135m",
+           "LLM_RETRIES": "0", "GENERATOR_DEADLINE_S": str(GEN_DEADLINE_S),
+           "GENERATOR_REFILL_ON_MISS": "false"}
 
 
 async def _traffic(nc, stop, log: LatencyLog, served: list, timeout=0.5, rate=50):
@@ -62,6 +66,7 @@ async def test_redis_outage_fallback_and_no_feedback_lost(own_stack, workers, cl
     nc, js, r, store = clients
     scorer = workers.spawn("scorer.main", SCORER_ENV)
     cons = workers.spawn("feedback_consumer.main", FAST_FEEDBACK)
+    gen = workers.spawn("generator.main", GEN_ENV)
     decs = await make_decisions(nc, [f"rf-{i}" for i in range(10)], 30 if SHORT else 60, redis=r)
     rng = random.Random(5)
     ledger, stop, log, served = Ledger(), asyncio.Event(), LatencyLog(), []
@@ -89,6 +94,10 @@ async def test_redis_outage_fallback_and_no_feedback_lost(own_stack, workers, cl
     t_stats = time.monotonic()
     stats = await request_json(nc, "tips.stats", {"user_id": "rf-0"}, timeout=2.0)
     stats_s = time.monotonic() - t_stats
+    t_gen = time.monotonic()
+    gen_rep = await request_json(nc, "tips.generate", {"user_id": "rf-gen", "arm": "a1"},
+                                 timeout=3.0)
+    gen_s = time.monotonic() - t_gen
     await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
     ci_mid = await js.consumer_info("FEEDBACK", "feedback-consumer")
     t_restart = time.monotonic()
@@ -101,7 +110,7 @@ async def test_redis_outage_fallback_and_no_feedback_lost(own_stack, workers, cl
     await asyncio.sleep(3.0)
     stop.set()
     await traffic
-    assert scorer.popen.poll() is None and cons.popen.poll() is None, "a worker died"
+    assert all(w.popen.poll() is None for w in (scorer, cons, gen)), "a worker died"
 
     during = log.between(t_down + 0.2, t_restart)
     errors = [x for x in log.rows if x[2] not in ("ok", "fallback")]
@@ -132,6 +141,8 @@ async def test_redis_outage_fallback_and_no_feedback_lost(own_stack, workers, cl
            recovered_s=None if first_ok is None else round(first_ok - t_up, 2),
            stats_during_outage=stats.get("error", {}).get("code", "ok"),
            stats_during_outage_s=round(stats_s, 2),
+           generate_during_outage=gen_rep.get("source") or gen_rep.get("error"),
+           generate_during_outage_s=round(gen_s, 2),
            feedback_ack_pending_mid_outage=ci_mid.num_ack_pending,
            feedback_redelivered_mid_outage=ci_mid.num_redelivered,
            unique_events=len(ledger.events), apply_wait_s=took, rewards_lost=rep["lost"],
@@ -147,6 +158,9 @@ async def test_redis_outage_fallback_and_no_feedback_lost(own_stack, workers, cl
     assert first_ok is not None and first_ok - t_up < 5.0
     # admin reads cannot fall back: a typed unavailable/timeout, never "internal"
     assert stats.get("error", {}).get("code") in ("unavailable", "timeout"), stats
+    # the generator answers from its fallback within its deadline while Redis is out
+    assert gen_rep.get("ok") and gen_rep["source"] == "fallback", gen_rep
+    assert gen_s <= GEN_DEADLINE_S + 0.5, gen_s
     # feedback: held back during the outage, then applied exactly once, nothing parked
     assert took is not None
     assert rep["outcomes"] == {"applied": len(ledger.events)}
