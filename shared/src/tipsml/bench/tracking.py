@@ -27,6 +27,9 @@ from typing import Any
 
 from .. import rubric as R
 
+# no tqdm bars on stderr for every artifact read (CLI export/apply read many)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 CELL = "cell"
 LEADERBOARD = "leaderboard"
 AGREEMENT = "agreement"
