@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast up down bench-score bench-generate chaos mlflow-ui lint clean
+.PHONY: setup run test test-fast up down bench-score bench-generate bench-job bench-worker bench-run sim gate ope chaos mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,27 @@ bench-score: setup
 
 bench-generate: setup
 	$(BIN)/python bench/generate_bench.py
+
+bench-job: setup  ## 3 prompts x 4 scenarios x embedded model -> bench/results/bench_job.json
+	$(BIN)/python bench/bench_job.py
+
+bench-worker: setup  ## one bench worker on the `make up` stack (start as many as you like)
+	eval "$$($(BIN)/python -m tipsml.launcher env)" && $(BIN)/python -m bench_worker.main
+
+bench-run: setup  ## a bench job on the `make up` stack: live progress, then the leaderboard
+	eval "$$($(BIN)/python -m tipsml.launcher env)" && $(BIN)/python -m bench_worker.cli run --models $${MODELS:-openai/smollm2-135m} --prompts $${PROMPTS:-v1,v2-mentor,v3-few-shot}
+
+mlflow-ui: setup  ## MLflow UI on the local tracking store
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/.run/mlflow/mlflow.db} --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
+
+sim: setup  ## regret of every policy on the default personas -> bench/results/sim_regret.*
+	$(BIN)/python -m tipsml.sim --users 200 --rounds 300 --seeds 10
+
+gate: setup  ## should egreedy-v2 replace egreedy-v1? (paired seeds, 95% CI, verdict)
+	$(BIN)/python -m tipsml.gate --candidate $${CANDIDATE:-egreedy-v2} --baseline $${BASELINE:-egreedy-v1}
+
+ope: setup  ## off-policy estimates vs online values in the simulator -> bench/results/sim_ope.*
+	$(BIN)/python -m tipsml.ope validate --users 300 --warmup 100 --rounds 150 --seeds 0,1,2
 
 lint: setup
 	$(BIN)/ruff check shared scorer generator feedback-consumer bench-worker bench

@@ -17,7 +17,9 @@ from tipsml.bench.job import BenchJob
 from tipsml.contract import ContractError
 from tipsml.natsutil import request_json
 
-from conftest import MODEL
+from tipsml.llmserver import MODEL_ALIAS
+
+MODEL = f"openai/{MODEL_ALIAS}"
 
 pytestmark = [pytest.mark.system]
 

@@ -11,7 +11,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-from helpers import assert_state_matches, expected_state, make_decisions, publish_feedback, wait_for
+from fb_helpers import assert_state_matches, expected_state, make_decisions, publish_feedback, wait_for
 from tipsml.launcher import EmbeddedStack
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from helpers import (applied_updates, assert_state_matches, expected_state, make_decisions,
+from fb_helpers import (applied_updates, assert_state_matches, expected_state, make_decisions,
                      publish_feedback, wait_for)
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore
