@@ -24,6 +24,38 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+FINDINGS = """## Findings (issue 7)
+
+Fixed (each found by a test here, fixed in its own commit, workers' suites rerun):
+
+1. `StateStore.from_url` used redis-py's default pool, which *raises* `MaxConnectionsError`
+   past 100 concurrent calls. The feedback consumer handles a 256-message batch at once:
+   ~60 % of a burst was nak'ed for nothing (154 events/s instead of ~3,000; with the real
+   backoff those events could reach the dead-letter subject). Now a blocking pool of 64.
+2. `tips.score` / `tips.generate` answered `internal` (OverflowError) for a profile feature
+   given as an integer beyond float range; it now uses the feature's fallback.
+3. `tips.stats` / `tips.reset` answered `internal` when Redis was down; now `unavailable`.
+
+Open (tests marked `xfail(strict=True)`, so they turn red once fixed):
+
+4. **Rewards lost to a race**: the scorer writes the decision record *after* replying;
+   feedback that reaches the consumer first is claimed `expired` for good. Lost: 27 % of
+   1,500 immediate reactions at load average 5 (0 % on an idle machine), 1,925 of 57,314
+   (3.4 %) reactions sent 0–2 s after the decision in the 10-minute soak. Fix in
+   `APPLY_REWARD_LUA` + `FeedbackProcessor.handle`: on a missing decision do not claim;
+   nak with delay while the message is younger than a grace period (e.g. 60 s, from
+   `msg.metadata.timestamp`) and claim `expired` only after it or on the last delivery.
+5. `bench.leaderboard`: deeply nested JSON → `internal` (RecursionError not caught next to
+   ValueError in `tipsml/bench/service.py`), and no `MAX_PAYLOAD_BYTES` check.
+
+Soak remarks: p99 is over the 50 ms target on this shared, loaded 2-core machine, and
+36 % of replies were the uniform fallback although Redis never failed: one call over the
+25 ms Redis timeout opens the 1 s circuit breaker for *every* request (~500 fallbacks at
+500 req/s). Worker RSS is flat (scorer +3 MiB, consumer +2 MiB over 9.5 min); Redis and
+nats-server grow with the data kept (decision records for the 24 h reward window,
+DECISIONS stream for 30 days, no `max_bytes`).
+"""
+
 
 def run_suites(results: Path, short: bool, extra: list[str]) -> int:
     env = dict(os.environ, CHAOS_RESULTS=str(results))
@@ -47,6 +79,10 @@ def _fmt(v, unit=""):
 
 
 def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> str:
+    last: dict[str, dict] = {}
+    for r in rows:  # a scenario measured twice (re-run): the last measurement
+        last[r["scenario"]] = r
+    rows = list(last.values())
     faults = [r for r in rows if not r["scenario"].startswith("fuzz ")]
     fuzz = [r for r in rows if r["scenario"].startswith("fuzz ")]
     out = ["# Chaos, fuzz and soak figures", "",
@@ -104,6 +140,7 @@ def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> 
             out.append(f"| RSS {k}: start / after warm-up / end (drift) | "
                        f"{rss['start'].get(k)} / {(rss['after_warmup'] or {}).get(k)} / "
                        f"{rss['end'].get(k)} MiB ({rss['drift_after_warmup'].get(k)}) |")
+    out += ["", FINDINGS]
     return "\n".join(out) + "\n"
 
 

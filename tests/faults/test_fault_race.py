@@ -28,7 +28,6 @@ RACE_BUG = pytest.mark.xfail(strict=True, reason=(
     "'expired' only past a grace period / on the last delivery"))
 
 
-@RACE_BUG
 async def test_immediate_feedback_is_not_lost_to_the_decision_write_race(own_stack, workers,
                                                                           clients):
     nc, js, r, store = clients
@@ -64,5 +63,35 @@ async def test_immediate_feedback_is_not_lost_to_the_decision_write_race(own_sta
            injected="feedback racing the async decision write", requests_failed=0,
            unique_events=len(events), outcomes=outcomes, rewards_lost=raced,
            rewards_doubled=0, recovered_s=None)
-    assert raced == 0, (f"{raced} of {len(events)} rewards dropped as 'expired' although their "
-                        f"decision exists: the feedback overtook the decision record")
+    # measured only: how often the race is lost depends on the machine's load (0 on an idle
+    # machine, 27 % of 1,500 with load average 5 on 2 cores); the deterministic case is below
+
+
+@RACE_BUG
+async def test_feedback_arriving_before_its_decision_record_is_applied_later(own_stack, workers,
+                                                                             clients):
+    """Deterministic form: the decision record lands 0.5 s after the feedback (a backlogged
+    decision writer). The reward must still be applied once the record exists."""
+    import numpy as np
+
+    from tipsml.state import pulls_key, state_key
+
+    nc, js, r, store = clients
+    workers.spawn("feedback_consumer.main", FAST_FEEDBACK)
+    did, user = "late-decision-1", "late-user"
+    sk = state_key("egreedy-v1", user)
+    await js.publish("feedback.completed", feedback_body("late-e1", did, user, "completed"),
+                     headers={"Nats-Msg-Id": "late-e1"})
+    await asyncio.sleep(0.5)
+    await store.record_decisions([{
+        "decision_id": did, "user_id": user, "arm": "a", "policy": "egreedy-v1",
+        "policy_version": "t", "propensity": 0.5, "ts": time.time(), "learners": ["egreedy-v1"],
+        "vectors": {"egreedy-v1": (sk, np.ones(7))}, "pulls_key": pulls_key("egreedy-v1", user)}])
+    await asyncio.sleep(3.0)  # past ack_wait and the first backoffs
+    outcome = await r.get("tips:evt:late-e1")
+    blob = await r.hget(sk, "a")
+    record("feedback 0.5 s before its decision record", injected="decision writer lag 0.5 s",
+           requests_failed=0, unique_events=1, outcomes={(outcome or b"missing").decode(): 1},
+           rewards_lost=0 if blob else 1, rewards_doubled=0, recovered_s=None)
+    assert outcome == b"applied" and blob is not None, (
+        f"reward dropped as {outcome!r}: the feedback overtook its decision record")
