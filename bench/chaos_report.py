@@ -100,7 +100,8 @@ def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> 
         for k in ("fallback_replies", "p99_during_outage_ms", "stats_during_outage",
                   "publish_retries", "unique_events", "dead_lettered", "sources",
                   "consumer_rss_start_mb", "consumer_rss_peak_mb", "events_per_s",
-                  "spurious_retries", "served_decisions_not_recorded", "outcomes"):
+                  "spurious_retries", "served_decisions_not_recorded", "generate_during_outage",
+                  "generate_after_restart", "outcomes"):
             if k in r and r[k] not in (None, 0, {}, []) or k in ("dead_lettered",) and k in r:
                 notes.append(f"{k}={r[k]}")
         out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
@@ -156,6 +157,8 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "chaos.jsonl"
     rc = None
+    if args.no_run and (out_dir / "chaos.json").exists():  # keep the last run's exit code
+        rc = json.loads((out_dir / "chaos.json").read_text()).get("pytest_exit_code")
     if not args.no_run:
         results.unlink(missing_ok=True)
         rc = run_suites(results, args.short, args.pytest_args)
