@@ -86,14 +86,14 @@ def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> 
     faults = [r for r in rows if not r["scenario"].startswith("fuzz ")]
     fuzz = [r for r in rows if r["scenario"].startswith("fuzz ")]
     out = ["# Chaos, fuzz and soak figures", "",
-           f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+           (f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
            f"`bench/chaos_report.py{' --short' if short else ''}` (pytest exit code {rc}); "
            "every figure is measured against real nats-server (JetStream, file storage) and "
            "redis-server (AOF) with the workers as separate processes. Machine: "
-           f"{os.cpu_count()} cores, shared with other engineers' jobs.", "",
+           f"{os.cpu_count()} cores, shared with other engineers' jobs."), "",
            "## Faults", "",
-           "| fault injected | requests | failed | failure codes | max failed latency | "
-           "recovered | rewards lost | rewards double-applied | notes |",
+           ("| fault injected | requests | failed | failure codes | max failed latency | "
+           "recovered | rewards lost | rewards double-applied | notes |"),
            "|---|---|---|---|---|---|---|---|---|"]
     for r in faults:
         notes = []
@@ -110,33 +110,33 @@ def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> 
             _fmt(r.get("max_failed_latency_ms"), " ms"), _fmt(r.get("recovered_s"), " s"),
             _fmt(r.get("rewards_lost")), _fmt(r.get("rewards_doubled")),
             "; ".join(notes).replace("|", "/")))
-    out += ["", "*recovered*: from the server/worker coming back (or the restart of the "
-            "consumer) until the first success / until every event was applied.", "",
+    out += ["", ("*recovered*: from the server/worker coming back (or the restart of the "
+            "consumer) until the first success / until every event was applied."), "",
             "## Fuzz", "", "| subject | cases tried | crashes | outcomes |", "|---|---|---|---|"]
     for r in fuzz:
         out.append(f"| {r['scenario'][5:]} | {r.get('cases')} | {r.get('crashes')} | "
                    f"{json.dumps(r.get('outcomes'))} |")
-    out += ["", "A crash is: no reply in time, a reply that is not strict JSON with `ok`, an "
+    out += ["", ("A crash is: no reply in time, a reply that is not strict JSON with `ok`, an "
             "`internal` error, a rejected message that changed Redis, or a worker restart "
-            "(pids are checked after every case)."]
+            "(pids are checked after every case).")]
     if soak:
         o, rss = soak["overall"], soak["rss_mb"]
         c, m = soak["config"], soak["machine"]
         out += ["", "## Soak", "",
-                f"`bench/soak.py`: tips.score open loop at {c['rate']:.0f} req/s for "
-                f"{c['duration']:.0f} s, feedback on {c['feedback_fraction']:.0%} of decisions.",
+                (f"`bench/soak.py`: tips.score open loop at {c['rate']:.0f} req/s for "
+                f"{c['duration']:.0f} s, feedback on {c['feedback_fraction']:.0%} of decisions."),
                 "", "| figure | value |", "|---|---|",
                 f"| requests sent / answered | {soak['sent']} / {soak['answered']} |",
-                f"| p50 / p99 / p99.9 / max | {o['p50_ms']} / {o['p99_ms']} / {o['p999_ms']} / "
-                f"{o['max_ms']} ms |",
+                (f"| p50 / p99 / p99.9 / max | {o['p50_ms']} / {o['p99_ms']} / {o['p999_ms']} / "
+                f"{o['max_ms']} ms |"),
                 f"| worst 10 s window p99 | {o['worst_window_p99_ms']} ms |",
                 f"| p99 under {c['target_p99_ms']:.0f} ms | {soak['p99_under_target']} |",
                 f"| errors / fallbacks | {o['errors']} / {o['fallbacks']} |",
                 f"| reply codes | {json.dumps(o['codes'])} |",
-                f"| feedback published / outcomes | {soak['feedback']['published']} / "
-                f"{json.dumps(soak['feedback']['outcomes'])} |",
-                f"| load average start → end (max 1 min) | {m['loadavg_start']} → "
-                f"{m['loadavg_end']} ({m['loadavg_max_1m']}) |"]
+                (f"| feedback published / outcomes | {soak['feedback']['published']} / "
+                f"{json.dumps(soak['feedback']['outcomes'])} |"),
+                (f"| load average start → end (max 1 min) | {m['loadavg_start']} → "
+                f"{m['loadavg_end']} ({m['loadavg_max_1m']}) |")]
         for k in rss["end"]:
             out.append(f"| RSS {k}: start / after warm-up / end (drift) | "
                        f"{rss['start'].get(k)} / {(rss['after_warmup'] or {}).get(k)} / "

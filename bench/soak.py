@@ -100,7 +100,7 @@ async def loadgen(args) -> None:
                 code = rep.get("error", {}).get("code", "?")
         except nats.errors.NoRespondersError:
             code, rep = "unavailable", None
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             code, rep = "timeout", None
         except Exception as e:  # noqa: BLE001
             code, rep = f"exception:{type(e).__name__}", None
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
         print(f"written {out}")
         return 0
     finally:
-        for k, w in workers.items():
+        for w in workers.values():
             if hasattr(w, "stop"):
                 w.stop()
         if stack:

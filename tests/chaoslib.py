@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from tipsml.bandits import initial_arm, sherman_morrison_update
 from tipsml.natsutil import request_json
 from tipsml.state import StateStore, state_key
@@ -127,7 +126,7 @@ async def publish_until_acked(js, subject: str, data: bytes, msg_id: str | None,
         try:
             await js.publish(subject, data, headers=hdr, timeout=1.0)
             return failures
-        except Exception:  # noqa: BLE001 - NATS down / no JetStream yet: retry
+        except Exception:
             failures += 1
             if time.monotonic() > deadline:
                 raise
@@ -199,8 +198,8 @@ async def exactly_once_report(r, store: StateStore, ledger: Ledger,
         for arm, v in arms.items():
             blob = got.get(arm.encode())
             g = np.frombuffer(blob, dtype="<f8") if blob else initial_arm(
-                int(round((-1 + (1 + 4 * (v.shape[0] - 2)) ** 0.5) / 2)), 1.0)
-            d = int(round(g[0] - v[0]))
+                round((-1 + (1 + 4 * (v.shape[0] - 2)) ** 0.5) / 2), 1.0)
+            d = round(float(g[0] - v[0]))
             lost += max(0, -d)
             doubled += max(0, d)
             if g.shape != v.shape or not np.allclose(g, v, rtol=1e-9, atol=1e-9):
@@ -284,7 +283,26 @@ async def live_updates(r, policy: str = "egreedy-v1", prefix: str = "") -> int:
     return n
 
 
-__all__ = ["SHORT", "FAST_FEEDBACK", "record", "rss_mb", "loadavg", "score", "make_decisions",
-           "feedback_body", "publish_until_acked", "Ledger", "applied_count", "wait_applied",
-           "expected_state", "exactly_once_report", "dlq_count", "LatencyLog", "score_traffic",
-           "random_reaction", "live_updates", "state_key", "metric"]
+__all__ = [
+    "FAST_FEEDBACK",
+    "SHORT",
+    "LatencyLog",
+    "Ledger",
+    "applied_count",
+    "dlq_count",
+    "exactly_once_report",
+    "expected_state",
+    "feedback_body",
+    "live_updates",
+    "loadavg",
+    "make_decisions",
+    "metric",
+    "publish_until_acked",
+    "random_reaction",
+    "record",
+    "rss_mb",
+    "score",
+    "score_traffic",
+    "state_key",
+    "wait_applied",
+]

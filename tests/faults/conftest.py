@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import pytest_asyncio
-
 from tipsml.launcher import EmbeddedStack
 from tipsml.testing import spawn_worker
 
@@ -49,14 +48,14 @@ async def clients(own_stack):
     forever, like every worker."""
     import nats
     import redis.asyncio as aioredis
-
     from tipsml.state import StateStore
 
     nc = await nats.connect(own_stack.nats_url, max_reconnect_attempts=-1,
                             reconnect_time_wait=0.2, name="chaos-client")
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError as RConnErr, TimeoutError as RTimeout
+    from redis.exceptions import ConnectionError as RConnErr
+    from redis.exceptions import TimeoutError as RTimeout
 
     r = aioredis.from_url(own_stack.redis_url,  # the test's own reads survive a Redis restart
                           retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 40),

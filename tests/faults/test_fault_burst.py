@@ -15,9 +15,17 @@ import time
 
 import numpy as np
 import pytest
-
-from chaoslib import SHORT, Ledger, dlq_count, exactly_once_report, loadavg, metric, record, \
-    rss_mb, wait_applied
+from chaoslib import (
+    SHORT,
+    Ledger,
+    dlq_count,
+    exactly_once_report,
+    loadavg,
+    metric,
+    record,
+    rss_mb,
+    wait_applied,
+)
 from tipsml.state import pulls_key, state_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -29,7 +37,7 @@ RSS_LIMIT_MB = 400.0
 
 
 async def test_burst_50k_feedback_all_applied_bounded_memory(own_stack, workers, clients):
-    nc, js, r, store = clients
+    _nc, js, r, store = clients
     rng = np.random.default_rng(50)
     records, local = [], {}
     for i in range(N):

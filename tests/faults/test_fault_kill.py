@@ -14,10 +14,21 @@ import random
 import time
 
 import pytest
-
-from chaoslib import (FAST_FEEDBACK, SHORT, Ledger, LatencyLog, dlq_count, exactly_once_report,
-                      feedback_body, make_decisions, publish_until_acked, random_reaction, record,
-                      score_traffic, wait_applied)
+from chaoslib import (
+    FAST_FEEDBACK,
+    SHORT,
+    LatencyLog,
+    Ledger,
+    dlq_count,
+    exactly_once_report,
+    feedback_body,
+    make_decisions,
+    publish_until_acked,
+    random_reaction,
+    record,
+    score_traffic,
+    wait_applied,
+)
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -87,7 +98,7 @@ async def test_kill9_feedback_consumers_while_feedback_flows(own_stack, workers,
 
 
 async def test_kill9_scorer_fails_fast_then_recovers(own_stack, workers, clients):
-    nc, js, r, store = clients
+    nc, _js, _r, _store = clients
     sc = workers.spawn("scorer.main", SCORER_ENV)
     log, stop = LatencyLog(), asyncio.Event()
     timeout = 0.5

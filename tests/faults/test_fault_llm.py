@@ -16,7 +16,6 @@ import time
 import nats
 import pytest
 import redis.asyncio as aioredis
-
 from chaoslib import record
 from tipsml.launcher import EmbeddedStack
 from tipsml.natsutil import request_json

@@ -16,7 +16,6 @@ import asyncio
 import time
 
 import pytest
-
 from chaoslib import FAST_FEEDBACK, SHORT, feedback_body, record, score, wait_applied
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -30,7 +29,7 @@ RACE_BUG = pytest.mark.xfail(strict=True, reason=(
 
 async def test_immediate_feedback_is_not_lost_to_the_decision_write_race(own_stack, workers,
                                                                           clients):
-    nc, js, r, store = clients
+    nc, js, r, _store = clients
     workers.spawn("scorer.main", {"REDIS_TIMEOUT_S": "0.25"})
     workers.spawn("feedback_consumer.main", FAST_FEEDBACK)
     n, rate = (400, 200) if SHORT else (1500, 200)
@@ -73,10 +72,9 @@ async def test_feedback_arriving_before_its_decision_record_is_applied_later(own
     """Deterministic form: the decision record lands 0.5 s after the feedback (a backlogged
     decision writer). The reward must still be applied once the record exists."""
     import numpy as np
-
     from tipsml.state import pulls_key, state_key
 
-    nc, js, r, store = clients
+    _nc, js, r, store = clients
     workers.spawn("feedback_consumer.main", FAST_FEEDBACK)
     did, user = "late-decision-1", "late-user"
     sk = state_key("egreedy-v1", user)

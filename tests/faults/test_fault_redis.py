@@ -17,10 +17,20 @@ import signal
 import time
 
 import pytest
-
-from chaoslib import (FAST_FEEDBACK, SHORT, Ledger, LatencyLog, dlq_count, exactly_once_report,
-                      feedback_body, make_decisions, publish_until_acked, random_reaction, record,
-                      wait_applied)
+from chaoslib import (
+    FAST_FEEDBACK,
+    SHORT,
+    LatencyLog,
+    Ledger,
+    dlq_count,
+    exactly_once_report,
+    feedback_body,
+    make_decisions,
+    publish_until_acked,
+    random_reaction,
+    record,
+    wait_applied,
+)
 from tipsml.natsutil import request_json
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

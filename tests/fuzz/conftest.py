@@ -5,18 +5,14 @@ starts), and a private event loop so hypothesis can drive it from sync tests."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import tempfile
 
 import pytest
-
 from chaoslib import FAST_FEEDBACK
+from fuzzlib import EXAMPLES  # noqa: F401 - re-exported for readers of this file
 from tipsml.launcher import EmbeddedStack
 from tipsml.testing import spawn_worker
-
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40" if os.environ.get("CHAOS_SHORT") == "1"
-                              else "100"))
 
 
 def _dead_url() -> str:

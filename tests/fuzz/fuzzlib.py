@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import time
 
 from hypothesis import strategies as st
@@ -16,6 +17,8 @@ POLICIES = ["egreedy-v1", "egreedy-v2", "linucb", "thompson"]
 PROFILE_NAMES = ["completion_rate", "dismiss_rate", "mean_dwell_ms", "preferred_hour",
                  "tip_volume"]
 REACTIONS = ["completed", "accepted", "dismissed", "ignored"]
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40" if os.environ.get("CHAOS_SHORT") == "1"
+                              else "100"))  # hypothesis examples per property
 NATS_MAX = 900_000  # stay under the server's 1 MiB max_payload (client-side refusal)
 
 # ---------------------------------------------------------------- strategies

@@ -16,14 +16,27 @@ import time
 import uuid
 from collections import Counter
 
+import nats.errors
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-
 from chaoslib import dlq_count, record, score
-from conftest import EXAMPLES
-from fuzzlib import (CORPUS, NATS_MAX, check_ok, check_reply, diff, encoded, feedback_req,
-                     generate_req, leaderboard_req, score_req, settle, signal_req, snapshot,
-                     stats_req)
+from fuzzlib import (
+    CORPUS,
+    EXAMPLES,
+    NATS_MAX,
+    check_ok,
+    check_reply,
+    diff,
+    encoded,
+    feedback_req,
+    generate_req,
+    leaderboard_req,
+    score_req,
+    settle,
+    signal_req,
+    snapshot,
+    stats_req,
+)
+from hypothesis import HealthCheck, assume, given, settings
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -73,7 +86,7 @@ def _request_reply(fz, subject: str, data: bytes, req=None):
     if worker not in fz.workers:
         pytest.skip(f"{worker} worker not running")
     fz.run(settle(fz.r))
-    rep, took = fz.run(_ask(fz, subject, data))
+    rep, _took = fz.run(_ask(fz, subject, data))
     if rep["ok"]:
         try:
             check_ok(subject, req, rep)
@@ -107,7 +120,7 @@ def test_corpus(fuzz, subject, i):
     data = CORPUS[i]
     if len(data) > NATS_MAX:
         # the client refuses it before it reaches any worker (NATS max_payload)
-        with pytest.raises(Exception):
+        with pytest.raises(nats.errors.MaxPayloadError):
             fuzz.run(fuzz.nc.request(subject, data, timeout=2))
         _tally(subject, "refused_by_nats")
         return
