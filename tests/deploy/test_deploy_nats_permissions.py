@@ -129,8 +129,9 @@ async def test_recommender_refused_admin_and_worker_subjects(connect_as):
     await refused(rec, "feedback.>", lambda: rec.subscribe("feedback.>"))
     await admin.flush()
     await asyncio.sleep(0.2)
-    for _sub, got in listeners:
+    for sub, got in listeners:
         assert got == []
+        await sub.unsubscribe()  # connections are session-wide: leave no responder behind
 
 
 async def test_admin_may_reset_and_run_bench(connect_as):

@@ -1,9 +1,9 @@
 """MLflow logging of simulator / gate / OPE runs.
 
-Tracking URI: env ``MLFLOW_TRACKING_URI``, default ``sqlite:///.run/mlflow.db``; the
-artifacts of experiments created here go to ``.run/mlartifacts/`` (beside the database),
-unless ``MLFLOW_ARTIFACT_ROOT`` says otherwise. ``mlflow ui --backend-store-uri
-sqlite:///.run/mlflow.db`` shows them.
+Tracking URI: env ``MLFLOW_TRACKING_URI``, default the project's one local store
+(``.run/mlflow/mlflow.db``, shared with the bench worker); the artifacts of experiments
+created here go to ``mlartifacts/`` beside the database unless ``MLFLOW_ARTIFACT_ROOT``
+says otherwise. ``make mlflow-ui`` shows them.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import math
 import os
 from pathlib import Path
 
-DEFAULT_URI = "sqlite:///.run/mlflow.db"
-
-
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    from ..bench.tracking import default_tracking_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
