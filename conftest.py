@@ -95,7 +95,8 @@ async def feedback_service(stack):
 
     settings = FeedbackSettings(nats_url=stack.nats_url, redis_url=stack.redis_url,
                                 metrics_port=-1, feedback_ack_wait_s=3.0,
-                                feedback_backoff_s=[0.2, 0.5, 1.0], feedback_max_deliver=4)
+                                feedback_backoff_s=[0.2, 0.5, 1.0], feedback_max_deliver=4,
+                                feedback_missing_grace_s=1.0)
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(settings, ready, stop))
     await asyncio.wait_for(ready.wait(), 30)

@@ -30,8 +30,9 @@ class FeedbackMetrics:
         self.registry = r = CollectorRegistry()
         self.outcomes = Counter(
             "feedback_events_total",
-            "feedback events by outcome: applied, duplicate, expired, mismatch, already_rewarded, "
-            "invalid, retry, dead_lettered", ["outcome"], registry=r)
+            "feedback events by outcome: applied, duplicate, expired, pending (decision record "
+            "not written yet: retried), mismatch, already_rewarded, invalid, retry, dead_lettered",
+            ["outcome"], registry=r)
         self.applied = Counter("feedback_rewards_applied_total", "rewards applied",
                                ["policy", "arm"], registry=r)
         self.reward_sum = Counter("feedback_reward_sum_total", "sum of applied rewards",
@@ -57,7 +58,8 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
     spec = settings.consumer_spec()
     await ensure_consumer(js, spec)
     sub = await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
-    proc = FeedbackProcessor(store, js, max_deliver=spec.max_deliver, backoff_s=spec.backoff_s)
+    proc = FeedbackProcessor(store, js, max_deliver=spec.max_deliver, backoff_s=spec.backoff_s,
+                             missing_grace_s=settings.feedback_missing_grace_s)
     h = Handlers(proc, m)
     announce("feedback-consumer", metrics_port=port, durable=spec.durable)
     if ready:

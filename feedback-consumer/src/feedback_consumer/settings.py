@@ -16,6 +16,9 @@ class FeedbackSettings(BaseServiceSettings):
     feedback_max_deliver: int = S.FEEDBACK_CONSUMER.max_deliver
     feedback_backoff_s: list[float] = list(S.FEEDBACK_CONSUMER.backoff_s)
     feedback_max_ack_pending: int = S.FEEDBACK_CONSUMER.max_ack_pending
+    # an event for a decision not (yet) in Redis is retried this long before it counts
+    # as expired: the scorer writes the decision record right after its reply
+    feedback_missing_grace_s: float = 10.0
 
     def consumer_spec(self) -> S.ConsumerSpec:
         base = S.FEEDBACK_CONSUMER

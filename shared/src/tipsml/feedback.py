@@ -6,13 +6,17 @@ claim on event_id + join to the decision + Sherman–Morrison update) → ack.
 * invalid payload (poison): dead-lettered at once (``dlq.feedback``) and acked;
 * Redis error (transient): nak with a delay that grows with the delivery count;
   after ``max_deliver`` deliveries: dead-lettered (with the reason) and acked;
-* unknown / expired decision, user mismatch, duplicate event, second reward for a
-  decision: counted and acked, state untouched.
+* unknown decision: retried (nak with a short delay, nothing claimed) while the event
+  is younger than ``missing_grace_s`` — the scorer writes the decision record just after
+  its reply, so a reaction sent at once can arrive first —, then claimed ``expired``;
+* expired decision, user mismatch, duplicate event, second reward for a decision:
+  counted and acked, state untouched.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from .contract import ContractError, Feedback, parse
@@ -26,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    kind: str  # applied | duplicate | expired | mismatch | already_rewarded | invalid | retry | dead_lettered
+    kind: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | invalid | retry | dead_lettered
     policy: str = ""
     arm: str = ""
     reaction: str = ""
@@ -36,8 +40,9 @@ class Outcome:
 
 class FeedbackProcessor:
     def __init__(self, store: StateStore, js, *, max_deliver: int, backoff_s: tuple[float, ...],
-                 dlq_subject: str = S.DLQ_FEEDBACK):
+                 dlq_subject: str = S.DLQ_FEEDBACK, missing_grace_s: float = 10.0):
         self.store = store
+        self.missing_grace_s = missing_grace_s
         self.js = js
         self.max_deliver = max_deliver
         self.backoff_s = backoff_s or (1.0,)
@@ -54,8 +59,11 @@ class FeedbackProcessor:
             await self._dead_letter(msg, f"invalid_request: {e.message}", delivered)
             return Outcome("invalid")
         reward = reward_of(fb.reaction, fb.reward)
+        claim_missing = (delivered >= self.max_deliver - 1
+                         or self._age_s(msg) >= self.missing_grace_s)
         try:
-            res = await self.store.apply_reward(fb.event_id, fb.decision_id, fb.user_id, reward)
+            res = await self.store.apply_reward(fb.event_id, fb.decision_id, fb.user_id, reward,
+                                                claim_missing=claim_missing)
         except Exception as e:  # noqa: BLE001 - Redis unavailable: retry later, never ack
             if delivered >= self.max_deliver:
                 await self._dead_letter(msg, f"unapplied after {delivered} deliveries: {e!r}",
@@ -63,9 +71,20 @@ class FeedbackProcessor:
                 return Outcome("dead_lettered", reaction=fb.reaction or "")
             await msg.nak(delay=self._delay(delivered))
             return Outcome("retry")
+        if res.outcome == "pending":
+            await msg.nak(delay=min(0.2 * delivered, 2.0))
+            return Outcome("pending")
         await msg.ack()
         return Outcome(res.outcome, res.policy, res.arm, fb.reaction or "explicit", reward,
                        fb.prompt_version or res.prompt_version)
+
+    @staticmethod
+    def _age_s(msg) -> float:
+        """Seconds since the event was stored in the stream."""
+        ts = getattr(msg.metadata, "timestamp", None) if msg.metadata else None
+        if ts is None:
+            return float("inf")
+        return time.time() - ts.timestamp()
 
     async def _dead_letter(self, msg, reason: str, delivered: int) -> None:
         hdrs = msg.headers or {}

@@ -46,7 +46,10 @@ def generation_key(decision_id: str) -> str:
 
 
 # KEYS[1] event key, KEYS[2] decision key, KEYS[3] generation key (prompt version)
-# ARGV[1] reward, ARGV[2] event-claim ttl (s), ARGV[3] ridge lambda, ARGV[4] user id
+# ARGV[1] reward, ARGV[2] event-claim ttl (s), ARGV[3] ridge lambda, ARGV[4] user id,
+# ARGV[5] '1' to claim a missing decision as expired, '0' to answer 'pending' (no claim):
+#         the scorer writes the decision record just after replying, so a very early
+#         reaction can arrive first; the consumer retries it for a grace period.
 # returns {outcome, policy, arm, prompt_version}
 APPLY_REWARD_LUA = r"""
 local pv = redis.call('HGET', KEYS[3], 'prompt_version') or ''
@@ -54,6 +57,7 @@ local prev = redis.call('GET', KEYS[1])
 if prev then return {'duplicate', prev, '', pv} end
 local d = redis.call('HMGET', KEYS[2], 'user', 'arm', 'learners', 'rewarded', 'policy')
 if not d[1] then
+  if ARGV[5] == '0' then return {'pending', '', '', pv} end
   redis.call('SET', KEYS[1], 'expired', 'EX', ARGV[2])
   return {'expired', '', '', pv}
 end
@@ -115,7 +119,7 @@ return {'applied', d[5], d[2], pv}
 
 @dataclass(frozen=True)
 class ApplyResult:
-    outcome: str  # applied | duplicate | expired | mismatch | already_rewarded
+    outcome: str  # applied | duplicate | expired | pending | mismatch | already_rewarded
     policy: str   # deciding policy (for duplicate: the first outcome)
     arm: str
     prompt_version: str
@@ -170,10 +174,13 @@ class StateStore:
         await pipe.execute()
 
     async def apply_reward(self, event_id: str, decision_id: str, user_id: str,
-                           reward: float) -> ApplyResult:
+                           reward: float, claim_missing: bool = True) -> ApplyResult:
+        """Apply once. With ``claim_missing=False`` an unknown decision answers ``pending``
+        and claims nothing (the caller retries: the record may not be written yet)."""
         res = await self._apply(
             keys=[event_key(event_id), decision_key(decision_id), generation_key(decision_id)],
-            args=[repr(float(reward)), self.reward_window_s * 2, repr(self.lam), user_id],
+            args=[repr(float(reward)), self.reward_window_s * 2, repr(self.lam), user_id,
+                  "1" if claim_missing else "0"],
         )
         vals = [v.decode() if isinstance(v, bytes) else (v or "") for v in res]
         return ApplyResult(*vals[:4])
