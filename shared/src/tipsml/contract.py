@@ -206,3 +206,17 @@ def parse(model: type[BaseModel], data: bytes):
         raise ContractError(ErrorCode.invalid_request, describe_validation_error(e)) from None
     except ValueError as e:  # model_post_init and friends
         raise ContractError(ErrorCode.invalid_request, str(e)[:300]) from None
+
+
+def loads_object(data: bytes) -> dict:
+    """A raw payload as a JSON object, within the declared limits, or ContractError."""
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ContractError(ErrorCode.invalid_request,
+                            f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = json.loads(data or b"{}")
+    except (ValueError, RecursionError):
+        raise ContractError(ErrorCode.invalid_request, "payload is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ContractError(ErrorCode.invalid_request, "payload must be a JSON object")
+    return obj

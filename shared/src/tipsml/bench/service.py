@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import prompts as P
 from .. import subjects as S
-from ..contract import ContractError, ErrorCode, parse
+from ..contract import ContractError, ErrorCode, loads_object, parse
 from ..llm import LLMClient, LLMError
 from ..natsutil import publish_dead_letter
 from . import human
@@ -157,10 +157,10 @@ class BenchService:
         job_id = "unknown"
         try:
             try:
-                raw = json.loads(msg.data or b"{}")
-                if isinstance(raw, dict) and isinstance(raw.get("job_id"), str):
+                raw = loads_object(msg.data)
+                if isinstance(raw.get("job_id"), str):
                     job_id = raw["job_id"][:64]
-            except ValueError:
+            except ContractError:
                 raw = None
             hdr_id = (msg.headers or {}).get("Tips-Job-Id")
             if hdr_id:
@@ -404,11 +404,8 @@ class BenchService:
         try:
             if not self._authorised(msg):
                 raise ContractError(ErrorCode.forbidden, "bench.leaderboard is admin only")
-            try:
-                req = json.loads(msg.data or b"{}")
-            except ValueError:
-                raise ContractError(ErrorCode.invalid_request, "payload is not JSON") from None
-            if not isinstance(req, dict) or not isinstance(req.get("experiment"), str):
+            req = loads_object(msg.data)
+            if not isinstance(req.get("experiment"), str):
                 raise ContractError(ErrorCode.invalid_request, "experiment (str) is required")
             judge = req.get("judge", "auto")
             if judge not in LB.JUDGES:
