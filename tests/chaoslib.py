@@ -23,7 +23,9 @@ SHORT = os.environ.get("CHAOS_SHORT") == "1"  # the CI form (`make chaos`)
 
 # fast redelivery so a killed consumer's messages come back within seconds
 FAST_FEEDBACK = {"FEEDBACK_ACK_WAIT_S": "2", "FEEDBACK_BACKOFF_S": "[0.25,0.5,1,1,2,2,2]",
-                 "FEEDBACK_MAX_DELIVER": "8", "FEEDBACK_BATCH": "128"}
+                 "FEEDBACK_MAX_DELIVER": "8", "FEEDBACK_BATCH": "128",
+                 # an unknown decision is retried this long before it counts as expired
+                 "FEEDBACK_MISSING_GRACE_S": "2"}
 
 
 def record(scenario: str, **figures) -> dict:

@@ -20,18 +20,15 @@ from chaoslib import FAST_FEEDBACK, SHORT, feedback_body, record, score, wait_ap
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
-RACE_BUG = pytest.mark.xfail(strict=True, reason=(
-    "bug: APPLY_REWARD_LUA (shared/src/tipsml/state.py) claims an event as 'expired' when the "
-    "decision record is not written yet; the scorer writes it after replying. Fix: do not "
-    "claim on a missing decision while the message is young (nak with delay), claim "
-    "'expired' only past a grace period / on the last delivery"))
+RACE_FEEDBACK = {**FAST_FEEDBACK, "FEEDBACK_MISSING_GRACE_S": "10"}  # the production grace
+
 
 
 async def test_immediate_feedback_is_not_lost_to_the_decision_write_race(own_stack, workers,
                                                                           clients):
     nc, js, r, _store = clients
     workers.spawn("scorer.main", {"REDIS_TIMEOUT_S": "0.25"})
-    workers.spawn("feedback_consumer.main", FAST_FEEDBACK)
+    workers.spawn("feedback_consumer.main", RACE_FEEDBACK)
     n, rate = (400, 200) if SHORT else (1500, 200)
     events: dict[str, str] = {}
 
@@ -66,7 +63,6 @@ async def test_immediate_feedback_is_not_lost_to_the_decision_write_race(own_sta
     # machine, 27 % of 1,500 with load average 5 on 2 cores); the deterministic case is below
 
 
-@RACE_BUG
 async def test_feedback_arriving_before_its_decision_record_is_applied_later(own_stack, workers,
                                                                              clients):
     """Deterministic form: the decision record lands 0.5 s after the feedback (a backlogged
@@ -75,7 +71,7 @@ async def test_feedback_arriving_before_its_decision_record_is_applied_later(own
     from tipsml.state import pulls_key, state_key
 
     _nc, js, r, store = clients
-    workers.spawn("feedback_consumer.main", FAST_FEEDBACK)
+    workers.spawn("feedback_consumer.main", RACE_FEEDBACK)
     did, user = "late-decision-1", "late-user"
     sk = state_key("egreedy-v1", user)
     await js.publish("feedback.completed", feedback_body("late-e1", did, user, "completed"),

@@ -13,9 +13,6 @@ from tipsml.contract import MAX_ARMS, MAX_PAYLOAD_BYTES, MAX_TASKS, MAX_TITLE_LE
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 SUBJECTS = ["tips.score", "tips.stats", "tips.reset", "tips.generate", "bench.leaderboard"]
-BENCH_LIMIT = pytest.mark.xfail(strict=True, reason=(
-    "bug: bench.leaderboard (shared/src/tipsml/bench/service.py handle_leaderboard) parses "
-    "with json.loads and never checks MAX_PAYLOAD_BYTES"))
 
 
 def _padded(base: dict, size: int) -> bytes:
@@ -38,9 +35,7 @@ def _base(subject):
     return {"experiment": "limits-x"} if subject == "bench.leaderboard" else {"user_id": "lim"}
 
 
-@pytest.mark.parametrize("subject", [pytest.param(s, marks=[BENCH_LIMIT] if s ==
-                                                  "bench.leaderboard" else [])
-                                     for s in SUBJECTS])
+@pytest.mark.parametrize("subject", SUBJECTS)
 def test_payload_size_limit(fuzz, subject):
     if subject == "bench.leaderboard" and "bench" not in fuzz.workers:
         pytest.skip("bench worker not running")
