@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+
+import orjson
 
 import redis.exceptions
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return orjson.dumps(obj)
 
 
 class Handlers:

@@ -52,13 +52,13 @@ class Scorer:
                                 f"unknown policy {name!r}; known: {', '.join(sorted(self.policies))}")
         return p
 
-    async def _load(self, reqs):
+    async def _load(self, keys, arms):
         """One pipelined read with a deadline; a breaker opens after consecutive failures
         so an unavailable Redis costs nothing per request until the next probe."""
         if time.monotonic() < self._down_until:
             raise ConnectionError("redis circuit open")
         try:
-            out = await asyncio.wait_for(self.store.load_many(reqs), self.redis_timeout_s)
+            out = await asyncio.wait_for(self.store.load_many(keys, arms), self.redis_timeout_s)
         except (Exception, asyncio.TimeoutError):
             self._failures += 1
             if self._failures >= self.breaker_failures:
@@ -79,7 +79,7 @@ class Scorer:
         hour, dow = resolve_time(req.context)
         xs = {p.name: build_vector(p.features, req.context, req.profile_features) for p in pols}
         try:
-            blobs = await self._load([(k, arms) for k in skeys])
+            blobs = await self._load(skeys, arms)
         except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200])
         choices = [p.choose(arms, b, xs[p.name], self.rng) for p, b in zip(pols, blobs)]

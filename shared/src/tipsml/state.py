@@ -117,6 +117,15 @@ return {'applied', d[5], d[2], pv}
 """
 
 
+# KEYS: state keys; ARGV: arms. One command instead of a pipeline of HMGETs: the
+# request path's only Redis call (cheaper to build and parse than a pipeline).
+LOAD_MANY_LUA = r"""
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('HMGET', k, unpack(ARGV)) end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     outcome: str  # applied | duplicate | expired | pending | mismatch | already_rewarded
@@ -133,6 +142,7 @@ class StateStore:
         self.reward_window_s = reward_window_s
         self.lam = lam
         self._apply = redis.register_script(APPLY_REWARD_LUA)
+        self._load = redis.register_script(LOAD_MANY_LUA)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, pool_timeout_s: float = 5.0,
@@ -148,12 +158,9 @@ class StateStore:
     async def close(self) -> None:
         await self.r.aclose()
 
-    async def load_many(self, reqs: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
-        """One pipelined round trip: for each (state key, arms) the arms' packed models."""
-        pipe = self.r.pipeline(transaction=False)
-        for key, arms in reqs:
-            pipe.hmget(key, arms)
-        return await pipe.execute()
+    async def load_many(self, keys: list[str], arms: list[str]) -> list[list[bytes | None]]:
+        """One round trip (one script call): for each state key the arms' packed models."""
+        return await self._load(keys=keys, args=arms)
 
     async def record_decisions(self, records: list[dict]) -> None:
         """Write decision records (for the reward join) and pull counters, pipelined."""

@@ -41,6 +41,17 @@ def announce(service: str, **info) -> None:
     print(json.dumps({"ready": service, "pid": os.getpid(), **info}), flush=True)
 
 
+def tune_gc() -> None:
+    """Fewer, later collections: the request path allocates many short-lived objects and
+    a generation-0 sweep every 700 allocations shows up in the latency tail."""
+    import gc
+
+    gc.collect()
+    gc.freeze()  # what start-up imported is never garbage: keep it out of every sweep
+    gc.set_threshold(20_000, 20, 50)
+
+
 def run_main(coro_fn) -> None:
     install_uvloop()
+    tune_gc()
     asyncio.run(coro_fn())
