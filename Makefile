@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast up down bench-score bench-generate bench-job bench-worker bench-run sim gate ope chaos mlflow-ui lint clean
+.PHONY: setup run test test-fast up down bench-score bench-generate bench-job bench-worker bench-run sim gate ope chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -62,6 +62,12 @@ gate: setup  ## should egreedy-v2 replace egreedy-v1? (paired seeds, 95% CI, ver
 
 ope: setup  ## off-policy estimates vs online values in the simulator -> bench/results/sim_ope.*
 	$(BIN)/python -m tipsml.ope validate --users 300 --warmup 100 --rounds 150 --seeds 0,1,2
+
+chaos: setup  ## fault + fuzz suites, short form (CI runs them in make test); figures in .run/chaos/
+	$(BIN)/python bench/chaos_report.py --short --out-dir .run/chaos
+
+soak: setup  ## 10 min at 500 req/s with feedback flowing -> bench/results/soak.json
+	$(BIN)/python bench/soak.py
 
 lint: setup
 	$(BIN)/ruff check shared scorer generator feedback-consumer bench-worker bench

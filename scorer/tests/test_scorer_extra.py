@@ -22,14 +22,17 @@ async def test_global_policy_shares_one_model_across_users(stack, redis_client, 
     sc = Scorer(s, store, rng=np.random.default_rng(0))
     a = await sc.score(ScoreRequest(user_id=f"{uid}-a", policy="linucb"))
     b = await sc.score(ScoreRequest(user_id=f"{uid}-b", policy="egreedy-v1"))
-    assert a.record["vectors"]["linucb"][0] == "tips:st:linucb:*global*"
+    assert a.record["vectors"]["linucb"][0] == "tips:stg:linucb"
     assert b.record["vectors"]["egreedy-v1"][0] == f"tips:st:egreedy-v1:{uid}-b"
     await store.record_decisions([a.record])
     r = await store.apply_reward(f"ev-{uid}", a.reply["decision_id"], f"{uid}-a", 1.0)
     assert r.outcome == "applied"
     st_other_user = await sc.stats(f"{uid}-zzz", "linucb")
     assert sum(x["updates"] for x in st_other_user["arms"].values()) == 1
-    await store.r.delete("tips:st:linucb:*global*", "tips:pulls:linucb:*global*")
+    # a user literally named like the old global key does not touch the global model
+    odd = await sc.score(ScoreRequest(user_id="*global*", policy="egreedy-v1"))
+    assert odd.record["vectors"]["egreedy-v1"][0] == "tips:st:egreedy-v1:*global*"
+    await store.r.delete("tips:stg:linucb", "tips:pullsg:linucb")
     await store.close()
 
 

@@ -133,7 +133,10 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     litellm_module()  # ~2 s import, paid before announcing ready
     m = metrics or GeneratorMetrics()
     port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
-    r = aioredis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    # blocking pool: a burst of signals waits for a connection instead of failing
+    r = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=64, timeout=5.0, socket_timeout=5.0,
+        socket_connect_timeout=2.0))
     llm = LLMClient.from_settings(settings)
     gen = Generator(GenConfig.from_settings(settings), r, llm, m)
     nc = await connect(settings, "generator")

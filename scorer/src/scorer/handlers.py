@@ -74,7 +74,8 @@ class Handlers:
 
     async def _stats(self, msg) -> bytes:
         req = parse(StatsRequest, msg.data)
-        return _dumps(await self.scorer.stats(req.user_id, req.policy))
+        return _dumps(await asyncio.wait_for(self.scorer.stats(req.user_id, req.policy),
+                                             self.settings.admin_redis_timeout_s))
 
     async def reset(self, msg) -> None:
         await self._respond(msg, "tips.reset", self._reset)
@@ -84,4 +85,5 @@ class Handlers:
         if token and (msg.headers or {}).get("Tips-Admin-Token") != token:
             raise ContractError(ErrorCode.forbidden, "tips.reset is admin only")
         req = parse(ResetRequest, msg.data)
-        return _dumps(await self.scorer.reset(req.user_id, req.policy))
+        return _dumps(await asyncio.wait_for(self.scorer.reset(req.user_id, req.policy),
+                                             self.settings.admin_redis_timeout_s))

@@ -17,5 +17,6 @@ class ScorerSettings(BaseServiceSettings):
     redis_timeout_s: float = 0.025
     redis_breaker_s: float = 0.5
     redis_breaker_failures: int = 3
+    admin_redis_timeout_s: float = 1.0  # tips.stats / tips.reset: past it, 'unavailable'
     shadow_learn: bool = True
     decision_queue_max: int = 20000

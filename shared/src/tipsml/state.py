@@ -3,8 +3,8 @@
 Keys (``{p}`` policy, ``{u}`` user):
 
 * ``tips:st:{p}:{u}``  hash arm → packed arm model (see :mod:`tipsml.bandits`);
-  ``{u}`` is ``*global*`` for policies configured with one global model.
-* ``tips:pulls:{p}:{u}`` hash arm → times served (live decisions only).
+  policies configured with one global model use ``tips:stg:{p}`` instead.
+* ``tips:pulls:{p}:{u}`` (global: ``tips:pullsg:{p}``) hash arm → times served (live only).
 * ``tips:dec:{decision_id}`` hash: the decision as the reward needs it (user, arm,
   learners, and per learner its state key and packed feature vector); TTL = reward window.
 * ``tips:evt:{event_id}`` the idempotency claim of one feedback event (its outcome).
@@ -21,15 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import redis.asyncio as aioredis
 
-GLOBAL_USER = "*global*"
-
-
 def state_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    return f"tips:st:{policy}:{GLOBAL_USER if global_model else user_id}"
+    # a global model lives under its own prefix, so no user id can ever name it
+    return f"tips:stg:{policy}" if global_model else f"tips:st:{policy}:{user_id}"
 
 
 def pulls_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    return f"tips:pulls:{policy}:{GLOBAL_USER if global_model else user_id}"
+    return f"tips:pullsg:{policy}" if global_model else f"tips:pulls:{policy}:{user_id}"
 
 
 def decision_key(decision_id: str) -> str:

@@ -66,6 +66,8 @@ STREAMS: dict[str, StreamSpec] = {
     s.name: s
     for s in (
         StreamSpec("SIGNALS", ("signals.>",), max_age_s=7 * 86400, duplicate_window_s=300),
+        # no max_bytes: JetStream reserves it against the disk up front (a dev machine or a
+        # test stack would be refused); retention is by age, sized in deploy/README.md
         StreamSpec("FEEDBACK", ("feedback.>",), max_age_s=14 * 86400, duplicate_window_s=600),
         StreamSpec("DECISIONS", ("decisions.>",), max_age_s=30 * 86400, duplicate_window_s=120),
         StreamSpec("BENCH", ("bench.run", "bench.cell.>"), max_age_s=7 * 86400,
