@@ -95,7 +95,7 @@ async def test_user_mismatch_is_not_applied(nc, scorer_service, feedback_service
 async def test_poison_message_goes_to_dead_letter(nc, feedback_service, body):
     js = nc.jetstream()
     marker = uuid.uuid4().hex
-    await js.publish(f"feedback.poison", body, headers={"Nats-Msg-Id": marker})
+    await js.publish("feedback.poison", body, headers={"Nats-Msg-Id": marker})
     sub = await js.pull_subscribe("dlq.feedback", durable=None, stream="DEADLETTER")
     found = None
     for _ in range(20):

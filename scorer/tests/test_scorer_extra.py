@@ -1,6 +1,5 @@
 """Global-model option, metrics over HTTP, Redis-down fallback."""
 
-import json
 import urllib.request
 
 import numpy as np

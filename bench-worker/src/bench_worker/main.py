@@ -20,7 +20,7 @@ from tipsml import subjects as S
 from tipsml.bench.service import BenchService, Counters
 from tipsml.bench.tracking import Tracker, default_tracking_uri
 from tipsml.natsutil import connect, ensure_consumer, ensure_streams
-from tipsml.worker import announce, run_main, setup_logging, stop_event
+from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
 from .settings import BenchSettings
@@ -119,9 +119,7 @@ async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
 
 
 def run() -> None:
-    settings = BenchSettings()
-    setup_logging(settings.log_level)
-    run_main(lambda: serve(settings))
+    run_service(BenchSettings, serve)
 
 
 if __name__ == "__main__":

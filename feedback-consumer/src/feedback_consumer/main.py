@@ -17,7 +17,7 @@ from tipsml import metrics as M
 from tipsml.feedback import FeedbackProcessor
 from tipsml.natsutil import connect, ensure_consumer, ensure_streams
 from tipsml.state import StateStore
-from tipsml.worker import announce, run_main, setup_logging, stop_event
+from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
 from .settings import FeedbackSettings
@@ -92,9 +92,7 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
 
 
 def run() -> None:
-    settings = FeedbackSettings()
-    setup_logging(settings.log_level)
-    run_main(lambda: serve(settings))
+    run_service(FeedbackSettings, serve)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from tipsml import subjects as S
 from tipsml.generation import GenConfig, Generator
 from tipsml.llm import LLMClient, litellm_module
 from tipsml.natsutil import connect, ensure_consumer, ensure_streams
-from tipsml.worker import announce, run_main, setup_logging, stop_event
+from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
 from .settings import GeneratorSettings
@@ -174,9 +174,7 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
 
 
 def run() -> None:
-    settings = GeneratorSettings()
-    setup_logging(settings.log_level)
-    run_main(lambda: serve(settings))
+    run_service(GeneratorSettings, serve)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tipsml.decisionlog import DecisionLogWriter
 from tipsml.natsutil import connect, ensure_streams
 from tipsml.scoring import Scorer
 from tipsml.state import StateStore
-from tipsml.worker import announce, run_main, setup_logging, stop_event
+from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
 from .settings import ScorerSettings
@@ -95,9 +95,7 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
 
 
 def run() -> None:
-    settings = ScorerSettings()
-    setup_logging(settings.log_level)
-    run_main(lambda: serve(settings))
+    run_service(ScorerSettings, serve)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,11 @@ def run_main(coro_fn) -> None:
     install_uvloop()
     tune_gc()
     asyncio.run(coro_fn())
+
+
+def run_service(settings_cls, serve) -> None:
+    """The entry point of every worker: settings from the environment, logging, uvloop,
+    GC tuning, then ``serve(settings)`` until SIGINT/SIGTERM."""
+    settings = settings_cls()
+    setup_logging(settings.log_level)
+    run_main(lambda: serve(settings))
