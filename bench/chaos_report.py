@@ -47,19 +47,30 @@ Found here, fixed by their owners (the tests were strict xfails until then):
 5. `bench.leaderboard`: deeply nested JSON → `internal`, and no `MAX_PAYLOAD_BYTES` check.
    Fixed in 39acc56.
 
-Soak remarks (two 10-minute runs at 500 req/s, 30 % of decisions get feedback 0–2 s later):
-* quiet machine (load average 0–2.4, `soak.json`): p50 1.4 ms, p99 9.0 ms, p99.9 35.7 ms,
-  0 errors, 0.45 % fallbacks; 77 of 89,293 rewards lost, all `expired` while their
-  decision record exists — finding 4;
-* loaded machine (load average 4.5–6.7 from other jobs, `soak_loaded.json`): p99 58.3 ms
-  (over the 50 ms target), 0 errors, but 36 % of replies were the uniform fallback
-  although Redis never failed: one call over the 25 ms Redis timeout opens the 1 s circuit
-  breaker for *every* request (~500 fallbacks at 500 req/s); 1,925 of 57,314 rewards
-  (3.4 %) `expired`. Suggest opening the breaker on consecutive failures (or connection
-  errors), not on one slow call.
-* worker RSS is flat (scorer +3–4 MiB, consumer +1–2 MiB after warm-up); Redis and
-  nats-server grow with the data kept (decision records for the 24 h reward window —
-  ~440 MiB after 300k decisions — and the DECISIONS stream for 30 days, no `max_bytes`).
+Raised by these runs and fixed afterwards:
+
+6. Scorer breaker: one Redis read over 25 ms opened a 1 s breaker for every request (36 %
+   fallbacks on a loaded machine with a healthy Redis). It now opens after 3 consecutive
+   failures, for 0.5 s (`REDIS_BREAKER_FAILURES`, `REDIS_BREAKER_S`).
+7. `tips.stats` / `tips.reset` during a Redis freeze waited out the 2 s socket timeout;
+   they are now bounded by `ADMIN_REDIS_TIMEOUT_S` (1 s) and answer `unavailable`.
+8. The generator's Redis client had the same 100-connection pool problem as finding 1:
+   now a blocking pool of 64.
+9. A user id `*global*` named the key of global-model policies; global models now live
+   under their own prefix (`tips:stg:<policy>`).
+
+Soak (`soak.json`, 10 minutes at 500 req/s, 30 % of decisions get feedback 0–2 s later),
+rerun after all the fixes above: 300,000 requests, p50 0.98 ms, p99 3.22 ms,
+p99.9 6.97 ms, worst 10 s window p99 6.87 ms, 0 errors, 0 fallbacks; 89,864 rewards
+published, 89,864 applied, 0 lost; RSS drift after warm-up scorer 0.7 MiB, consumer
+0.7 MiB (load average ≤ 1.45).
+Earlier runs, before the fixes (kept for comparison): quiet machine p99 9.0 ms with 77 of
+89,293 rewards lost to finding 4; loaded machine (load average 4.5–6.7, `soak_loaded.json`)
+p99 58.3 ms, 36 % fallbacks (finding 6), 1,925 rewards lost (finding 4).
+Worker RSS is flat (scorer +3–4 MiB, consumer +1–2 MiB after warm-up); Redis and
+nats-server grow with the data kept (decision records for the 24 h reward window —
+~440 MiB after 300k decisions — and the DECISIONS stream for 30 days; see the capacity
+notes in deploy/README.md).
 """
 
 
