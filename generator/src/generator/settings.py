@@ -23,19 +23,14 @@
 | ``GENERATOR_BG_CONCURRENCY`` | ``1`` | background LLM calls at once |
 """
 
-from typing import Annotated
-
 from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
-from tipsml.settings import DEFAULT_ARMS, BaseServiceSettings, _split
-
-CsvList = Annotated[list[str], NoDecode]  # ``a,b,c`` in the environment (not only JSON)
+from pydantic_settings import SettingsConfigDict
+from tipsml.settings import BaseServiceSettings, CsvList, _split
 
 
 class GeneratorSettings(BaseServiceSettings):
     model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
 
-    arms: CsvList = Field(default_factory=lambda: list(DEFAULT_ARMS))
     llm_model: str = "ollama_chat/qwen2.5:0.5b"
     llm_api_base: str | None = None
     llm_api_key: str | None = None

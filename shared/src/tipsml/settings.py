@@ -33,6 +33,8 @@ from typing import Annotated
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+CsvList = Annotated[list[str], NoDecode]  # ``a,b,c`` (or a JSON list) in the environment
+
 DEFAULT_ARMS = ("focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow")
 
 
@@ -56,10 +58,10 @@ class BaseServiceSettings(BaseSettings):
     nats_user: str | None = None
     nats_password: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
-    arms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_ARMS))
+    arms: CsvList = Field(default_factory=lambda: list(DEFAULT_ARMS))
     default_policy: str = "egreedy-v1"
-    shadow_policies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["egreedy-v2", "linucb"])
-    global_policies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    shadow_policies: CsvList = Field(default_factory=lambda: ["egreedy-v2", "linucb"])
+    global_policies: CsvList = Field(default_factory=list)
     epsilon: float = 0.1
     linucb_alpha: float = 0.5
     thompson_v: float = 0.3
