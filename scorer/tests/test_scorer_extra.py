@@ -42,7 +42,12 @@ async def test_redis_unreachable_gives_flagged_uniform_fallback(stack):
     out = await sc.score(ScoreRequest(user_id="u", arms=["a", "b", "c", "d"]))
     assert out.reply["ok"] and out.reply["fallback"] is True
     assert out.reply["propensity"] == pytest.approx(0.25)
-    assert out.record is None and out.log[0]["fallback"] is True
+    assert out.log[0]["fallback"] is True and out.log[0]["propensity"] == pytest.approx(0.25)
+    # the fallback keeps its record (written once Redis answers) so its reward can apply
+    rec = out.record
+    assert rec["fallback"] is True and rec["arm"] == out.reply["arm"]
+    assert rec["propensity"] == pytest.approx(0.25) and rec["learners"][0] == "egreedy-v1"
+    assert set(rec["vectors"]) == set(rec["learners"])
     await store.close()
 
 

@@ -66,7 +66,7 @@ class Handlers:
         for s in r["shadow"]:
             self.m.decisions.labels(s["policy"], s["arm"], "shadow").inc()
             self.m.agreement.labels(s["policy"], "true" if s["arm"] == r["arm"] else "false").inc()
-        self.writer.submit(res.record, res.log)
+        await self.writer.submit(res.record, res.log)  # waits only when the writer is behind
         return _dumps(r)
 
     async def stats(self, msg) -> None:

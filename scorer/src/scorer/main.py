@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -49,6 +50,12 @@ class ScorerMetrics:
                               ["sink"], registry=r)
         self.queue = Gauge("scorer_decision_log_queue", "decisions waiting to be logged",
                            registry=r)
+        self.lag = Gauge("scorer_decision_log_lag_seconds",
+                         "age of the oldest decision not yet written (0 when caught up)",
+                         registry=r)
+        self.backpressure = Counter("scorer_decision_log_backpressure_total",
+                                    "replies that waited for the decision log to catch up",
+                                    registry=r)
 
 
 async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
@@ -61,7 +68,12 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
     js = nc.jetstream()
     await ensure_streams(js)
     scorer = Scorer(settings, store)
-    writer = DecisionLogWriter(store, js, maxsize=settings.decision_queue_max, metrics=m)
+    try:
+        await store.warm(settings.redis_read_inflight + 1)
+    except Exception as e:  # noqa: BLE001 - Redis down at start: serve fallbacks meanwhile
+        log.warning("state store not reachable at start (%r): serving fallbacks until it is", e)
+    writer = DecisionLogWriter(store, js, maxsize=settings.decision_queue_max,
+                               high_water=settings.decision_queue_high_water, metrics=m)
     writer.start()
     h = Handlers(scorer, writer, m, settings)
     tasks: set[asyncio.Task] = set()
@@ -85,13 +97,28 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         ready.set()
     stop = stop or stop_event()
     await stop.wait()
+    # Shutdown within settings.shutdown_timeout_s (default 8 s, under compose's and k8s's
+    # 10 s): stop taking requests, let the in-flight ones answer, write what the decision
+    # log holds, then close. Each step has its share of the deadline.
+    deadline = time.monotonic() + settings.shutdown_timeout_s
+
+    def left(share: float) -> float:
+        return max(0.1, min(share, deadline - time.monotonic()))
+
     for s in subs:
-        await s.unsubscribe()
+        try:
+            await s.unsubscribe()
+        except Exception:  # noqa: BLE001 - connection already gone
+            pass
     if tasks:
-        await asyncio.wait(tasks, timeout=5)
-    await writer.drain()
-    await nc.drain()
+        await asyncio.wait(tasks, timeout=left(2.0))
+    await writer.drain(timeout=left(settings.shutdown_timeout_s - 2.0))
+    try:
+        await asyncio.wait_for(nc.drain(), left(1.0))
+    except Exception:  # noqa: BLE001 - drain timed out: close hard
+        await nc.close()
     await store.close()
+    log.info("scorer stopped: %d decisions written, %d not written", writer.written, writer.lost)
 
 
 def run() -> None:

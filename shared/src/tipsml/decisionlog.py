@@ -1,16 +1,29 @@
 """Background writer of decisions: Redis decision records + the JetStream DECISIONS log.
 
-The scorer replies first and enqueues here, so neither the Redis write nor the
-JetStream publish-ack adds to the reply latency. Batches are pipelined (Redis) and
-published concurrently (JetStream, ``Nats-Msg-Id`` = ``<decision_id>:<policy>`` so a
-retried publish is deduplicated by the stream). A bounded queue protects memory;
-what cannot be queued is counted, never blocks a reply.
+The scorer replies first and hands the decision here, so neither the Redis write nor
+the JetStream publish-ack adds to the reply latency. Guarantees, while Redis and NATS
+are up:
+
+* **nothing is dropped**: a batch's records are retried (growing delay) until Redis
+  takes them; publishes whose ack does not come are republished with the same
+  ``Nats-Msg-Id`` (``<decision_id>:<policy>``), which the stream deduplicates;
+* **nothing stalls silently**: the age of the oldest unwritten decision is a gauge
+  (``scorer_decision_log_lag_seconds``) and a warning in the log past ``lag_warn_s``;
+* **back-pressure, not loss**: above ``high_water`` queued decisions the reply path
+  waits (up to ``backpressure_max_s``) for the writer to catch up, while the writer is
+  making progress. Only when Redis or NATS is down for long enough to fill ``maxsize``
+  are decisions dropped, and each one is counted.
+
+Records and publishes of a batch go out concurrently; a batch is at most ``batch``
+decisions (one Redis pipeline, publishes pipelined with their acks awaited together).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 
 import orjson
 
@@ -20,100 +33,176 @@ log = logging.getLogger(__name__)
 
 
 class DecisionLogWriter:
-    def __init__(self, store, js, *, maxsize: int = 20000, batch: int = 64, metrics=None):
+    def __init__(self, store, js, *, maxsize: int = 20000, batch: int = 256,
+                 high_water: int = 2000, backpressure_max_s: float = 1.0,
+                 lag_warn_s: float = 2.0, metrics=None):
         self.store = store
         self.js = js
-        self.q: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+        self.maxsize = maxsize
         self.batch = batch
+        self.high_water = min(high_water, maxsize)
+        self.backpressure_max_s = backpressure_max_s
+        self.lag_warn_s = lag_warn_s
         self.m = metrics
+        self.q: collections.deque = collections.deque()
+        self._wake = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
+        self._idle = asyncio.Event()  # nothing queued and nothing in flight
+        self._idle.set()
+        self._healthy = True  # the last batch was written: waiting for it makes sense
+        self._stopping = False
+        self._last_warn = 0.0
         self._task: asyncio.Task | None = None
+        self.written = 0
+        self.lost = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="decision-log-writer")
 
-    def submit(self, record: dict | None, entries: list[dict]) -> bool:
-        try:
-            self.q.put_nowait((record, entries))
-            return True
-        except asyncio.QueueFull:
+    @property
+    def pending(self) -> int:
+        return len(self.q)
+
+    async def submit(self, record: dict | None, entries: list[dict]) -> bool:
+        """Queue one decision; waits (back-pressure) while the writer is behind."""
+        if len(self.q) >= self.high_water and self._healthy and not self._stopping:
+            if self.m:
+                self.m.backpressure.inc()
+            try:
+                await asyncio.wait_for(self._caught_up.wait(), self.backpressure_max_s)
+            except asyncio.TimeoutError:
+                pass
+        if len(self.q) >= self.maxsize:
+            self.lost += 1
             if self.m:
                 self.m.dropped.inc()
+            self._warn(f"decision log queue full ({self.maxsize}): decision dropped")
             return False
+        self.q.append((time.monotonic(), record, entries))
+        if len(self.q) >= self.high_water:
+            self._caught_up.clear()
+        self._idle.clear()
+        self._wake.set()
+        return True
 
     async def _run(self) -> None:
         while True:
-            items = [await self.q.get()]
-            while len(items) < self.batch and not self.q.empty():
-                items.append(self.q.get_nowait())
-            await self._write(items)
-            for _ in items:
-                self.q.task_done()
-            if self.m:
-                self.m.queue.set(self.q.qsize())
+            if not self.q:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            n = min(self.batch, len(self.q))
+            items = [self.q.popleft() for _ in range(n)]
+            if len(self.q) < self.high_water // 2:
+                self._caught_up.set()
+            await asyncio.gather(self._write_records(items), self._publish_all(items))
+            self.written += n
+            self._report(items[0][0])
 
-    async def _write(self, items) -> None:
-        records = [r for r, _ in items if r is not None]
-        for attempt in range(3):
+    def _report(self, oldest_t: float) -> None:
+        lag = time.monotonic() - oldest_t
+        if self.m:
+            self.m.queue.set(len(self.q))
+            self.m.lag.set(lag if self.q else 0.0)
+        if lag > self.lag_warn_s:
+            self._warn(f"decision log behind: oldest decision written {lag:.1f}s after its "
+                       f"reply, {len(self.q)} queued")
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn >= 10.0:
+            self._last_warn = now
+            log.warning(text)
+
+    async def _write_records(self, items) -> None:
+        records = [r for _, r, _ in items if r is not None]
+        if not records:
+            return
+        delay = 0.05
+        while True:
             try:
-                if records:
-                    await self.store.record_decisions(records)
-                break
-            except Exception as e:  # noqa: BLE001 - retried, then counted
-                if attempt == 2:
-                    log.warning("decision records not written (%d): %r", len(records), e)
-                    if self.m:
-                        self.m.errors.labels("redis").inc(len(records))
-                await asyncio.sleep(0.05 * (attempt + 1))
-        entries = [e for _, es in items for e in es]
-        # pipelined publishes: all sent at once, acks awaited together (one RTT per batch)
+                await self.store.record_decisions(records)
+                self._healthy = True
+                return
+            except Exception as e:  # noqa: BLE001 - kept and retried until Redis takes them
+                self._healthy = False
+                if self.m:
+                    self.m.errors.labels("redis").inc(len(records))
+                self._warn(f"decision records not written yet ({len(records)}): {e!r}; retrying")
+                if self._stopping:
+                    self.lost += len(records)
+                    log.error("shutting down: %d decision records not written", len(records))
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _publish_all(self, items) -> None:
+        entries = [e for _, _, es in items for e in es]
         futs, failed = [], []
         for i, e in enumerate(entries):
-            if i and i % 16 == 0:
+            if i and i % 64 == 0:
                 await asyncio.sleep(0)  # let requests in: this loop must not hold the loop
             try:
                 futs.append((e, await self.js.publish_async(
                     S.decisions_subject(e["policy"]), self._encode(e),
-                    headers={"Nats-Msg-Id": f"{e['decision_id']}:{e['policy']}"},
-                    wait_stall=2.0)))
-            except Exception:  # noqa: BLE001 - retried below
+                    headers=self._headers(e), wait_stall=2.0)))
+            except Exception:  # noqa: BLE001 - republished below
                 failed.append(e)
         if futs:
             await asyncio.wait([f for _, f in futs], timeout=5.0)
             for e, f in futs:
-                if not f.done() or f.cancelled() or f.exception() is not None:
-                    if not f.done():
-                        f.cancel()
+                if not f.done():
+                    f.cancel()
+                    failed.append(e)
+                elif f.cancelled() or f.exception() is not None:
                     failed.append(e)
         bad = 0
-        for e in failed:  # a retried publish is deduplicated by its Nats-Msg-Id
+        for e in failed:  # a republish is deduplicated by its Nats-Msg-Id
             try:
                 await self._publish(e)
             except Exception:  # noqa: BLE001
                 bad += 1
-        if bad and self.m:
-            self.m.errors.labels("jetstream").inc(bad)
+        if bad:
+            if self.m:
+                self.m.errors.labels("jetstream").inc(bad)
+            log.warning("%d DECISIONS entries not published after retries", bad)
 
     @staticmethod
     def _encode(e: dict) -> bytes:
         return orjson.dumps(e)
 
+    @staticmethod
+    def _headers(e: dict) -> dict:
+        return {"Nats-Msg-Id": f"{e['decision_id']}:{e['policy']}"}
+
     async def _publish(self, e: dict) -> None:
         data = self._encode(e)
-        hdr = {"Nats-Msg-Id": f"{e['decision_id']}:{e['policy']}"}
-        for attempt in range(3):
+        for attempt in range(5):
             try:
-                await self.js.publish(S.decisions_subject(e["policy"]), data, headers=hdr,
-                                      timeout=2.0)
+                await self.js.publish(S.decisions_subject(e["policy"]), data,
+                                      headers=self._headers(e), timeout=2.0)
                 return
             except Exception:  # noqa: BLE001
-                if attempt == 2:
+                if attempt == 4 or self._stopping:
                     raise
-                await asyncio.sleep(0.1 * (attempt + 1))
+                await asyncio.sleep(0.1 * 2 ** attempt)
 
     async def drain(self, timeout: float = 5.0) -> None:
+        """Write what is queued, within ``timeout``; what is left is counted and logged."""
+        self._stopping = True
+        self._caught_up.set()
         try:
-            await asyncio.wait_for(self.q.join(), timeout)
+            await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
-            log.warning("decision log not fully drained: %d left", self.q.qsize())
+            left = len(self.q)
+            self.lost += left
+            log.error("decision log not fully drained at shutdown: %d decisions not written",
+                      left)
         if self._task:
             self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass

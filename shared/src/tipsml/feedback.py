@@ -6,9 +6,11 @@ claim on event_id + join to the decision + Sherman–Morrison update) → ack.
 * invalid payload (poison): dead-lettered at once (``dlq.feedback``) and acked;
 * Redis error (transient): nak with a delay that grows with the delivery count;
   after ``max_deliver`` deliveries: dead-lettered (with the reason) and acked;
-* unknown decision: retried (nak with a short delay, nothing claimed) while the event
-  is younger than ``missing_grace_s`` — the scorer writes the decision record just after
-  its reply, so a reaction sent at once can arrive first —, then claimed ``expired``;
+* unknown decision: retried (nak with a delay, nothing claimed) while the event is
+  younger than ``missing_grace_s`` — the scorer writes the decision record just after
+  its reply, so a reaction sent at once can arrive first —, then claimed ``expired``.
+  The grace is a time window, not a count of deliveries: the delays are spread so the
+  ``max_deliver - 1``-th delivery comes after the grace (see :meth:`pending_delay`);
 * expired decision, user mismatch, duplicate event, second reward for a decision:
   counted and acked, state untouched.
 """
@@ -72,11 +74,23 @@ class FeedbackProcessor:
             await msg.nak(delay=self._delay(delivered))
             return Outcome("retry")
         if res.outcome == "pending":
-            await msg.nak(delay=min(0.2 * delivered, 2.0))
+            await msg.nak(delay=self.pending_delay(delivered, self._age_s(msg)))
             return Outcome("pending")
         await msg.ack()
         return Outcome(res.outcome, res.policy, res.arm, fb.reaction or "explicit", reward,
                        fb.prompt_version or res.prompt_version)
+
+    def pending_delay(self, delivered: int, age_s: float) -> float:
+        """Delay before the next look for a decision record not written yet.
+
+        Quick first retries (the record usually lands within milliseconds), but never so
+        quick that the deliveries left before the last claiming one (``max_deliver - 1``)
+        run out before ``missing_grace_s`` has passed: the remaining grace is shared among
+        them."""
+        remaining = max(self.missing_grace_s - age_s, 0.0)
+        left = max(self.max_deliver - 1 - delivered, 1)
+        quick = min(0.05 * 2 ** (delivered - 1), 2.0)
+        return round(max(quick, remaining / left) + 0.01, 3)
 
     @staticmethod
     def _age_s(msg) -> float:

@@ -21,10 +21,110 @@ from .features import build_vector, resolve_time
 from .state import StateStore, pulls_key, state_key
 
 
+class CoalescingReader:
+    """Reads of concurrent requests go to Redis together: one pipeline per batch.
+
+    A burst of N requests used to start N script calls at once; they queued for the
+    connection pool, each with its own 25 ms deadline, and ``asyncio.wait_for`` cancelled
+    the calls that ran late — redis-py then drops the connection (its reply is unread),
+    so a burst turned into a reconnect storm, the breaker opened and most of the burst
+    was served by the fallback. Here, requests that arrive while ``max_inflight``
+    pipelines are out wait together and leave in the next one (up to ``max_batch``
+    script calls, one round trip, one connection). The deadline belongs to the batch,
+    counted from when it was sent: a slow Redis fails the batch's requests (they fall
+    back), but the pipeline itself is never cancelled, so connections stay healthy.
+    """
+
+    def __init__(self, store: StateStore, *, timeout_s: float, max_batch: int = 32,
+                 max_inflight: int = 2):
+        self.store = store
+        self.timeout_s = timeout_s
+        self.max_batch = max(1, max_batch)
+        self.max_inflight = max(1, max_inflight)
+        self._pending: list[tuple[list[str], list[str], asyncio.Future]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self.batches = 0  # observable: batches sent (tests, metrics)
+
+    def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.append((keys, arms, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._pending and self._inflight < self.max_inflight:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self._inflight += 1
+            self.batches += 1
+            asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch) -> None:
+        try:
+            job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch]))
+            try:
+                results = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
+            except asyncio.TimeoutError:
+                # A busy loop fires the deadline in the same turn as the reply's socket
+                # event, before the reader resumes: give the reply a few turns before
+                # calling Redis slow (our own queueing is not Redis's fault).
+                for _ in range(4):
+                    await asyncio.sleep(0)
+                    if job.done():
+                        break
+                if job.done() and job.exception() is None:
+                    results = job.result()
+                    self._resolve(batch, results)
+                    return
+                # the pipeline finishes in the background (its reply is read and dropped);
+                # only the waiting requests give up
+                job.add_done_callback(_consume_exception)
+                self._fail(batch, asyncio.TimeoutError(
+                    f"state store did not answer within {self.timeout_s * 1000:.0f} ms"))
+                return
+            except Exception as e:  # noqa: BLE001 - every waiter gets the failure
+                self._fail(batch, e)
+                return
+            self._resolve(batch, results)
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+
+    def _fail(self, batch, err: BaseException) -> None:
+        """A failed batch fails its requests and those queued behind it: Redis is slow or
+        down, so they fall back now instead of waiting for a batch of their own."""
+        waiting, self._pending = self._pending, []
+        for *_, fut in (*batch, *waiting):
+            if not fut.done():
+                fut.set_exception(err)
+
+    @staticmethod
+    def _resolve(batch, results) -> None:
+        for (*_, fut), res in zip(batch, results):
+            if not fut.done():
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+
+def _consume_exception(t: asyncio.Future) -> None:
+    if not t.cancelled():
+        t.exception()
+
+
 @dataclass
 class ScoreOutcome:
     reply: dict
-    record: dict | None  # decision record for Redis (None on fallback)
+    record: dict | None  # decision record for Redis (fallbacks have one too)
     log: list[dict]      # DECISIONS entries (served + shadow)
 
 
@@ -43,6 +143,9 @@ class Scorer:
         self.breaker_failures = getattr(settings, "redis_breaker_failures", 3)
         self._down_until = 0.0
         self._failures = 0
+        self.reader = CoalescingReader(store, timeout_s=self.redis_timeout_s,
+                                       max_batch=getattr(settings, "redis_read_batch", 32),
+                                       max_inflight=getattr(settings, "redis_read_inflight", 2))
 
     def policy(self, name: str | None) -> Policy:
         name = name or self.settings.default_policy
@@ -53,12 +156,13 @@ class Scorer:
         return p
 
     async def _load(self, keys, arms):
-        """One pipelined read with a deadline; a breaker opens after consecutive failures
-        so an unavailable Redis costs nothing per request until the next probe."""
+        """The user's models, read through the coalescing reader; a breaker opens after
+        consecutive failed batches so an unavailable Redis costs nothing per request
+        until the next probe."""
         if time.monotonic() < self._down_until:
             raise ConnectionError("redis circuit open")
         try:
-            out = await asyncio.wait_for(self.store.load_many(keys, arms), self.redis_timeout_s)
+            out = await self.reader.load(keys, arms)
         except (Exception, asyncio.TimeoutError):
             self._failures += 1
             if self._failures >= self.breaker_failures:
@@ -78,10 +182,20 @@ class Scorer:
         decision_id = uuid.uuid4().hex
         hour, dow = resolve_time(req.context)
         xs = {p.name: build_vector(p.features, req.context, req.profile_features) for p in pols}
+        learners = [live.name]
+        if getattr(self.settings, "shadow_learn", True):
+            learners += [p.name for p in shadows]
+        record = {
+            "decision_id": decision_id, "user_id": req.user_id,
+            "policy": live.name, "policy_version": live.version,
+            "ts": ts, "learners": learners,
+            "vectors": {p.name: (k, xs[p.name]) for p, k in zip(pols, skeys) if p.name in learners},
+            "pulls_key": pulls_key(live.name, req.user_id, live.global_model),
+        }
         try:
             blobs = await self._load(skeys, arms)
         except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
-            return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200])
+            return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
         choices = [p.choose(arms, b, xs[p.name], self.rng) for p, b in zip(pols, blobs)]
         c = choices[0]
         reply = {
@@ -94,16 +208,8 @@ class Scorer:
         }
         if req.request_id:
             reply["request_id"] = req.request_id
-        learners = [live.name]
-        if getattr(self.settings, "shadow_learn", True):
-            learners += [p.name for p in shadows]
-        record = {
-            "decision_id": decision_id, "user_id": req.user_id, "arm": c.arm,
-            "policy": live.name, "policy_version": live.version, "propensity": c.propensity,
-            "ts": ts, "learners": learners,
-            "vectors": {p.name: (k, xs[p.name]) for p, k in zip(pols, skeys) if p.name in learners},
-            "pulls_key": pulls_key(live.name, req.user_id, live.global_model),
-        }
+        record["arm"] = c.arm
+        record["propensity"] = c.propensity
         log = []
         for i, (p, ch) in enumerate(zip(pols, choices)):
             log.append({
@@ -116,7 +222,10 @@ class Scorer:
             })
         return ScoreOutcome(reply, record, log)
 
-    def _fallback(self, req, live, arms, decision_id, ts, reason) -> ScoreOutcome:
+    def _fallback(self, req, live, arms, decision_id, ts, reason, record) -> ScoreOutcome:
+        """A uniform choice (p = 1/K, the best exploration data OPE can get). Its record is
+        written like any other once Redis answers again (the writer retries), so its
+        reward applies and the log keeps it, flagged ``fallback``."""
         arm = arms[int(self.rng.integers(len(arms)))]
         p = 1.0 / len(arms)
         reply = {
@@ -132,10 +241,13 @@ class Scorer:
             "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
             "policy_version": reply["policy_version"], "served": True, "live_policy": live.name,
             "arm": arm, "propensity": p, "explored": True, "arms": arms, "scores": reply["scores"],
-            "features": None, "feature_version": live.features.version, "served_arm": arm,
+            "features": record["vectors"][live.name][1].tolist(),
+            "feature_version": live.features.version, "served_arm": arm,
             "ts": ts, "request_id": req.request_id, "fallback": True, "fallback_detail": reason,
         }]
-        return ScoreOutcome(reply, None, log)
+        log[0]["hour_of_day"], log[0]["day_of_week"] = resolve_time(req.context)
+        record.update(arm=arm, propensity=p, fallback=True)
+        return ScoreOutcome(reply, record, log)
 
     async def stats(self, user_id: str, policy: str | None) -> dict:
         pols = [self.policy(policy)] if policy else [self.policy(None)]

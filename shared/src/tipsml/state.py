@@ -16,10 +16,12 @@ so concurrent consumers and redeliveries can neither lose nor double an update.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 def state_key(policy: str, user_id: str, global_model: bool = False) -> str:
     # a global model lives under its own prefix, so no user id can ever name it
@@ -160,6 +162,27 @@ class StateStore:
         """One round trip (one script call): for each state key the arms' packed models."""
         return await self._load(keys=keys, args=arms)
 
+    async def warm(self, connections: int = 2) -> None:
+        """Load the scripts and open ``connections`` pooled connections before serving, so
+        the first requests pay neither a SCRIPT LOAD nor a TCP connect."""
+        await self.r.script_load(LOAD_MANY_LUA)
+        await self.r.script_load(APPLY_REWARD_LUA)
+        await asyncio.gather(*(self.r.ping() for _ in range(connections)))
+
+    async def load_batch(self, reqs: list[tuple[list[str], list[str]]]) -> list:
+        """Many :meth:`load_many` calls in one pipeline (one round trip, one connection).
+        A failed call answers its exception in its place; the others are unaffected."""
+        for attempt in (0, 1):
+            pipe = self.r.pipeline(transaction=False)
+            for keys, arms in reqs:  # EVALSHA directly: a Script in a pipeline costs a
+                pipe.evalsha(self._load.sha, len(keys), *keys, *arms)  # SCRIPT EXISTS first
+            out = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(o, NoScriptError) for o in out):
+                await self.r.script_load(LOAD_MANY_LUA)  # Redis restarted or flushed
+                continue
+            return out
+        return out
+
     async def record_decisions(self, records: list[dict]) -> None:
         """Write decision records (for the reward join) and pull counters, pipelined."""
         pipe = self.r.pipeline(transaction=False)
@@ -170,6 +193,8 @@ class StateStore:
                 "learners": ",".join(rec["learners"]), "propensity": repr(rec["propensity"]),
                 "ts": repr(rec["ts"]), "version": rec["policy_version"],
             }
+            if rec.get("fallback"):
+                fields["fallback"] = "1"
             for p, (skey, x) in rec["vectors"].items():
                 fields[f"skey:{p}"] = skey
                 fields[f"x:{p}"] = np.asarray(x, dtype="<f8").tobytes()
