@@ -36,8 +36,12 @@ class CoalescingReader:
     """
 
     def __init__(self, store: StateStore, *, timeout_s: float, max_batch: int = 32,
-                 max_inflight: int = 2):
+                 max_inflight: int = 2, breaker_failures: int = 3, breaker_s: float = 0.5):
         self.store = store
+        self.breaker_failures = breaker_failures
+        self.breaker_s = breaker_s
+        self._down_until = 0.0
+        self._failures = 0  # consecutive failed batches
         self.timeout_s = timeout_s
         self.max_batch = max(1, max_batch)
         self.max_inflight = max(1, max_inflight)
@@ -49,6 +53,9 @@ class CoalescingReader:
     def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        if time.monotonic() < self._down_until:
+            fut.set_exception(ConnectionError("redis circuit open"))
+            return fut
         self._pending.append((keys, arms, fut))
         if not self._scheduled:
             self._scheduled = True
@@ -73,7 +80,7 @@ class CoalescingReader:
                 # A busy loop fires the deadline in the same turn as the reply's socket
                 # event, before the reader resumes: give the reply a few turns before
                 # calling Redis slow (our own queueing is not Redis's fault).
-                for _ in range(4):
+                for _ in range(8):
                     await asyncio.sleep(0)
                     if job.done():
                         break
@@ -100,14 +107,20 @@ class CoalescingReader:
 
     def _fail(self, batch, err: BaseException) -> None:
         """A failed batch fails its requests and those queued behind it: Redis is slow or
-        down, so they fall back now instead of waiting for a batch of their own."""
+        down, so they fall back now instead of waiting for a batch of their own. After
+        ``breaker_failures`` failed batches in a row the breaker opens for ``breaker_s``:
+        requests then fall back at once, until a probe batch goes through."""
+        self._failures += 1
+        if self._failures >= self.breaker_failures:
+            self._down_until = time.monotonic() + self.breaker_s
+            self._failures = 0
         waiting, self._pending = self._pending, []
         for *_, fut in (*batch, *waiting):
             if not fut.done():
                 fut.set_exception(err)
 
-    @staticmethod
-    def _resolve(batch, results) -> None:
+    def _resolve(self, batch, results) -> None:
+        self._failures = 0
         for (*_, fut), res in zip(batch, results):
             if not fut.done():
                 if isinstance(res, Exception):
@@ -139,13 +152,12 @@ class Scorer:
         self.arms = list(settings.arms)
         self.rng = rng or np.random.default_rng()
         self.redis_timeout_s = getattr(settings, "redis_timeout_s", 0.025)
-        self.breaker_s = getattr(settings, "redis_breaker_s", 0.5)
-        self.breaker_failures = getattr(settings, "redis_breaker_failures", 3)
-        self._down_until = 0.0
-        self._failures = 0
-        self.reader = CoalescingReader(store, timeout_s=self.redis_timeout_s,
-                                       max_batch=getattr(settings, "redis_read_batch", 32),
-                                       max_inflight=getattr(settings, "redis_read_inflight", 2))
+        self.reader = CoalescingReader(
+            store, timeout_s=self.redis_timeout_s,
+            max_batch=getattr(settings, "redis_read_batch", 32),
+            max_inflight=getattr(settings, "redis_read_inflight", 2),
+            breaker_failures=getattr(settings, "redis_breaker_failures", 3),
+            breaker_s=getattr(settings, "redis_breaker_s", 0.5))
 
     def policy(self, name: str | None) -> Policy:
         name = name or self.settings.default_policy
@@ -156,21 +168,9 @@ class Scorer:
         return p
 
     async def _load(self, keys, arms):
-        """The user's models, read through the coalescing reader; a breaker opens after
-        consecutive failed batches so an unavailable Redis costs nothing per request
-        until the next probe."""
-        if time.monotonic() < self._down_until:
-            raise ConnectionError("redis circuit open")
-        try:
-            out = await self.reader.load(keys, arms)
-        except (Exception, asyncio.TimeoutError):
-            self._failures += 1
-            if self._failures >= self.breaker_failures:
-                self._down_until = time.monotonic() + self.breaker_s
-                self._failures = 0
-            raise
-        self._failures = 0
-        return out
+        """The user's models, read through the coalescing reader (its breaker answers at
+        once while Redis is known to be down)."""
+        return await self.reader.load(keys, arms)
 
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         live = self.policy(req.policy)
