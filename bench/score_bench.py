@@ -105,12 +105,39 @@ async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration
 
 
 def spawn(argv: list[str], env: dict) -> subprocess.Popen:
+    from tipsml.launcher import child_preexec
+
     p = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                         preexec_fn=child_preexec())
     line = p.stdout.readline()
     if b"ready" not in line:
+        p.kill()
         raise RuntimeError(f"{argv} did not start: {line!r}")
     return p
+
+
+def stop(p: subprocess.Popen, timeout: float = 10.0) -> float | None:
+    """SIGTERM, then SIGKILL past ``timeout``; returns the seconds it took to exit after
+    SIGTERM (None if it had to be killed)."""
+    if p.poll() is not None:
+        return 0.0
+    t0 = time.monotonic()
+    p.terminate()
+    try:
+        p.wait(timeout=timeout)
+        return round(time.monotonic() - t0, 2)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=5)
+        return None
+
+
+def write(res: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    tmp.replace(out)
 
 
 async def run(args) -> dict:
@@ -126,10 +153,11 @@ async def run(args) -> dict:
         env = stack.env()
     env.update({"SHADOW_POLICIES": args.shadow, "DEFAULT_POLICY": args.policy,
                 "METRICS_PORT": "-1", "LOG_LEVEL": "WARNING"})
-    procs = [spawn([sys.executable, "-m", "scorer.main"], env),
-             spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env)]
-    results = {"rates": []}
+    results = {"rates": [], "complete": False}
+    procs: list[subprocess.Popen] = []
     try:
+        procs.append(spawn([sys.executable, "-m", "scorer.main"], env))
+        procs.append(spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env))
         nc = await nats.connect(env["NATS_URL"], pending_size=64 * 1024 * 1024)
         bodies = payloads(args.users)
         await open_loop(nc, "tips.score", bodies, 200, 3)  # warm-up: users' state, JIT paths
@@ -150,18 +178,25 @@ async def run(args) -> dict:
                   f"max {score['max_ms']} ms errors {score['errors']} | echo p99 "
                   f"{echo['p99_ms']} ms | ratio {results['rates'][-1]['p99_ratio_to_echo']}",
                   flush=True)
+            write(results, args.out)  # what is measured is kept, whatever happens next
         await nc.close()
+        results["complete"] = True
+    except BaseException as e:
+        results["error"] = repr(e)
+        raise
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=10)
+        # the scorer's own shutdown is part of what is measured: it must exit within 10 s
+        results["scorer_stop_s"] = stop(procs[0]) if procs else None
+        for p in procs[1:]:
+            stop(p)
         if stack:
             stack.stop()
-    results["config"] = {"policy": args.policy, "shadow": args.shadow, "users": args.users,
-                         "duration_s": args.duration, "cpus": os.cpu_count(),
-                         "python": platform.python_version(),
-                         "loadavg_at_end": os.getloadavg(),
-                         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        results["config"] = {"policy": args.policy, "shadow": args.shadow, "users": args.users,
+                             "duration_s": args.duration, "cpus": os.cpu_count(),
+                             "python": platform.python_version(),
+                             "loadavg_at_end": os.getloadavg(),
+                             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write(results, args.out)
     return results
 
 
@@ -185,9 +220,10 @@ def main() -> int:
     if args.echo_server:
         asyncio.run(echo_server(args.echo_server))
         return 0
+    from tipsml.launcher import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM / Ctrl-C: partial results written, every process stopped
     res = asyncio.run(run(args))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
     ok = all(r["meets_target"] for r in res["rates"])
     summary = "; ".join(f"{int(r['rate'])}/s p99 {r['score']['p99_ms']} ms "
                         f"(echo {r['echo']['p99_ms']} ms, x{r['p99_ratio_to_echo']}, "

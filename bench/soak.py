@@ -31,7 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "soak.json"
-REACTIONS = {"completed": 1.0, "accepted": 0.5, "dismissed": 0.0, "ignored": 0.0}
+# what a real app can publish: it never knows that a tip was "ignored" (silence is the
+# service's to turn into the default reward when the window closes)
+REACTIONS = {"completed": 1.0, "accepted": 0.5, "dismissed": 0.0}
 
 
 def rss_mb(pid: int) -> float | None:
@@ -67,7 +69,8 @@ async def loadgen(args) -> None:
 
     async def feedback(rep, user):
         nonlocal fb_errors
-        await asyncio.sleep(rng.uniform(0.0, 2.0))
+        if args.profile == "steady":  # bursty: the reaction is published at once
+            await asyncio.sleep(rng.uniform(0.0, 2.0))
         rc = rng.choice(list(REACTIONS))
         eid = f"soak-{rep['decision_id']}"
         body = json.dumps({"event_id": eid, "decision_id": rep["decision_id"], "user_id": user,
@@ -105,13 +108,16 @@ async def loadgen(args) -> None:
         except Exception as e:  # noqa: BLE001
             code, rep = f"exception:{type(e).__name__}", None
         rows.append((due - t0, time.monotonic() - due, code))
-        if code == "ok" and rng.random() < args.feedback_fraction:
+        if code in ("ok", "fallback") and rng.random() < args.feedback_fraction:
             await feedback(rep, user)
 
     t0 = time.monotonic()
     n = int(args.duration * args.rate)
+    burst = max(1, int(args.rate * args.burst_every)) if args.profile == "bursty" else 1
     for i in range(n):
-        due = t0 + i / args.rate
+        # steady: request i is due at i/rate; bursty: `burst` requests due at once, every
+        # burst_every seconds (the same mean rate), like a page load asking for many users
+        due = t0 + (i // burst) * burst / args.rate
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -207,7 +213,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=30.0, help="RSS baseline taken after this")
     ap.add_argument("--target-p99-ms", type=float, default=50.0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--profile", choices=["steady", "bursty"], default="steady",
+                    help="steady open loop, or bursts of rate x burst-every requests at once "
+                         "with each reaction published the instant its reply arrives")
+    ap.add_argument("--burst-every", type=float, default=2.0, help="bursty: seconds between "
+                    "bursts")
+    ap.add_argument("--out", default=None, help="default bench/results/soak.json (steady) or "
+                    "soak_bursty.json")
     ap.add_argument("--external", action="store_true",
                     help="use NATS_URL/REDIS_URL and the workers already running there")
     ap.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
@@ -224,8 +236,10 @@ def main(argv=None) -> int:
         asyncio.run(loadgen(args))
         return 0
 
-    from tipsml.launcher import EmbeddedStack
+    from tipsml.launcher import EmbeddedStack, exit_on_sigterm
     from tipsml.testing import spawn_worker
+
+    exit_on_sigterm()  # SIGTERM runs the clean-up below like Ctrl-C does
 
     stack, workers = None, {}
     load0 = loadavg()
@@ -250,7 +264,8 @@ def main(argv=None) -> int:
                                "--duration", str(args.duration), "--rate", str(args.rate),
                                "--feedback-fraction", str(args.feedback_fraction),
                                "--users", str(args.users), "--timeout", str(args.timeout),
-                               "--seed", str(args.seed)])
+                               "--seed", str(args.seed), "--profile", args.profile,
+                               "--burst-every", str(args.burst_every)])
         pids = {k: w.popen.pid for k, w in workers.items()}
         pids["loadgen"] = lg.pid
         samples = []
@@ -293,7 +308,8 @@ def main(argv=None) -> int:
             "what": "tips.score open loop at the target rate with feedback flowing",
             "config": {k: getattr(args, k) for k in ("duration", "rate", "feedback_fraction",
                                                       "users", "timeout", "window", "warmup",
-                                                      "target_p99_ms", "seed")},
+                                                      "target_p99_ms", "seed", "profile",
+                                                      "burst_every")},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform(), "loadavg_start": load0,
                         "loadavg_end": loadavg(),
@@ -311,7 +327,8 @@ def main(argv=None) -> int:
                                  "between the async decision write and fast feedback"},
             "windows": windows, "samples": samples,
         }
-        out = Path(args.out)
+        out = Path(args.out or DEFAULT_OUT.with_name(
+            "soak.json" if args.profile == "steady" else "soak_bursty.json"))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
         print(json.dumps({k: report[k] for k in ("overall", "p99_under_target", "feedback")},

@@ -41,6 +41,37 @@ class LauncherError(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM when the process that started it dies, even by
+    SIGKILL, so a crashed benchmark or test run never leaves servers behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: the parent's own clean-up still runs
+        pass
+
+
+def child_preexec(detach: bool = False):
+    """``preexec_fn`` for a child that must not outlive this process. Only from the main
+    thread: the kernel signals when the *thread* that forked exits, and a worker thread
+    (``asyncio.to_thread``) may end long before the process does."""
+    import threading
+
+    if detach or threading.current_thread() is not threading.main_thread():
+        return None
+    return _die_with_parent
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit in the main thread, so ``finally`` blocks and context
+    managers stop what a script started (Python's default is to die at once)."""
+    def _raise(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -143,7 +174,8 @@ class EmbeddedStack:
         log = self.workdir / f"{name}.log"
         fh = open(log, "ab")
         p = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
+                             start_new_session=True, env=env,
+                             preexec_fn=child_preexec(self.detach))
         fh.close()
         proc = Proc(name, p, port, log)
         self.procs[name] = proc

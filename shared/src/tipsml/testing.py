@@ -38,8 +38,10 @@ def spawn_worker(module: str, env: dict[str, str], timeout: float = 60.0,
     full_env.update(env)
     full_env.setdefault("METRICS_PORT", "0")
     stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    from .launcher import child_preexec
+
     p = subprocess.Popen([sys.executable, "-m", module], env=full_env, stdout=subprocess.PIPE,
-                         stderr=stderr, stdin=subprocess.DEVNULL)
+                         stderr=stderr, stdin=subprocess.DEVNULL, preexec_fn=child_preexec())
     deadline = time.monotonic() + timeout
     buf = b""
     while time.monotonic() < deadline:
