@@ -66,8 +66,9 @@ ope: setup  ## off-policy estimates vs online values in the simulator -> bench/r
 chaos: setup  ## fault + fuzz suites, short form (CI runs them in make test); figures in .run/chaos/
 	$(BIN)/python bench/chaos_report.py --short --out-dir .run/chaos
 
-soak: setup  ## 10 min at 500 req/s with feedback flowing -> bench/results/soak.json
+soak: setup  ## 10 min at 500 req/s steady, then 2 min of bursts (1,000 at once every 2 s) -> bench/results/soak*.json
 	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/soak.py --profile bursty --duration $${BURST_DURATION:-120} --burst-every 2
 
 lint: setup
 	$(BIN)/ruff check shared scorer generator feedback-consumer bench-worker bench

@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 import nats.errors
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tipsml import metrics as M
 from tipsml.feedback import FeedbackProcessor
@@ -21,6 +21,7 @@ from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
 from .settings import FeedbackSettings
+from .window import DefaultRewardSweeper
 
 log = logging.getLogger("feedback-consumer")
 
@@ -44,6 +45,13 @@ class FeedbackMetrics:
                                  "time to process one feedback event",
                                  buckets=M.LATENCY_BUCKETS, registry=r)
         self.fetch_errors = Counter("feedback_fetch_errors_total", "failed fetches", registry=r)
+        self.defaults = Counter(
+            "feedback_default_rewards_total",
+            "default rewards at window close by outcome: applied, already_rewarded (a "
+            "reaction came first), expired (record gone), mismatch", ["outcome"], registry=r)
+        self.due_backlog = Gauge("feedback_default_due_backlog",
+                                 "decisions whose window closed and that wait for the sweep",
+                                 registry=r)
 
 
 async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
@@ -51,7 +59,8 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
     m = FeedbackMetrics()
     port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
-                                lam=settings.ridge_lambda)
+                                lam=settings.ridge_lambda,
+                                record_grace_s=settings.reward_record_grace_s)
     nc = await connect(settings, "feedback-consumer")
     js = nc.jetstream()
     await ensure_streams(js)
@@ -61,10 +70,15 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
     proc = FeedbackProcessor(store, js, max_deliver=spec.max_deliver, backoff_s=spec.backoff_s,
                              missing_grace_s=settings.feedback_missing_grace_s)
     h = Handlers(proc, m)
-    announce("feedback-consumer", metrics_port=port, durable=spec.durable)
+    stop = stop or stop_event()
+    sweeper = DefaultRewardSweeper(store, reward=settings.default_reward,
+                                   every_s=settings.default_reward_sweep_s,
+                                   batch=settings.default_reward_batch, metrics=m)
+    sweeping = asyncio.create_task(sweeper.run(stop), name="default-reward-sweeper")
+    announce("feedback-consumer", metrics_port=port, durable=spec.durable,
+             default_reward=settings.default_reward)
     if ready:
         ready.set()
-    stop = stop or stop_event()
 
     async def _one(msg):
         try:
@@ -84,6 +98,10 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
             await asyncio.sleep(0.5)
             continue
         await asyncio.gather(*(_one(x) for x in msgs))
+    try:
+        await asyncio.wait_for(sweeping, 5.0)
+    except Exception:  # noqa: BLE001 - a sweep cut short is redone by the next consumer
+        sweeping.cancel()
     # every fetched message has been acked or nak'ed by now; a pull subscription
     # cannot be drained (the drain would wait out its timeout), so flush and close
     await nc.flush(timeout=5)

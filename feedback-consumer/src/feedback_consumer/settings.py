@@ -1,3 +1,4 @@
+from pydantic import field_validator
 from pydantic_settings import SettingsConfigDict
 
 from tipsml import subjects as S
@@ -19,6 +20,26 @@ class FeedbackSettings(BaseServiceSettings):
     # an event for a decision not (yet) in Redis is retried this long before it counts
     # as expired: the scorer writes the decision record right after its reply
     feedback_missing_grace_s: float = 10.0
+    # silence is a reaction too: applied once when a decision's REWARD_WINDOW_S closes
+    # without a reaction ("off" or "none": no default reward, the due entries are
+    # just removed). The default is the value of `ignored` in the reward table.
+    default_reward: float | None = 0.0
+    default_reward_sweep_s: float = 1.0
+    default_reward_batch: int = 256
+
+    @field_validator("default_reward", mode="before")
+    @classmethod
+    def _off(cls, v):
+        if isinstance(v, str) and v.strip().lower() in ("off", "none", "no", "false", ""):
+            return None
+        return v
+
+    @field_validator("default_reward")
+    @classmethod
+    def _range(cls, v):
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError("DEFAULT_REWARD must be in [0, 1] (or 'off')")
+        return v
 
     def consumer_spec(self) -> S.ConsumerSpec:
         base = S.FEEDBACK_CONSUMER

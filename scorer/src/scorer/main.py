@@ -63,7 +63,8 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
     m = ScorerMetrics()
     port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
-                                lam=settings.ridge_lambda)
+                                lam=settings.ridge_lambda,
+                                record_grace_s=settings.reward_record_grace_s)
     nc = await connect(settings, "scorer")
     js = nc.jetstream()
     await ensure_streams(js)

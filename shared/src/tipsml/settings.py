@@ -68,6 +68,9 @@ class BaseServiceSettings(BaseSettings):
     thompson_samples: int = 256
     ridge_lambda: float = 1.0
     reward_window_s: int = 86400
+    # a decision record (and its due entry) outlives its window by this much, so the
+    # default reward still finds it after the sweeping consumer was down for a while
+    reward_record_grace_s: float = 3600.0
     request_timeout_s: float = 2.0
     metrics_port: int = 0
     metrics_addr: str = "127.0.0.1"

@@ -8,6 +8,11 @@ Keys (``{p}`` policy, ``{u}`` user):
 * ``tips:dec:{decision_id}`` hash: the decision as the reward needs it (user, arm,
   learners, and per learner its state key and packed feature vector); TTL = reward window.
 * ``tips:evt:{event_id}`` the idempotency claim of one feedback event (its outcome).
+* ``tips:due:{<shard>}`` sorted set, member ``<decision_id>:<user_id>``, score = when
+  the decision's reward window closes; the feedback consumer sweeps the due ones and
+  applies the default reward (event ``default:<decision_id>``) unless a reaction
+  claimed the decision first. ``DUE_SHARDS`` sets (hash tags: spread over a Redis
+  Cluster's slots, and several consumers sweep different shards at once).
 
 The reward update is one Lua script: the idempotency claim, the join to the
 decision and the Sherman–Morrison update of every learner happen atomically,
@@ -17,6 +22,7 @@ so concurrent consumers and redeliveries can neither lose nor double an update.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +44,22 @@ def decision_key(decision_id: str) -> str:
 
 def event_key(event_id: str) -> str:
     return f"tips:evt:{event_id}"
+
+
+DUE_SHARDS = 16
+
+
+def due_shard(decision_id: str) -> int:
+    return zlib.crc32(decision_id.encode()) % DUE_SHARDS
+
+
+def due_key(shard: int) -> str:
+    return f"tips:due:{{{shard}}}"
+
+
+def default_event_id(decision_id: str) -> str:
+    """The event id of the default reward: one per decision, so it applies at most once."""
+    return f"default:{decision_id}"
 
 
 def generation_key(decision_id: str) -> str:
@@ -137,9 +159,13 @@ class ApplyResult:
 class StateStore:
     """Async facade over Redis for the scorer and the feedback consumer."""
 
-    def __init__(self, redis: aioredis.Redis, reward_window_s: int = 86400, lam: float = 1.0):
+    def __init__(self, redis: aioredis.Redis, reward_window_s: int = 86400, lam: float = 1.0,
+                 record_grace_s: float = 3600.0):
         self.r = redis
         self.reward_window_s = reward_window_s
+        # a decision record outlives its window by this much, so the default reward can
+        # still find it when the sweeping consumer was down for a while
+        self.record_grace_s = record_grace_s
         self.lam = lam
         self._apply = redis.register_script(APPLY_REWARD_LUA)
         self._load = redis.register_script(LOAD_MANY_LUA)
@@ -199,7 +225,9 @@ class StateStore:
                 fields[f"skey:{p}"] = skey
                 fields[f"x:{p}"] = np.asarray(x, dtype="<f8").tobytes()
             pipe.hset(dkey, mapping=fields)
-            pipe.expire(dkey, self.reward_window_s)
+            pipe.expire(dkey, int(self.reward_window_s + self.record_grace_s))
+            pipe.zadd(due_key(due_shard(rec["decision_id"])),
+                      {f"{rec['decision_id']}:{rec['user_id']}": rec["ts"] + self.reward_window_s})
             pipe.hincrby(rec["pulls_key"], rec["arm"], 1)
         await pipe.execute()
 
@@ -214,6 +242,30 @@ class StateStore:
         )
         vals = [v.decode() if isinstance(v, bytes) else (v or "") for v in res]
         return ApplyResult(*vals[:4])
+
+    async def due(self, shard: int, now: float, limit: int) -> list[tuple[str, str, bytes]]:
+        """Decisions of a shard whose window has closed: (decision_id, user_id, member)."""
+        members = await self.r.zrangebyscore(due_key(shard), "-inf", now, start=0, num=limit)
+        out = []
+        for m in members:
+            did, _, user = m.decode().partition(":")
+            out.append((did, user, m))
+        return out
+
+    async def forget_due(self, shard: int, members: list[bytes]) -> None:
+        if members:
+            await self.r.zrem(due_key(shard), *members)
+
+    async def claim_shard(self, shard: int, owner: str, ttl_ms: int) -> bool:
+        """A short lease so replicas sweep different shards (correctness does not depend
+        on it: the default reward's event claim makes a double sweep harmless)."""
+        return bool(await self.r.set(f"{due_key(shard)}:lease", owner, nx=True, px=ttl_ms))
+
+    async def due_backlog(self, now: float) -> int:
+        pipe = self.r.pipeline(transaction=False)
+        for s in range(DUE_SHARDS):
+            pipe.zcount(due_key(s), "-inf", now)
+        return sum(await pipe.execute())
 
     async def get_decision(self, decision_id: str) -> dict[str, str]:
         raw = await self.r.hgetall(decision_key(decision_id))
