@@ -10,6 +10,7 @@ import orjson
 
 import redis.exceptions
 
+from tipsml.metrics import Children
 from tipsml.contract import (ContractError, ErrorCode, ResetRequest, ScoreRequest, StatsRequest,
                              error_bytes, parse)
 
@@ -26,6 +27,12 @@ class Handlers:
         self.writer = writer
         self.m = metrics
         self.settings = settings
+        # label children cached: the hot path does several lookups per decision
+        self._latency = Children(metrics.latency)
+        self._requests = Children(metrics.requests)
+        self._decisions = Children(metrics.decisions)
+        self._explored = Children(metrics.explored)
+        self._agreement = Children(metrics.agreement)
 
     async def _respond(self, msg, subject: str, fn) -> None:
         t0 = time.perf_counter()
@@ -48,8 +55,8 @@ class Handlers:
                 await msg.respond(out)
             except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
                 code = "reply_failed"
-        self.m.latency.labels(subject).observe(time.perf_counter() - t0)
-        self.m.requests.labels(subject, code).inc()
+        self._latency(subject).observe(time.perf_counter() - t0)
+        self._requests(subject, code).inc()
 
     async def score(self, msg) -> None:
         await self._respond(msg, "tips.score", self._score)
@@ -58,14 +65,14 @@ class Handlers:
         req = parse(ScoreRequest, msg.data)
         res = await self.scorer.score(req)
         r = res.reply
-        self.m.decisions.labels(r["policy"], r["arm"], "live").inc()
+        self._decisions(r["policy"], r["arm"], "live").inc()
         if r["explored"]:
-            self.m.explored.labels(r["policy"]).inc()
+            self._explored(r["policy"]).inc()
         if r["fallback"]:
             self.m.fallbacks.labels("state_store").inc()
         for s in r["shadow"]:
-            self.m.decisions.labels(s["policy"], s["arm"], "shadow").inc()
-            self.m.agreement.labels(s["policy"], "true" if s["arm"] == r["arm"] else "false").inc()
+            self._decisions(s["policy"], s["arm"], "shadow").inc()
+            self._agreement(s["policy"], "true" if s["arm"] == r["arm"] else "false").inc()
         await self.writer.submit(res.record, res.log)  # waits only when the writer is behind
         return _dumps(r)
 

@@ -20,6 +20,7 @@ the same layout the Redis Lua update script reads and writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -109,15 +110,24 @@ class Policy:
     def dim(self) -> int:
         return self.features.dim
 
-    @property
+    @cached_property
     def version(self) -> str:
         p = {"egreedy": f"eps={self.epsilon:g}", "linucb": f"alpha={self.alpha:g}",
              "thompson": f"v={self.v:g},m={self.samples}"}[self.kind]
         return f"{self.name}/{self.kind}/{self.features.version}/{p},lambda={self.lam:g}"
 
+    @cached_property
+    def _initial_bytes(self) -> bytes:
+        return pack(initial_arm(self.dim, self.lam))
+
     def stack(self, blobs: list[bytes | None]):
+        """(K, packed) models of the arms, b (K, D) and A⁻¹ (K, D, D) as views: the blobs
+        are joined and read once (cheaper than K small arrays stacked)."""
         d = self.dim
-        vs = np.stack([unpack(b, d, self.lam) for b in blobs])
+        n = packed_len(d) * 8
+        init = self._initial_bytes
+        raw = b"".join(b if b and len(b) == n else init for b in blobs)
+        vs = np.frombuffer(raw, dtype="<f8").reshape(len(blobs), -1)
         b = vs[:, HEADER:HEADER + d]
         ainv = vs[:, HEADER + d:].reshape(len(blobs), d, d)
         return vs, b, ainv
@@ -129,16 +139,19 @@ class Policy:
         u = ainv @ x                      # (K, D): A⁻¹x per arm
         mean = np.einsum("kd,kd->k", u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
         if self.kind == "egreedy":
-            greedy = np.flatnonzero(mean >= mean.max() - 1e-12)
+            ms = mean.tolist()  # K is small: plain floats beat numpy calls here
+            top_v = max(ms)
+            greedy = [i for i, m in enumerate(ms) if m >= top_v - 1e-12]
             explored = bool(rng.random() < self.epsilon)
-            idx = int(rng.integers(k)) if explored else int(greedy[rng.integers(len(greedy))])
+            idx = int(rng.integers(k)) if explored else greedy[int(rng.integers(len(greedy)))]
             p = self.epsilon / k + ((1.0 - self.epsilon) / len(greedy) if idx in greedy else 0.0)
-            scores = mean
+            scores = ms
         elif self.kind == "linucb":
             width = np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
-            scores = mean + self.alpha * width
-            top = np.flatnonzero(scores >= scores.max() - 1e-12)
-            idx = int(top[rng.integers(len(top))])
+            scores = (mean + self.alpha * width).tolist()
+            top_v = max(scores)
+            top = [i for i, v in enumerate(scores) if v >= top_v - 1e-12]
+            idx = top[int(rng.integers(len(top)))]
             p = 1.0 / len(top)
             explored = bool(mean[idx] < mean.max() - 1e-12)
         elif self.kind == "thompson":
@@ -153,8 +166,9 @@ class Policy:
             scores = mean
         else:  # pragma: no cover - guarded by build_policies
             raise ValueError(self.kind)
-        return Choice(arms[idx], idx, float(min(p, 1.0)), explored,
-                      {a: float(s) for a, s in zip(arms, scores)})
+        if not isinstance(scores, list):
+            scores = scores.tolist()
+        return Choice(arms[idx], idx, float(min(p, 1.0)), explored, dict(zip(arms, scores)))
 
     def selection_probs(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
                         rng: np.random.Generator | None = None) -> np.ndarray:
