@@ -10,7 +10,10 @@ claim on event_id + join to the decision + Sherman–Morrison update) → ack.
   is younger than ``missing_grace_s`` — the scorer writes the decision record just after
   its reply, so a reaction sent at once can arrive first —, then claimed ``expired``;
 * expired decision, user mismatch, duplicate event, second reward for a decision:
-  counted and acked, state untouched.
+  counted and acked, state untouched;
+* decision scored with other hyper-parameters (ridge λ, feature version) than this
+  consumer's for one of its learners: ``hyper_mismatch`` — logged as an error, counted,
+  dead-lettered unclaimed (replayable once the settings agree), state untouched.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    kind: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | invalid | retry | dead_lettered
+    kind: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | hyper_mismatch | invalid | retry | dead_lettered
     policy: str = ""
     arm: str = ""
     reaction: str = ""
@@ -74,6 +77,14 @@ class FeedbackProcessor:
         if res.outcome == "pending":
             await msg.nak(delay=min(0.2 * delivered, 2.0))
             return Outcome("pending")
+        if res.outcome == "hyper_mismatch":
+            # scored with other hyper-parameters than this updater's: refuse, loudly; park it
+            # in the DLQ (no claim was made) so a replay applies it once the config is fixed
+            log.error("reward REFUSED (hyper_mismatch) event %s decision %s: %s",
+                      fb.event_id, fb.decision_id, res.detail)
+            await self._dead_letter(msg, f"hyper_mismatch: {res.detail}", delivered)
+            return Outcome("hyper_mismatch", res.policy, res.arm, fb.reaction or "explicit",
+                           reward, fb.prompt_version or res.prompt_version)
         await msg.ack()
         return Outcome(res.outcome, res.policy, res.arm, fb.reaction or "explicit", reward,
                        fb.prompt_version or res.prompt_version)
