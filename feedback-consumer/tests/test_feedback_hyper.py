@@ -42,6 +42,16 @@ def _metric(port: int, name: str, labels: str) -> float:
     return 0.0
 
 
+async def _metric_reaches(port: int, labels: str, want: float, timeout: float = 15.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if _metric(port, "feedback_events_total", labels) == want:
+            await asyncio.sleep(0.3)  # and it stays there
+            return _metric(port, "feedback_events_total", labels) == want
+        await asyncio.sleep(0.1)
+    return False
+
+
 async def _dead_letters(js, n: int, timeout: float = 30.0) -> list:
     sub = await js.pull_subscribe("dlq.feedback", durable=None, stream="DEADLETTER")
     got = []
@@ -86,7 +96,8 @@ async def test_lambda_mismatch_is_refused_counted_and_replayable(own_stack, own_
             assert reason.startswith("hyper_mismatch") and "lambda=1.0" in reason \
                 and "lambda=2.0" in reason, reason
         port = consumer.info["metrics_port"]
-        assert _metric(port, "feedback_events_total", 'outcome="hyper_mismatch"') == 3
+        # the counter moves just after the dead letter is published: poll briefly
+        assert await _metric_reaches(port, 'outcome="hyper_mismatch"', 3)
         assert _metric(port, "feedback_events_total", 'outcome="applied"') == 0
         # state untouched, nothing claimed, decisions not marked rewarded
         assert await store.r.keys("tips:st:*") == []
@@ -102,12 +113,7 @@ async def test_lambda_mismatch_is_refused_counted_and_replayable(own_stack, own_
                              "dlq.feedback"], env=dict(os.environ, **env), check=False,
             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        port = consumer.info["metrics_port"]
-        for _ in range(100):
-            if _metric(port, "feedback_events_total", 'outcome="applied"') == 3:
-                break
-            await asyncio.sleep(0.1)
-        assert _metric(port, "feedback_events_total", 'outcome="applied"') == 3
+        assert await _metric_reaches(consumer.info["metrics_port"], 'outcome="applied"', 3)
         await assert_state_matches(store.r, await expected_state(store, rewards, lam=1.0))
         n = 0
         for key in await store.r.keys(f"tips:st:egreedy-v1:{user}"):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import FS_CTX, FS_CTX_PROFILE, FeatureSet
+from .features import FS_CTX, FS_CTX_PROFILE, FS_CTX_PROFILE_V2, FeatureSet
 
 HEADER = 2  # n, reward_sum
 
@@ -280,7 +280,7 @@ class Policy:
 
 POLICY_KINDS = {
     "egreedy-v1": ("egreedy", FS_CTX),
-    "egreedy-v2": ("egreedy", FS_CTX_PROFILE),
+    "egreedy-v2": ("egreedy", FS_CTX_PROFILE_V2),  # log-scaled dwell (features.py)
     "linucb": ("linucb", FS_CTX),
     "linucb-v2": ("linucb", FS_CTX_PROFILE),
     "thompson": ("thompson", FS_CTX),

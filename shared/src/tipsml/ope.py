@@ -291,7 +291,7 @@ def validate_pair(logging_policy: str, target: str, *, users: int = 200, warmup:
     online = run_policy(test, T, policy_rng(seed, 103), learn=False, init_state=trained)
     # offline: the frozen target's action distribution at every logged context
     book = StateBook(T, test.arms, trained)
-    X = test.features(T.features.uses_profile)
+    X = test.features(T.features)
     U, R, K = test.n_users, test.rounds, len(test.arms)
     pi = np.zeros((U, R, K))
     prng = np.random.default_rng([seed, 104])
