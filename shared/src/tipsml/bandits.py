@@ -14,7 +14,7 @@ request path never inverts a matrix), ``b = Σ r x``, ``θ = A⁻¹ b``.
   (``THOMPSON_PROPENSITY=exact``, the default):
   ``P(a = argmax) = ∫ φ_a(x) Π_{b≠a} Φ_b(x) dx``,
   evaluated by composite Gauss–Legendre quadrature on panels at every arm's own scale
-  (:func:`thompson_probs`; within ~1e-6 of the integral).
+  (:func:`thompson_probs`; within 1e-4 of the integral).
   ``THOMPSON_PROPENSITY=mc`` keeps the former estimate (M = ``THOMPSON_SAMPLES`` extra
   draws, floored at 1/(M+1)), for comparison only: 1/p̂ of a noisy p̂ biases IPS upward.
 
@@ -93,29 +93,32 @@ def sherman_morrison_update(v: np.ndarray, x: np.ndarray, r: float) -> np.ndarra
 # ------------------------------------------------------------------ Thompson propensities
 
 _SQRT2 = np.sqrt(2.0)
-# erfc by the Chebyshev fit of Numerical Recipes (erfcc): fractional error < 1.2e-7
-# everywhere, tails included; pure numpy (the scorer image carries no scipy).
-_ERFC_C = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
-           -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+# Φ by Abramowitz & Stegun 26.2.17 (|error| < 7.5e-8): Φ(z) = 1 − φ(z)·P(t), t = 1/(1 + p|z|)
+# for z ≥ 0 (mirrored below 0). It reuses φ(z), which the integrand needs anyway: one exp
+# for both. Pure numpy (the scorer image carries no scipy).
+_AS_P = 0.2316419
+_AS_B = (0.319381530, -0.356563782, 1.781477937, -1.821255978, 1.330274429)
 # panel breakpoints of every arm, in units of its own σ, and Gauss–Legendre nodes per panel
 QUAD_BREAKS = np.array([-6.0, -3.0, -1.5, 0.0, 1.5, 3.0, 6.0])
-QUAD_NODES = 4
+QUAD_NODES = 3
 _GL: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _erfc(z: np.ndarray) -> np.ndarray:
-    a = np.abs(z)
-    t = 1.0 / (1.0 + 0.5 * a)
-    poly = _ERFC_C[-1]
-    for c in _ERFC_C[-2::-1]:
+def _pdf_cdf(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(φ(z), Φ(z)) elementwise."""
+    pdf = np.exp(-0.5 * z * z) * _INV_SQRT_2PI
+    t = 1.0 / (1.0 + _AS_P * np.abs(z))
+    poly = _AS_B[4]
+    for c in _AS_B[3::-1]:
         poly = c + t * poly
-    y = t * np.exp(-a * a + poly)
-    return np.where(z >= 0.0, y, 2.0 - y)
+    q = pdf * (t * poly)  # upper tail 1 − Φ(|z|)
+    return pdf, np.where(z >= 0.0, 1.0 - q, q)
 
 
 def norm_cdf(z: np.ndarray) -> np.ndarray:
-    """Φ(z), vectorised (absolute error < 1e-7, relative < 1.2e-7 in the lower tail)."""
-    return 0.5 * _erfc(-np.asarray(z, dtype=np.float64) / _SQRT2)
+    """Φ(z), vectorised (absolute error < 7.5e-8)."""
+    return _pdf_cdf(np.asarray(z, dtype=np.float64))[1]
 
 
 def _legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +137,10 @@ def thompson_probs(mean: np.ndarray, sd: np.ndarray, nodes: int = QUAD_NODES) ->
     resolved at their own scale (a plain Gauss–Hermite rule in arm a's variable is not:
     with posterior widths 10–100× apart it is off by 0.5–2 percentage points, see
     ``bench/thompson_propensity.py``). Leave-one-out products by prefix/suffix cumprod;
-    one (N, K) array of Φ with N = (7K − 1)·nodes. The result is renormalised (its mass
-    before that is 1 within ~1e-5).
+    one (N, K) array of Φ with N ≤ (7K − 1)·nodes (panels below max_b(μ_b − 6σ_b), where
+    the integrand is < 1e-9, are dropped). Against adaptive quadrature (scipy ``quad``) on
+    63 posteriors with widths up to 500× apart the error is < 1e-4 with 3 nodes (< 2e-6
+    with 4); the result is renormalised (its mass before that is 1 within ~1e-3).
     """
     mean = np.asarray(mean, dtype=np.float64)
     sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-12)
@@ -144,12 +149,14 @@ def thompson_probs(mean: np.ndarray, sd: np.ndarray, nodes: int = QUAD_NODES) ->
         return np.ones(1)
     g, w = _legendre(nodes)
     br = np.sort((mean[:, None] + sd[:, None] * QUAD_BREAKS).ravel())
+    # below max_b(μ_b − 6σ_b) some Φ_b (or, for a = b, φ_b) is < 1e-9: nothing to integrate
+    br = br[br >= np.max(mean - QUAD_BREAKS[-1] * sd)]
     half = 0.5 * np.diff(br)
     x = ((br[:-1] + half)[:, None] + half[:, None] * g).ravel()
     wx = (half[:, None] * w).ravel()
     z = (x[:, None] - mean) / sd                                   # (N, K)
-    cdf = norm_cdf(z)
-    pdf = np.exp(-0.5 * z * z) / (sd * np.sqrt(2.0 * np.pi))
+    pdf, cdf = _pdf_cdf(z)
+    pdf = pdf / sd
     pre = np.cumprod(cdf, axis=1)
     suf = np.cumprod(cdf[:, ::-1], axis=1)[:, ::-1]
     loo = np.empty_like(cdf)                                       # Π_{b≠a} Φ_b(x)
