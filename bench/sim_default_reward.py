@@ -100,13 +100,13 @@ def main(argv=None) -> int:
 def table(res: dict) -> str:
     c = res["config"]
     lines = [
-        f"{c['users']} users × {c['rounds']} rounds × {len(c['seeds'])} seeds, in-process; "
+        (f"{c['users']} users × {c['rounds']} rounds × {len(c['seeds'])} seeds, in-process; "
         "regret per user at the last round vs the oracle (95% t-interval over seeds); "
         "Δ = paired difference from the explicit-ignored simulator (same world, same policy "
-        "randomness).", "",
-        "| policy | explicit ignored (former sim) | realistic + default 0 (W=1) | "
+        "randomness)."), "",
+        ("| policy | explicit ignored (former sim) | realistic + default 0 (W=1) | "
         "realistic + default 0 (W=3, one day) | realistic, no default reward | "
-        "bias without default (Δ regret) |",
+        "bias without default (Δ regret) |"),
         "|---|---|---|---|---|---|"]
     for p, ms in res["policies"].items():
         cells = [fmt_ci(ms[m]["regret"], 2) for m in MODELS]
@@ -118,11 +118,11 @@ def table(res: dict) -> str:
                      f" | {nd['mean']:+.2f} [{nd['lo']:+.2f}, {nd['hi']:+.2f}] |")
     any_p = next(iter(res["policies"].values()))
     u = any_p["no default"]["updates_per_user"]
-    lines += ["", f"Without a default reward a learner gets {u['reactions']:.0f} updates per user "
+    lines += ["", (f"Without a default reward a learner gets {u['reactions']:.0f} updates per user "
               f"in {c['rounds']} rounds (the rest, {u['silent']:.0f}, were ignored tips: "
               "silence), so its arm models estimate reward *given a reaction*; "
               "with it, every decision is learned from once (the last window's may still be "
-              "open at the end)."]
+              "open at the end).")]
     return "\n".join(lines)
 
 

@@ -183,8 +183,8 @@ def _ope_job(args):
 
 
 def ope(quick: bool, workers: int) -> list[dict]:
-    kw = dict(users=100, warmup=50, rounds=60) if quick else dict(users=300, warmup=100,
-                                                                     rounds=150)
+    kw = {"users": 100, "warmup": 50, "rounds": 60} if quick else {"users": 300, "warmup": 100,
+                                                                     "rounds": 150}
     seeds = (0,) if quick else (0, 1, 2)
     jobs = [(lp, tp, mode, dict(kw, seed=s)) for mode in ("mc", "exact") for s in seeds
             for lp, tp in (("thompson", "egreedy-v2"), ("egreedy-v1", "thompson"))]
@@ -193,8 +193,8 @@ def ope(quick: bool, workers: int) -> list[dict]:
 
 
 def ope_table(rows: list[dict]) -> str:
-    lines = ["| logging → target | Thompson propensity | seeds | online reward | IPS (mean err, worst) | "
-             "SNIPS (mean err, worst) | DR (mean err, worst) |", "|---|---|---|---|---|---|---|"]
+    lines = [("| logging → target | Thompson propensity | seeds | online reward | IPS (mean err, worst) | "
+             "SNIPS (mean err, worst) | DR (mean err, worst) |"), "|---|---|---|---|---|---|---|"]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["logging"], r["target"], r["propensity_mode"]), []).append(r)
@@ -239,20 +239,20 @@ def report(res: dict) -> str:
     s = a["simulator"]
     lines = [
         "#### Accuracy (P(argmax) vs " + f"{a['draws']:,} draws)", "",
-        f"{s['n']} posteriors from simulator states (σ ratio between arms: median "
+        (f"{s['n']} posteriors from simulator states (σ ratio between arms: median "
         f"{s['sd_ratio_median']:.1f}, max {s['sd_ratio_max']:.1f}) and "
         f"{len(a['adversarial'])} adversarial ones. Tolerance {a['tolerance']} (the 10⁶-draw "
-        f"reference's own sd ≤ {a['mc_sd_bound']:.4f}).", "",
+        f"reference's own sd ≤ {a['mc_sd_bound']:.4f})."), "",
         "| method | max abs error, simulator posteriors | max abs error, adversarial |",
         "|---|---|---|",
-        f"| quadrature (`thompson_probs`, now) | {s['max_err_exact']:.5f} | "
-        f"{max(r['err_exact'] for r in a['adversarial']):.5f} |",
-        f"| Gauss–Hermite, 32 nodes per arm (textbook, not used) | {s['max_err_gh32']:.5f} | "
-        f"{max(r['err_gh32'] for r in a['adversarial']):.5f} |",
-        f"| 256 draws (before; sd of one estimate) | {s['max_sd_mc256']:.4f} | "
-        f"{max(r['err_mc256_sd'] for r in a['adversarial']):.4f} |",
-        "", f"Bias of an IPS weight 1/p̂ under the 256-draw estimate (median over simulator "
-        f"posteriors, arms with p > 0.01): {s['median_ips_weight_bias_mc256_pct']:+.1f}%.", "",
+        (f"| quadrature (`thompson_probs`, now) | {s['max_err_exact']:.5f} | "
+        f"{max(r['err_exact'] for r in a['adversarial']):.5f} |"),
+        (f"| Gauss–Hermite, 32 nodes per arm (textbook, not used) | {s['max_err_gh32']:.5f} | "
+        f"{max(r['err_gh32'] for r in a['adversarial']):.5f} |"),
+        (f"| 256 draws (before; sd of one estimate) | {s['max_sd_mc256']:.4f} | "
+        f"{max(r['err_mc256_sd'] for r in a['adversarial']):.4f} |"),
+        "", (f"Bias of an IPS weight 1/p̂ under the 256-draw estimate (median over simulator "
+        f"posteriors, arms with p > 0.01): {s['median_ips_weight_bias_mc256_pct']:+.1f}%."), "",
         "#### Cost per call (µs; median [min, max] of 3 × 2,000 calls, shared 2-core box)", "",
         "| call | µs |", "|---|---|"]
     for k, v in res["cost_us"].items():

@@ -135,8 +135,9 @@ def thompson_probs(mean: np.ndarray, sd: np.ndarray, nodes: int = QUAD_NODES) ->
     composite Gauss–Legendre (``nodes`` per panel) on panels whose breakpoints are
     ``μ_b + σ_b·{0, ±1.5, ±3, ±6}`` for every arm b, so each arm's density and step are
     resolved at their own scale (a plain Gauss–Hermite rule in arm a's variable is not:
-    with posterior widths 10–100× apart it is off by 0.5–2 percentage points, see
-    ``bench/thompson_propensity.py``). Leave-one-out products by prefix/suffix cumprod;
+    fine while the widths are within a few × of each other, as in the simulator, but with
+    widths 10–300× apart it is off by up to ~1 percentage point even with 32–64 nodes,
+    see ``bench/thompson_propensity.py``). Leave-one-out products by prefix/suffix cumprod;
     one (N, K) array of Φ with N ≤ (7K − 1)·nodes (panels below max_b(μ_b − 6σ_b), where
     the integrand is < 1e-9, are dropped). Against adaptive quadrature (scipy ``quad``) on
     63 posteriors with widths up to 500× apart the error is < 1e-4 with 3 nodes (< 2e-6

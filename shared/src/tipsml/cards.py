@@ -167,8 +167,8 @@ def _ci(d: dict | None, digits: int = 2) -> str:
 def to_markdown(card: dict) -> str:
     sim = card["offline_metrics"]["simulator"]
     lines = [f"# Model card: {card['policy']}", "",
-             f"**Policy id** `{card['policy_id']}` (kind + features + hyper-parameters); "
-             f"update id `{card['inputs']['update_id']}`.", "",
+             (f"**Policy id** `{card['policy_id']}` (kind + features + hyper-parameters); "
+             f"update id `{card['inputs']['update_id']}`."), "",
              "## Inputs", "",
              (f"Feature set `{card['inputs']['feature_set']}` version "
               f"`{card['inputs']['feature_version']}`, D={card['inputs']['dim']}: "
