@@ -17,7 +17,8 @@ every process.
 | ``EPSILON`` | ``0.1`` | exploration rate of the egreedy policies |
 | ``LINUCB_ALPHA`` | ``0.5`` | LinUCB exploration width |
 | ``THOMPSON_V`` | ``0.3`` | posterior scale of linear Thompson sampling |
-| ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws used to state Thompson's propensity |
+| ``THOMPSON_PROPENSITY`` | ``exact`` | Thompson's propensity: ``exact`` (quadrature of P(argmax)) or ``mc`` (``THOMPSON_SAMPLES`` draws; the former estimate, kept for comparison) |
+| ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws of ``THOMPSON_PROPENSITY=mc`` |
 | ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model |
 | ``REWARD_WINDOW_S`` | ``86400`` | how long a decision can still be rewarded |
 | ``REQUEST_TIMEOUT_S`` | ``2.0`` | timeout of every outgoing request |
@@ -66,6 +67,7 @@ class BaseServiceSettings(BaseSettings):
     linucb_alpha: float = 0.5
     thompson_v: float = 0.3
     thompson_samples: int = 256
+    thompson_propensity: str = "exact"
     ridge_lambda: float = 1.0
     reward_window_s: int = 86400
     # a decision record (and its due entry) outlives its window by this much, so the
@@ -81,6 +83,13 @@ class BaseServiceSettings(BaseSettings):
     @classmethod
     def _csv(cls, v):
         return _split(v)
+
+    @field_validator("thompson_propensity")
+    @classmethod
+    def _tprop(cls, v: str) -> str:
+        if v not in ("exact", "mc"):
+            raise ValueError("THOMPSON_PROPENSITY must be exact or mc")
+        return v
 
     @field_validator("epsilon")
     @classmethod
