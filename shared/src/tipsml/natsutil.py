@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+import os
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
-                         StorageType, StreamConfig)
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError
 
 from . import subjects as S
@@ -34,8 +40,16 @@ async def connect(settings, name: str, **kw) -> NATS:
     return await nats.connect(**opts)
 
 
+def stream_replicas() -> int:
+    """``STREAM_REPLICAS``: 1 on one nats-server (embedded), 3 on a 3-node JetStream
+    cluster (a stream then survives the loss of one node; the launcher's ``--cluster``
+    stack and the compose cluster variant set it)."""
+    return max(1, int(os.environ.get("STREAM_REPLICAS", "1") or 1))
+
+
 def stream_config(spec: S.StreamSpec) -> StreamConfig:
     return StreamConfig(
+        num_replicas=stream_replicas(),
         name=spec.name,
         subjects=list(spec.subjects),
         retention={"limits": RetentionPolicy.LIMITS, "workqueue": RetentionPolicy.WORK_QUEUE,
@@ -86,7 +100,7 @@ async def request_json(nc: NATS, subject: str, payload: Any, timeout: float = 2.
         msg = await nc.request(subject, data, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError:
         return error_reply(ErrorCode.unavailable, f"no responders on {subject}")
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         return error_reply(ErrorCode.timeout, f"{subject} did not answer within {timeout}s")
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
             nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError) as e:

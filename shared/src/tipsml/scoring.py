@@ -76,7 +76,7 @@ class CoalescingReader:
             job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch]))
             try:
                 results = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # A busy loop fires the deadline in the same turn as the reply's socket
                 # event, before the reader resumes: give the reply a few turns before
                 # calling Redis slow (our own queueing is not Redis's fault).
@@ -91,7 +91,7 @@ class CoalescingReader:
                 # the pipeline finishes in the background (its reply is read and dropped);
                 # only the waiting requests give up
                 job.add_done_callback(_consume_exception)
-                self._fail(batch, asyncio.TimeoutError(
+                self._fail(batch, TimeoutError(
                     f"state store did not answer within {self.timeout_s * 1000:.0f} ms"))
                 return
             except Exception as e:  # noqa: BLE001 - every waiter gets the failure
@@ -172,6 +172,19 @@ class Scorer:
         once while Redis is known to be down)."""
         return await self.reader.load(keys, arms)
 
+    async def _load_models(self, pols, skeys, arms):
+        """Per-user models in one script call (one slot: the user's); global ones from the
+        merged, cached shards (:meth:`StateStore.global_models`)."""
+        glob = [p.global_model for p in pols]
+        if not any(glob):
+            return await self._load(skeys, arms)
+        ukeys = [k for k, g in zip(skeys, glob) if not g]
+        got = iter(await self._load(ukeys, arms) if ukeys else [])
+        out = []
+        for p, g in zip(pols, glob):
+            out.append(await self.store.global_models(p, arms) if g else next(got))
+        return out
+
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         live = self.policy(req.policy)
         arms = req.arms or self.arms
@@ -194,8 +207,8 @@ class Scorer:
             "hyper": {p.name: p.update_id for p in pols if p.name in learners},
         }
         try:
-            blobs = await self._load(skeys, arms)
-        except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
+            blobs = await self._load_models(pols, skeys, arms)
+        except (TimeoutError, Exception) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
         choices = [p.choose(arms, b, xs[p.name], self.rng) for p, b in zip(pols, blobs)]
         c = choices[0]
