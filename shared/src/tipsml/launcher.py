@@ -14,6 +14,7 @@ all use it.
 CLI::
 
     python -m tipsml.launcher up [--llm]   # background stack; state in .run/stack.json
+    python -m tipsml.launcher up --cluster # 3 NATS nodes + Redis Cluster 3+3 (tipsml.cluster)
     python -m tipsml.launcher down
     python -m tipsml.launcher env          # export lines for the running stack
 """
@@ -285,7 +286,12 @@ def _cmd_up(args) -> int:
         print(f"a stack is already up ({state}); `make down` first", file=sys.stderr)
         return 1
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
+    if getattr(args, "cluster", False):
+        from .cluster import ClusterStack
+
+        st = ClusterStack(workdir=(RUN_DIR / "cluster").resolve(), detach=True)
+    else:
+        st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
     st.start()
     state.write_text(json.dumps(st.describe(), indent=2))
     for k, v in st.env().items():
@@ -333,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the embedded stack in the background")
     up.add_argument("--llm", action="store_true", help="also start the embedded LLM server")
+    up.add_argument("--cluster", action="store_true",
+                    help="3 nats-server nodes (JetStream cluster) + Redis Cluster 3 masters/3 replicas")
     sub.add_parser("down", help="stop the background stack")
     sub.add_parser("env", help="print export lines for the background stack")
     args = ap.parse_args(argv)

@@ -63,8 +63,15 @@ def utag(user_id: str) -> str:
     hashes what lies between the first ``{`` and the next ``}``): then a digest of it is
     the tag and the id follows it."""
     if "{" in user_id or "}" in user_id:
-        return "{h" + hashlib.sha1(user_id.encode()).hexdigest()[:20] + "}" + user_id
+        return "{~" + hashlib.sha1(user_id.encode()).hexdigest()[:20] + "~}" + user_id
     return "{" + user_id + "}"
+
+
+def user_of_tag(tag: str) -> str:
+    """Inverse of :func:`utag`."""
+    if tag.startswith("{~") and tag[22:24] == "~}":
+        return tag[24:]
+    return tag[1:-1]
 
 
 def state_key(policy: str, user_id: str, global_model: bool = False) -> str:
@@ -428,7 +435,9 @@ class StateStore:
         for attempt in (0, 1):
             pipe = self.r.pipeline(transaction=False)
             for keys, arms in reqs:  # EVALSHA directly: a Script in a pipeline costs a
-                pipe.evalsha(self._load.sha, len(keys), *keys, *arms)  # SCRIPT EXISTS first
+                # SCRIPT EXISTS first; execute_command because redis-py's cluster pipeline
+                # blocks its evalsha() method (it routes EVALSHA by its first key all right)
+                pipe.execute_command("EVALSHA", self._load.sha, len(keys), *keys, *arms)
             out = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(o, NoScriptError) for o in out):
                 await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
@@ -623,7 +632,7 @@ class StateStore:
         f = {k.decode(): v for k, v in raw.items()}
         if user_id is None:
             tag = key.split(":", 2)[2].rsplit(":", 1)[0]
-            user_id = tag[1:-1] if not tag.startswith("{h") else tag.split("}", 1)[1]
+            user_id = user_of_tag(tag)
         out = {"user": user_id, "arm": f["a"].decode(), "policy": f["p"].decode(),
                "propensity": f.get("pr", b"").decode(), "ts": f.get("t", b"").decode()}
         names, off = [], 0
@@ -657,7 +666,7 @@ class StateStore:
             k = k.decode() if isinstance(k, bytes) else k
             tag, _, did = k[len("tips:dec:"):].rpartition(":")
             if did in want:
-                out[did] = tag[1:-1] if not tag.startswith("{h") else tag.split("}", 1)[1]
+                out[did] = user_of_tag(tag)
         return out
 
     async def _find_key(self, pattern: str) -> str | None:
