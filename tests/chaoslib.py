@@ -228,9 +228,10 @@ async def exactly_once_report(r, store: StateStore, ledger: Ledger,
             d = round(float(g[0] - v[0]))
             lost += max(0, -d)
             doubled += max(0, d)
-            # float32 storage: the Lua and numpy sum in different orders, a last-bit
-            # difference can round either way (|Δ| ≤ 1e-6 relative to the entry's scale)
-            if g.shape != v.shape or not np.allclose(g, v, rtol=2e-6, atol=2e-7):
+            # float32 storage rounds after every update, and consumers apply in another
+            # order than this loop: equal up to float32 rounding of the running sums
+            if g.shape != v.shape or not np.allclose(
+                    g, v, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(v).max()))):
                 mismatched += 1
     outcomes: dict[str, int] = {}
     ids = claim_keys(ledger.events)

@@ -61,8 +61,12 @@ async def assert_state_matches(redis, expected) -> None:
         for arm, v in arms.items():
             b = got[arm.encode()]
             g = decode_arm(b, dim_of(b))
-            # float32 storage: Lua and numpy sum in different orders (last-bit rounding)
-            np.testing.assert_allclose(g, v, rtol=2e-6, atol=2e-7, err_msg=f"{skey}/{arm}")
+            assert g[0] == v[0], f"{skey}/{arm}: {g[0]} updates, expected {v[0]}"
+            # float32 storage rounds after every update, and concurrent consumers apply in
+            # another order than this loop: equal up to float32 rounding of the running
+            # sums (absolute, at the scale of the largest entry)
+            np.testing.assert_allclose(g, v, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(v).max()),
+                                       err_msg=f"{skey}/{arm}")
 
 
 async def wait_for(cond, timeout=30.0, every=0.1):

@@ -131,7 +131,8 @@ class ClusterStack:
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                     "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-                    "--daemonize", "no", "--protected-mode", "yes"]
+                    "--daemonize", "no", "--protected-mode", "yes",
+                    "--hash-max-listpack-value", "512"]
             self._redis_argv[name] = argv
             self._spawn(name, argv, port)
         for i, port in enumerate(self.redis_ports):

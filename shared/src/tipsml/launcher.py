@@ -218,7 +218,9 @@ class EmbeddedStack:
         rd.mkdir(exist_ok=True)
         argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
                 "--dir", str(rd), "--save", "", "--appendonly", "yes",
-                "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "yes"]
+                "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "yes",
+                # compact hashes: a user's arm models and a decision record stay listpacks
+                "--hash-max-listpack-value", "512"]
         p = self._spawn("redis", argv, port)
         _wait(lambda: redis_ping(port), "redis-server", 30, p.popen, p.log)
         self.redis_url = f"redis://127.0.0.1:{port}/0"

@@ -224,16 +224,23 @@ class Scorer:
             reply["request_id"] = req.request_id
         record["arm"] = c.arm
         record["propensity"] = c.propensity
-        log = []
-        for i, (p, ch) in enumerate(zip(pols, choices)):
-            log.append({
-                "decision_id": decision_id, "user_id": req.user_id, "policy": p.name,
-                "policy_version": p.version, "served": i == 0, "live_policy": live.name,
-                "arm": ch.arm, "propensity": ch.propensity, "explored": ch.explored,
-                "arms": arms, "scores": ch.scores, "features": xs[p.name].tolist(),
-                "feature_version": p.features.version, "hour_of_day": hour, "day_of_week": dow,
-                "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
-            })
+        # one DECISIONS message per decision: the served entry (its fields as before) with
+        # the shadow policies' choices inside it (``shadow``; tipsml.decisionlog.expand_entry
+        # gives the former one-entry-per-policy view)
+        entry = {
+            "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
+            "policy_version": live.version, "served": True, "live_policy": live.name,
+            "arm": c.arm, "propensity": c.propensity, "explored": c.explored,
+            "arms": arms, "scores": c.scores, "features": xs[live.name].tolist(),
+            "feature_version": live.features.version, "hour_of_day": hour, "day_of_week": dow,
+            "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
+            "shadow": [{"policy": p.name, "policy_version": p.version, "arm": ch.arm,
+                        "propensity": ch.propensity, "explored": ch.explored,
+                        "scores": ch.scores, "features": xs[p.name].tolist(),
+                        "feature_version": p.features.version}
+                       for p, ch in zip(shadows, choices[1:])],
+        }
+        log = [entry]
         return ScoreOutcome(reply, record, log)
 
     def _fallback(self, req, live, arms, decision_id, ts, reason, record) -> ScoreOutcome:

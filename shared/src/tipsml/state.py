@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 import zlib
@@ -52,6 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
+
+log = logging.getLogger(__name__)
 
 STATE_TTL_S = int(os.environ.get("STATE_TTL_S", str(90 * 86400)))
 GLOBAL_SHARDS = int(os.environ.get("GLOBAL_SHARDS", "16"))
@@ -425,6 +428,22 @@ class StateStore:
         else:
             await asyncio.gather(*(self.r.ping() for _ in range(connections)))
         await self._register_hp()
+        await self._check_listpack()
+
+    async def _check_listpack(self) -> None:
+        """Warn when the server keeps a user's models in hash tables (≈ 15 % more memory):
+        ``hash-max-listpack-value`` should be ≥ 512 (deploy/README.md, capacity)."""
+        try:
+            got = await self.r.config_get("hash-max-listpack-value")
+        except Exception:  # noqa: BLE001 - managed Redis may refuse CONFIG: set it there
+            return
+        vals = got.values() if isinstance(got, dict) else []
+        for v in vals:
+            v = v if isinstance(v, (str, bytes)) else next(iter(v.values()), "0")
+            if int(v) < 512:
+                log.warning("hash-max-listpack-value is %s: set it to 512 so bandit state and "
+                            "decision records stay compact (deploy/README.md)", int(v))
+                return
 
     async def load_batch(self, reqs: list[tuple[list[str], list[str]]]) -> list:
         """Many :meth:`load_many` calls in one pipeline (one round trip per node, one
