@@ -16,7 +16,7 @@ from fb_helpers import (
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, event_key, state_key
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.cluster]
 
 
 @pytest.fixture

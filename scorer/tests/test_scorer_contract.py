@@ -8,7 +8,7 @@ import pytest
 from tipsml.decisionlog import expand_entry
 from tipsml.natsutil import request_json
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.cluster]
 
 
 async def score(nc, payload, timeout=2.0):

@@ -435,15 +435,12 @@ class StateStore:
         ``hash-max-listpack-value`` should be ≥ 512 (deploy/README.md, capacity)."""
         try:
             got = await self.r.config_get("hash-max-listpack-value")
+            v = int(next(iter(got.values()))) if isinstance(got, dict) and got else 512
         except Exception:  # noqa: BLE001 - managed Redis may refuse CONFIG: set it there
             return
-        vals = got.values() if isinstance(got, dict) else []
-        for v in vals:
-            v = v if isinstance(v, (str, bytes)) else next(iter(v.values()), "0")
-            if int(v) < 512:
-                log.warning("hash-max-listpack-value is %s: set it to 512 so bandit state and "
-                            "decision records stay compact (deploy/README.md)", int(v))
-                return
+        if v < 512:
+            log.warning("hash-max-listpack-value is %s: set it to 512 so bandit state and "
+                        "decision records stay compact (deploy/README.md)", v)
 
     async def load_batch(self, reqs: list[tuple[list[str], list[str]]]) -> list:
         """Many :meth:`load_many` calls in one pipeline (one round trip per node, one
