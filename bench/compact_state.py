@@ -29,11 +29,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared" / "src"))
 
-from tipsml.bandits import (decode_arm, initial_arm, pack, sherman_morrison_update,  # noqa: E402
-                            stored_update)
-from tipsml.decisionlog import expand_entry  # noqa: E402
-from tipsml.launcher import EmbeddedStack  # noqa: E402
-from tipsml.state import StateStore, decision_key, pulls_key, state_key  # noqa: E402
+from tipsml.bandits import decode_arm, initial_arm, pack, sherman_morrison_update, stored_update
+from tipsml.decisionlog import expand_entry
+from tipsml.launcher import EmbeddedStack
+from tipsml.state import StateStore, decision_key, pulls_key, state_key
 
 ARMS = ["focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow"]
 POLS = {"egreedy-v1": 7, "egreedy-v2": 12, "linucb": 7}

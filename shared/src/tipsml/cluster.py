@@ -22,8 +22,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .launcher import (LauncherError, Proc, _wait, child_preexec, find_nats_server,
-                       find_redis_server, nats_healthz, redis_ping)
+from .launcher import (
+    LauncherError,
+    Proc,
+    _wait,
+    child_preexec,
+    find_nats_server,
+    find_redis_server,
+    nats_healthz,
+    redis_ping,
+)
 
 # failover speed: a master is declared failed after this long without answers (the
 # default 15 s would make every failover drill 15 s of errors on its slots)
@@ -68,7 +76,7 @@ class ClusterStack:
     _nats_argv: dict[str, list[str]] = field(default_factory=dict)
     _redis_argv: dict[str, list[str]] = field(default_factory=dict)
 
-    def __enter__(self) -> "ClusterStack":
+    def __enter__(self) -> ClusterStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -86,7 +94,7 @@ class ClusterStack:
         self.procs[name] = proc
         return proc
 
-    def start(self) -> "ClusterStack":
+    def start(self) -> ClusterStack:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="tips-cluster-")
             self.workdir = Path(self._tmp.name)
