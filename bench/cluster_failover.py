@@ -104,6 +104,7 @@ async def run(args) -> dict:
                                   max_reconnect_attempts=-1, reconnect_time_wait=0.2,
                                   pending_size=64 * 1024 * 1024) for i in range(4)]
         r = connect_redis(cs.redis_url)
+        await r.initialize()  # the slot map, for picking the master to kill
         store = StateStore(r)
         log = LatencyLog()
         ledger = Ledger()
