@@ -154,14 +154,21 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout_s: float 
     if is_cluster_url(url):
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+        from urllib.parse import unquote
+
         rest = url.split("://", 1)[1].split("/", 1)[0]
         tls = url.startswith("rediss")
+        auth: dict = {}
+        if "@" in rest:  # redis-cluster://[user]:password@h1:p1,h2:p2
+            userinfo, rest = rest.rsplit("@", 1)
+            user, _, pw = userinfo.partition(":")
+            auth = {"username": unquote(user) or None, "password": unquote(pw) or None}
         nodes = []
         for hp in rest.split(","):
-            hp = hp.rsplit("@", 1)[-1]
             host, _, port = hp.rpartition(":")
             nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
         return RedisCluster(startup_nodes=nodes, ssl=tls, max_connections=max_connections,
+                            **auth,
                             socket_timeout=socket_timeout, socket_connect_timeout=2.0,
                             require_full_coverage=False, **kw)
     pool = aioredis.BlockingConnectionPool.from_url(
