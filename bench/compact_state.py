@@ -111,11 +111,21 @@ async def measure(url: str, listpack_value: int | None) -> dict:
     await r.hset(okey, mapping=old)
     await r.expire(okey, 90000)
     dec_old = await mem(okey)
+    from tipsml.state import due_key, event_key
+    # a due set as production has them (millions of entries: skiplist encoding)
+    due = due_key(99)
+    n_due = 5000
+    for j in range(0, n_due, 1000):
+        await r.zadd(due, {f"{(j + i):032x}:{user}": time.time() + 86400 + i
+                           for i in range(1000)})
+    due_per_entry = round(await mem(due) / n_due)
+    claim = await mem(event_key("memev0", user))
     dkey = decision_key(rec["decision_id"], user)
     dec_fields = {k.decode(): len(v) for k, v in (await r.hgetall(dkey)).items()}
     await st.close()
     return {"state_new": state_new, "state_old": state_old, "pulls": pulls, "encoding": enc,
-            "decision_new": dec_new, "decision_old": dec_old, "decision_fields": dec_fields}
+            "decision_new": dec_new, "decision_old": dec_old, "decision_fields": dec_fields,
+            "due_entry": due_per_entry, "due_entries_measured": n_due, "event_claim": claim}
 
 
 async def decisions_message() -> dict:
@@ -176,6 +186,8 @@ def main() -> None:
               f"**{m0['decision_new']:,} B** | **{m['decision_new']:,} B** |")
     md.append(f"| DECISIONS per decision | {dm['former_messages']} messages, "
               f"{dm['former_bytes']:,} B | 1 message, {dm['message_bytes']:,} B | same |")
+    md.append(f"| due-set entry (default reward) | | | ~{m['due_entry']} B |")
+    md.append(f"| event claim `tips:evt:{{u}}:<id>` (48 h) | | | {m['event_claim']} B |")
     md += ["", "User id of 15 characters (`mem-user-000001`): each of the 3 state keys and the "
            "decision key holds it once, so longer ids add their length per key."]
     md += ["", f"Decision record fields now (bytes): {m['decision_fields']}.", "",

@@ -58,6 +58,7 @@ def stream_config(spec: S.StreamSpec) -> StreamConfig:
         max_age=float(spec.max_age_s),
         duplicate_window=float(spec.duplicate_window_s),
         max_bytes=spec.max_bytes,
+        compression=StoreCompression.S2 if spec.compression == "s2" else StoreCompression.NONE,
     )
 
 

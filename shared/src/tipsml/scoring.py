@@ -129,6 +129,13 @@ class CoalescingReader:
                     fut.set_result(res)
 
 
+def _logged(x: np.ndarray) -> list[float]:
+    """Features as the DECISIONS log keeps them: 6 decimals (the decision record keeps
+    float32; 1e-6 is far below any feature's meaningful resolution), about half the bytes
+    of full float64 reprs."""
+    return np.round(x, 6).tolist()
+
+
 def _consume_exception(t: asyncio.Future) -> None:
     if not t.cancelled():
         t.exception()
@@ -231,12 +238,12 @@ class Scorer:
             "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
             "policy_version": live.version, "served": True, "live_policy": live.name,
             "arm": c.arm, "propensity": c.propensity, "explored": c.explored,
-            "arms": arms, "scores": c.scores, "features": xs[live.name].tolist(),
+            "arms": arms, "scores": c.scores, "features": _logged(xs[live.name]),
             "feature_version": live.features.version, "hour_of_day": hour, "day_of_week": dow,
             "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
             "shadow": [{"policy": p.name, "policy_version": p.version, "arm": ch.arm,
                         "propensity": ch.propensity, "explored": ch.explored,
-                        "scores": ch.scores, "features": xs[p.name].tolist(),
+                        "scores": ch.scores, "features": _logged(xs[p.name]),
                         "feature_version": p.features.version}
                        for p, ch in zip(shadows, choices[1:])],
         }

@@ -450,10 +450,32 @@ class StateStore:
                         "decision records stay compact (deploy/README.md)", v)
 
     async def load_batch(self, reqs: list[tuple[list[str], list[str]]]) -> list:
-        """Many :meth:`load_many` calls in one pipeline (one round trip per node, one
-        connection each). A failed call answers its exception in its place; the others
-        are unaffected. On a cluster redis-py's pipeline groups the EVALSHAs by the slot
-        of their keys (a user's keys share one) and follows MOVED after a failover."""
+        """Many :meth:`load_many` calls in one pipeline (one round trip, one connection).
+        A failed call answers its exception in its place; the others are unaffected.
+
+        On a cluster: one pipeline per master, sent concurrently, so a master that fails
+        (killed, failing over) fails only the requests of its slots — the users of the
+        other masters are still served (redis-py would fail the whole pipeline)."""
+        if not self.cluster:
+            return await self._load_pipeline(reqs)
+        groups: dict[str, list[int]] = {}
+        for i, (keys, _) in enumerate(reqs):
+            try:
+                node = self.r.get_node_from_key(keys[0]).name
+            except Exception:  # noqa: BLE001 - slot map not loaded yet / slot uncovered
+                node = ""
+            groups.setdefault(node, []).append(i)
+        if len(groups) == 1:
+            return await self._load_pipeline(reqs)
+        outs = await asyncio.gather(*(self._load_pipeline([reqs[i] for i in idx])
+                                      for idx in groups.values()), return_exceptions=True)
+        out: list = [None] * len(reqs)
+        for idx, res in zip(groups.values(), outs):
+            for j, i in enumerate(idx):
+                out[i] = res if isinstance(res, BaseException) else res[j]
+        return out
+
+    async def _load_pipeline(self, reqs) -> list:
         out: list = []
         for attempt in (0, 1):
             pipe = self.r.pipeline(transaction=False)
