@@ -61,6 +61,28 @@ def worker_env(secured_stack, nats_passwords):
     return env
 
 
+def tls_settings(stack) -> dict:
+    """Worker settings that make it trust the test CA (none while the config has no TLS)."""
+    return {}
+
+
+@pytest_asyncio.fixture(scope="session")
+async def provisioned(secured_stack, nats_passwords):
+    """Streams and durables created by the admin user, as the provisioning step does."""
+    import nats
+    from tipsml import subjects as S
+    from tipsml.natsutil import ensure_consumer, ensure_streams
+
+    nc = await nats.connect(secured_stack.nats_url, user="admin",
+                            password=nats_passwords["admin"])
+    js = nc.jetstream(timeout=5)
+    await ensure_streams(js)
+    for spec in S.CONSUMERS:
+        await ensure_consumer(js, spec)
+    await nc.close()
+    return True
+
+
 @pytest_asyncio.fixture(scope="session")
 async def connect_as(secured_stack, nats_passwords):
     """``await connect_as(user)`` → a nats-py client that records the server's
@@ -87,3 +109,26 @@ async def connect_as(secured_stack, nats_passwords):
     for nc in conns:
         if not nc.is_closed:
             await nc.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def scorer_worker(secured_stack, nats_passwords, provisioned):
+    """The real scorer worker, in-process, connected as NATS user ``scorer`` with the
+    production settings (no stream administration); yields its metrics port."""
+    import asyncio
+
+    from scorer.main import serve
+    from scorer.settings import ScorerSettings
+    from tipsml.launcher import free_port
+
+    port = free_port()
+    settings = ScorerSettings(nats_url=secured_stack.nats_url, redis_url=secured_stack.redis_url,
+                              nats_user="scorer", nats_password=nats_passwords["scorer"],
+                              metrics_port=port, redis_timeout_s=0.5, provision=False,
+                              **tls_settings(secured_stack))
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(settings, ready, stop))
+    await asyncio.wait_for(ready.wait(), 30)
+    yield port
+    stop.set()
+    await asyncio.wait_for(task, 30)

@@ -17,6 +17,7 @@ import uuid
 import nats
 import nats.errors
 import pytest
+from deploylib import scrape
 from tipsml import subjects as S
 from tipsml.natsutil import ensure_consumer, ensure_streams, publish_dead_letter
 
@@ -224,3 +225,168 @@ async def test_workers_confined_to_their_own_subjects(connect_as):
                                                                     "feedback-consumer"))
     # replies only to requests actually received (allow_responses), not to any inbox
     await refused(scorer, "_INBOX.forged", lambda: scorer.publish("_INBOX.forged", b"{}"))
+
+
+# ------------------------------------------------------------------------------------------
+# Attacks of issue 19: a client chooses where somebody else's answer (or a pulled message)
+# goes. Each one ran against the config shipped before the fix and succeeded; each must fail
+# now, against the real scorer worker serving under its own user.
+
+VICTIM_POLICY = "egreedy-v1"
+
+
+async def victim_with_state(redis_url: str) -> tuple[str, str]:
+    """A user with bandit state in Redis (the keys tips.reset deletes); returns (user, key)."""
+    import redis.asyncio as aioredis
+
+    from tipsml.state import pulls_key
+
+    user = f"victim-{uuid.uuid4().hex[:8]}"
+    key = pulls_key(VICTIM_POLICY, user)
+    r = aioredis.from_url(redis_url)
+    await r.hset(key, "focus_block", 3)
+    await r.aclose()
+    return user, key
+
+
+async def key_exists(redis_url: str, key: str) -> bool:
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(redis_url)
+    try:
+        return bool(await r.exists(key))
+    finally:
+        await r.aclose()
+
+
+async def test_attack_stats_reply_onto_reset_is_refused(secured_stack, connect_as, scorer_worker):
+    """Confused deputy: tips.stats for a victim with reply subject tips.reset. The stats
+    reply (it carries user_id) used to land on tips.reset and reset the victim."""
+    rec = await connect_as("recommender")
+    victim, key = await victim_with_state(secured_stack.redis_url)
+    resets = scrape(scorer_worker, "scorer_requests_total", subject="tips.reset", code="ok")
+    refused_before = scrape(scorer_worker, "scorer_requests_total", subject="tips.stats",
+                            code="refused_reply")
+    await rec.publish(S.TIPS_STATS, json.dumps({"user_id": victim}).encode(), reply=S.TIPS_RESET)
+    await rec.flush()
+    for _ in range(50):
+        if scrape(scorer_worker, "scorer_requests_total", subject="tips.stats",
+                  code="refused_reply") > refused_before:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert await key_exists(secured_stack.redis_url, key), "victim was reset via tips.stats"
+    assert scrape(scorer_worker, "scorer_requests_total", subject="tips.reset",
+                  code="ok") == resets
+    assert scrape(scorer_worker, "scorer_requests_total", subject="tips.stats",
+                  code="refused_reply") == refused_before + 1
+    # the same request with a proper inbox is still answered
+    msg = await rec.request(S.TIPS_STATS, json.dumps({"user_id": victim}).encode(), timeout=3)
+    assert json.loads(msg.data)["user_id"] == victim
+
+
+async def test_attack_pull_redirected_onto_reset_is_refused(secured_stack, connect_as,
+                                                            scorer_worker, provisioned):
+    """MSG.NEXT on the generator's durable with reply subject tips.reset: the server delivers
+    the pulled signal (which the recommender wrote) onto tips.reset."""
+    admin, gen, rec = (await connect_as("admin"), await connect_as("generator"),
+                       await connect_as("recommender"))
+    victim, key = await victim_with_state(secured_stack.redis_url)
+    # admin listens on tips.reset too, to see what arrives there and to ack it (so the
+    # durable is left as it was for the other tests)
+    seen: list = []
+
+    async def on_reset(msg):
+        seen.append(msg)
+        if msg.reply and msg.reply.startswith("$JS.ACK."):
+            await admin.publish(msg.reply, b"+ACK")
+
+    spy = await admin.subscribe(S.TIPS_RESET, cb=on_reset)
+    await admin.flush()
+    resets = scrape(scorer_worker, "scorer_requests_total", subject="tips.reset", code="ok")
+    await rec.jetstream(timeout=3).publish(
+        "signals.app.opened", json.dumps({"user_id": victim, "kind": "app.opened"}).encode(),
+        headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    await gen.publish(f"$JS.API.CONSUMER.MSG.NEXT.{S.SIGNALS_CONSUMER.stream}."
+                      f"{S.SIGNALS_CONSUMER.durable}",
+                      json.dumps({"batch": 200, "no_wait": True}).encode(), reply=S.TIPS_RESET)
+    await gen.flush()
+    await asyncio.sleep(1.5)
+    await spy.unsubscribe()
+    assert await key_exists(secured_stack.redis_url, key), "victim was reset by a pulled signal"
+    assert scrape(scorer_worker, "scorer_requests_total", subject="tips.reset",
+                  code="ok") == resets
+    if seen:  # the server did deliver onto tips.reset: the scorer refused every one
+        assert scrape(scorer_worker, "scorer_requests_total", subject="tips.reset",
+                      code="refused_reply") >= 1
+
+
+async def test_attack_nobody_reads_other_roles_replies(connect_as, scorer_worker):
+    """Every role used to be allowed to subscribe to _INBOX.>: the recommender read the
+    answers to the admin's requests."""
+    admin = await connect_as("admin")
+    for user in ("recommender", "scorer", "generator", "feedback", "bench"):
+        nc = await connect_as(user)
+        got: list = []
+
+        async def cb(msg, got=got):
+            got.append(msg)
+
+        for pattern in ("_INBOX.>", "_INBOX_admin.>", "_INBOX_recommender.>" if user !=
+                        "recommender" else "_INBOX_scorer.>"):
+            await refused(nc, pattern, lambda nc=nc, p=pattern, cb=cb: nc.subscribe(p, cb=cb))
+        msg = await admin.request(S.TIPS_STATS, b'{"user_id":"admin-secret"}', timeout=3)
+        assert json.loads(msg.data)["user_id"] == "admin-secret"
+        await asyncio.sleep(0.2)
+        assert got == [], f"{user} read a reply meant for admin"
+
+
+@pytest.mark.parametrize("user", ["scorer", "generator", "feedback", "bench"])
+async def test_attack_workers_cannot_rewrite_streams(connect_as, provisioned, user):
+    """STREAM.UPDATE by a worker: max_msgs=1 on DECISIONS purged it in disguise, and
+    adding tips.stats to SIGNALS made JetStream answer the recommender's stats requests."""
+    from nats.js.api import StreamConfig
+
+    from tipsml.natsutil import stream_config
+
+    admin, nc = await connect_as("admin"), await connect_as(user)
+    ajs, js = admin.jetstream(timeout=3), nc.jetstream(timeout=1)
+    for _ in range(3):
+        await ajs.publish("decisions.deploytest", b"{}", headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    before = (await ajs.stream_info("DECISIONS")).state.messages
+    assert before >= 3
+    squeezed = stream_config(S.STREAMS["DECISIONS"])
+    squeezed.max_msgs = 1
+    await refused(nc, "$JS.API.STREAM.UPDATE.DECISIONS",
+                  lambda: js.update_stream(config=squeezed))
+    widened = stream_config(S.STREAMS["SIGNALS"])
+    widened.subjects = [*widened.subjects, "tips.stats"]
+    await refused(nc, "$JS.API.STREAM.UPDATE.SIGNALS", lambda: js.update_stream(config=widened))
+    await refused(nc, "$JS.API.STREAM.CREATE.EVIL",
+                  lambda: js.add_stream(config=StreamConfig(name="EVIL", subjects=["tips.>"])))
+    assert (await ajs.stream_info("DECISIONS")).state.messages >= before
+    assert (await ajs.stream_info("DECISIONS")).config.max_msgs in (None, -1)
+    assert "tips.stats" not in (await ajs.stream_info("SIGNALS")).config.subjects
+
+
+async def test_attack_puback_forged_onto_purge_does_not_purge(connect_as, scorer_worker,
+                                                              provisioned):
+    """A reply subject of $JS.API.STREAM.PURGE.DECISIONS on a JetStream publish (the
+    PubAck {"stream","seq"} goes there) or on tips.stats (the scorer's reply goes there).
+    nats-server 2.10 ignored the unknown JSON fields and purged; the pinned server and the
+    workers' reply check refuse it."""
+    admin, rec = await connect_as("admin"), await connect_as("recommender")
+    ajs = admin.jetstream(timeout=3)
+    for _ in range(5):
+        await ajs.publish("decisions.deploytest", b"{}", headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    info = await ajs.stream_info("DECISIONS")
+    first, count = info.state.first_seq, info.state.messages
+    purge = "$JS.API.STREAM.PURGE.DECISIONS"
+    eid = uuid.uuid4().hex
+    await rec.publish("feedback.reaction", json.dumps({"event_id": eid}).encode(), reply=purge,
+                      headers={"Nats-Msg-Id": eid})
+    await rec.publish(S.TIPS_STATS, b'{"user_id":"u1"}', reply=purge)
+    await rec.flush()
+    await asyncio.sleep(1.0)
+    info = await ajs.stream_info("DECISIONS")
+    assert info.state.first_seq == first and info.state.messages >= count, "DECISIONS purged"

