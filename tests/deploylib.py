@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 
 def scrape(port: int, name: str, **labels: str) -> float:
     """Sum of the samples of metric ``name`` whose labels include ``labels``, read from a
@@ -19,3 +22,8 @@ def scrape(port: int, name: str, **labels: str) -> float:
                 total += s.value
     return total
 
+
+
+def client_tls(tls_dir) -> ssl.SSLContext:
+    """A client TLS context that trusts the CA made by deploy/certs/make-certs.sh in tls_dir."""
+    return ssl.create_default_context(cafile=str(Path(tls_dir) / "ca.pem"))

@@ -1,20 +1,25 @@
 """Fixtures of the deploy tests: the shipped NATS config on a real nats-server.
 
 ``secured_stack`` starts the real nats-server with ``deploy/nats/nats-server.conf``
-(JetStream, the six users and their permissions; fresh random passwords passed
-through the environment exactly as compose does) plus a real redis-server, both
-from the shared launcher.
+(JetStream, the six users and their permissions, TLS on the client port with
+certificates made by ``deploy/certs/make-certs.sh``; fresh random passwords and the
+certificate paths passed through the environment exactly as compose does) plus a real
+redis-server, both from the shared launcher. Every client connects as compose's do:
+its own user, TLS verified against the test CA, reply inboxes ``_INBOX_<user>``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from tipsml.launcher import EmbeddedStack
+from tipsml.natsutil import inbox_prefix_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -32,13 +37,24 @@ def nats_passwords() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def secured_stack(nats_passwords):
+def tls_dir(tmp_path_factory) -> Path:
+    """CA and server certificate made by the documented script (deploy/certs/make-certs.sh)."""
+    out = tmp_path_factory.mktemp("nats-tls")
+    subprocess.run(["sh", str(DEPLOY / "certs" / "make-certs.sh"), str(out)], check=True,
+                   capture_output=True, timeout=120)
+    return out
+
+
+@pytest.fixture(scope="session")
+def secured_stack(nats_passwords, tls_dir):
     """nats-server with the shipped config (+ redis-server) on free loopback ports."""
     env = {password_var(u): p for u, p in nats_passwords.items()}
+    env.update(NATS_TLS_CERT=str(tls_dir / "server.pem"), NATS_TLS_KEY=str(tls_dir / "server.key"))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # nats-server resolves $NATS_*_PASSWORD from its environment
     try:
         with EmbeddedStack(nats_config=str(NATS_CONF)) as st:
+            st.tls_ca = str(tls_dir / "ca.pem")
             yield st
     finally:
         for k, v in saved.items():
@@ -54,7 +70,8 @@ def worker_env(secured_stack, nats_passwords):
 
     def env(user: str, **extra: str) -> dict[str, str]:
         out = dict(secured_stack.env())
-        out.update(NATS_USER=user, NATS_PASSWORD=nats_passwords[user])
+        out.update(NATS_USER=user, NATS_PASSWORD=nats_passwords[user],
+                   NATS_TLS_CA=secured_stack.tls_ca, NATS_PROVISION="false")
         out.update(extra)
         return out
 
@@ -62,25 +79,24 @@ def worker_env(secured_stack, nats_passwords):
 
 
 def tls_settings(stack) -> dict:
-    """Worker settings that make it trust the test CA (none while the config has no TLS)."""
-    return {}
+    """Worker settings that make it trust the test CA."""
+    return {"nats_tls_ca": stack.tls_ca}
 
 
-@pytest_asyncio.fixture(scope="session")
-async def provisioned(secured_stack, nats_passwords):
-    """Streams and durables created by the admin user, as the provisioning step does."""
-    import nats
-    from tipsml import subjects as S
-    from tipsml.natsutil import ensure_consumer, ensure_streams
+@pytest.fixture(scope="session")
+def provisioned(secured_stack, nats_passwords) -> dict:
+    """Streams and durables created by the provisioning command, run as compose runs it
+    (admin user, TLS, TIPS_ENV=production); returns its report."""
+    import json
+    import sys
 
-    nc = await nats.connect(secured_stack.nats_url, user="admin",
-                            password=nats_passwords["admin"])
-    js = nc.jetstream(timeout=5)
-    await ensure_streams(js)
-    for spec in S.CONSUMERS:
-        await ensure_consumer(js, spec)
-    await nc.close()
-    return True
+    env = dict(os.environ, NATS_URL=secured_stack.nats_url, NATS_USER="admin",
+               NATS_PASSWORD=nats_passwords["admin"], NATS_TLS_CA=secured_stack.tls_ca,
+               TIPS_ENV="production")
+    r = subprocess.run([sys.executable, "-m", "tipsml.provision", "--wait", "20"], env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])["provisioned"]
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -91,7 +107,7 @@ async def connect_as(secured_stack, nats_passwords):
 
     conns = []
 
-    async def _connect(user: str, password: str | None = None):
+    async def _connect(user: str, password: str | None = None, inbox_prefix: str | None = None):
         errors: list[str] = []
 
         async def on_error(e):
@@ -100,7 +116,9 @@ async def connect_as(secured_stack, nats_passwords):
         nc = await nats.connect(secured_stack.nats_url, user=user,
                                 password=nats_passwords[user] if password is None else password,
                                 name=f"deploy-test-{user}", error_cb=on_error,
-                                allow_reconnect=False, connect_timeout=2)
+                                allow_reconnect=False, connect_timeout=2,
+                                tls=ssl.create_default_context(cafile=secured_stack.tls_ca),
+                                inbox_prefix=inbox_prefix or inbox_prefix_for(user))
         nc.perm_errors = errors
         conns.append(nc)
         return nc
@@ -124,7 +142,7 @@ async def scorer_worker(secured_stack, nats_passwords, provisioned):
     port = free_port()
     settings = ScorerSettings(nats_url=secured_stack.nats_url, redis_url=secured_stack.redis_url,
                               nats_user="scorer", nats_password=nats_passwords["scorer"],
-                              metrics_port=port, redis_timeout_s=0.5, provision=False,
+                              metrics_port=port, redis_timeout_s=0.5, nats_provision=False,
                               **tls_settings(secured_stack))
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(settings, ready, stop))

