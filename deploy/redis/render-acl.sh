@@ -8,7 +8,7 @@
 set -eu
 tmpl="$1"; out="$2"
 vars=$(grep -o '<[A-Z_][A-Z0-9_]*>' "$tmpl" | tr -d '<>' | sort -u)
-"$(dirname "$0")/../check-secrets.sh" $vars
+sh "$(dirname "$0")/../check-secrets.sh" $vars
 umask 077
 cp "$tmpl" "$out.tmp"
 for v in $vars; do

@@ -4,5 +4,5 @@
 # The rendered file holds only password hashes and lives in the container's /tmp.
 set -eu
 here="$(dirname "$0")"
-"$here/render-acl.sh" "$here/users.acl.template" /tmp/users.acl
+sh "$here/render-acl.sh" "$here/users.acl.template" /tmp/users.acl
 exec redis-server --aclfile /tmp/users.acl "$@"
