@@ -65,8 +65,9 @@ def secured_stack(nats_passwords, tls_dir):
 
 
 @pytest.fixture(scope="session")
-def worker_env(secured_stack, nats_passwords):
-    """Environment of a worker process connecting as NATS user ``user``."""
+def worker_env(secured_stack, nats_passwords, provisioned):
+    """Environment of a worker process connecting as NATS user ``user`` (TLS, its own
+    reply inboxes, no stream administration: the streams and durables are provisioned)."""
 
     def env(user: str, **extra: str) -> dict[str, str]:
         out = dict(secured_stack.env())

@@ -14,7 +14,8 @@ all use it.
 
 CLI::
 
-    python -m tipsml.launcher up [--llm]   # background stack; state in .run/stack.json
+    python -m tipsml.launcher up [--llm]   # background stack (streams and durables
+                                           # provisioned); state in .run/stack.json
     python -m tipsml.launcher down
     python -m tipsml.launcher env          # export lines for the running stack
 """
@@ -168,7 +169,7 @@ class EmbeddedStack:
     nats_monitor_port: int | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
-    def __enter__(self) -> "EmbeddedStack":
+    def __enter__(self) -> EmbeddedStack:
         self.start()
         return self
 
@@ -187,7 +188,7 @@ class EmbeddedStack:
         self.procs[name] = proc
         return proc
 
-    def start(self) -> "EmbeddedStack":
+    def start(self) -> EmbeddedStack:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="tips-stack-")
             self.workdir = Path(self._tmp.name)
@@ -285,6 +286,25 @@ class EmbeddedStack:
                 "logs": {n: str(p.log) for n, p in self.procs.items()}}
 
 
+def provision_stack(nats_url: str) -> dict:
+    """Streams and durables on a running stack (the step compose runs as its
+    ``provision`` service; the embedded stack has no users, so no credentials)."""
+    import asyncio
+
+    import nats
+
+    from .provision import provision
+
+    async def go() -> dict:
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            return await provision(nc.jetstream(timeout=10))
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
 def _cmd_up(args) -> int:
     state = RUN_DIR / "stack.json"
     if state.exists():
@@ -294,6 +314,7 @@ def _cmd_up(args) -> int:
     st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
     st.start()
     state.write_text(json.dumps(st.describe(), indent=2))
+    print(f"# provisioned: {provision_stack(st.nats_url)}")
     for k, v in st.env().items():
         print(f"{k}={v}")
     print(f"# stack up; pids and ports in {state}; `make down` stops it")
