@@ -33,7 +33,12 @@ def password_var(user: str) -> str:
 
 @pytest.fixture(scope="session")
 def nats_passwords() -> dict[str, str]:
-    return {u: secrets.token_urlsafe(18) for u in USERS}
+    # some start with a digit or "-": nats-server parses an unquoted $VAR value as a
+    # number then, which check-secrets.sh -q (compose's entrypoint) prevents
+    pw = {u: secrets.token_urlsafe(18) for u in USERS}
+    pw["recommender"] = "7" + pw["recommender"][1:]
+    pw["scorer"] = "-" + pw["scorer"][1:]
+    return pw
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +58,10 @@ def secured_stack(nats_passwords, tls_dir):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # nats-server resolves $NATS_*_PASSWORD from its environment
     try:
-        with EmbeddedStack(nats_config=str(NATS_CONF)) as st:
+        # started as compose starts it: through the secret check, passwords quoted
+        wrapper = ["sh", str(DEPLOY / "check-secrets.sh"), "-q",
+                   *(password_var(u) for u in USERS), "--"]
+        with EmbeddedStack(nats_config=str(NATS_CONF), nats_wrapper=wrapper) as st:
             st.tls_ca = str(tls_dir / "ca.pem")
             yield st
     finally:

@@ -280,7 +280,7 @@ def test_nats_tls_and_monitoring_on_loopback(compose):
 
 def test_servers_start_through_the_secret_check(compose):
     nats, redis = compose["services"]["nats"], compose["services"]["redis"]
-    assert nats["entrypoint"] == ["/bin/sh", "/etc/nats/check-secrets.sh"]
+    assert nats["entrypoint"] == ["/bin/sh", "/etc/nats/check-secrets.sh", "-q"]
     cmd = nats["command"]
     assert set(cmd[:cmd.index("--")]) == set(NATS_SECRETS) and cmd[cmd.index("--") + 1] == \
         "nats-server"
@@ -315,3 +315,13 @@ def test_check_secrets_refuses_placeholders_and_empty(tmp_path):
                        env={"PATH": os.environ["PATH"], "A": good}, capture_output=True,
                        text=True, timeout=10, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "started"
+
+
+def test_check_secrets_quotes_for_nats_server():
+    """nats-server parses an unquoted $VAR value: "3fa9…" (half of all hex passwords) is a
+    malformed number and the server does not start; -q passes the values quoted."""
+    r = subprocess.run(["sh", str(DEPLOY / "check-secrets.sh"), "-q", "A", "--", "sh", "-c",
+                        'printf %s "$A"'], env={"PATH": os.environ["PATH"],
+                                                "A": "3fa9e0c1d2b3a4f5e6d7"},
+                       capture_output=True, text=True, timeout=10, check=False)
+    assert r.returncode == 0 and r.stdout == '"3fa9e0c1d2b3a4f5e6d7"', r

@@ -439,3 +439,26 @@ async def test_attack_puback_forged_onto_purge_does_not_purge(connect_as, scorer
     await asyncio.sleep(1.0)
     info = await ajs.stream_info("DECISIONS")
     assert info.state.first_seq == first and info.state.messages >= count, "DECISIONS purged"
+
+
+@pytest.mark.xfail(strict=True, reason="residual risk (deploy/README 'Threat model' 1): "
+                   "nats-server delivers a pull onto any reply subject, and a stream "
+                   "captures it; closing it needs per-role accounts or push consumers")
+async def test_residual_pull_redirected_into_a_stream_is_not_stored(connect_as, provisioned):
+    """Generator credentials: MSG.NEXT on its own durable with reply ``decisions.<x>``.
+    Today the pulled signal is stored in DECISIONS (strict xfail: when this starts to
+    pass, the residual is closed - drop the marker and update deploy/README)."""
+    admin, gen, rec = (await connect_as("admin"), await connect_as("generator"),
+                       await connect_as("recommender"))
+    ajs = admin.jetstream(timeout=3)
+    target = f"decisions.redirect-{uuid.uuid4().hex[:8]}"
+    await rec.jetstream(timeout=3).publish(
+        "signals.app.opened", b'{"user_id":"redirect","kind":"app.opened"}',
+        headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    await gen.publish(f"$JS.API.CONSUMER.MSG.NEXT.{S.SIGNALS_CONSUMER.stream}."
+                      f"{S.SIGNALS_CONSUMER.durable}",
+                      json.dumps({"batch": 1, "no_wait": True}).encode(), reply=target)
+    await gen.flush()
+    await asyncio.sleep(1.0)
+    stored = (await ajs.stream_info("DECISIONS", subjects_filter=target)).state.messages
+    assert stored == 0, f"{stored} pulled message(s) stored in DECISIONS under {target}"

@@ -160,6 +160,7 @@ class EmbeddedStack:
     llm: bool = False
     workdir: Path | None = None
     nats_config: str | None = None  # optional nats-server config file (users/permissions)
+    nats_wrapper: list[str] = field(default_factory=list)  # argv before nats-server (deploy tests)
     detach: bool = False  # keep the servers when this Python process exits (make up)
     procs: dict[str, Proc] = field(default_factory=dict)
     nats_url: str | None = None
@@ -210,7 +211,7 @@ class EmbeddedStack:
         mport = self.nats_monitor_port or free_port()
         self.nats_monitor_port = mport
         sd = self.workdir / "nats"
-        argv = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
+        argv = [*self.nats_wrapper, find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
                 "-js", "-sd", str(sd)]
         if self.nats_config:
             argv += ["-c", self.nats_config]
