@@ -107,9 +107,10 @@ async def prepare_jetstream(js, settings, streams: list[str],
                             consumers: list[S.ConsumerSpec] = (), *,
                             provision_all_streams: bool = False) -> None:
     """At start: with ``settings.provision`` (dev) create/update ``streams`` (every
-    declared stream with ``provision_all_streams``) and ``consumers``; without it (production: the worker's NATS user may not administer
-    JetStream) only check, with INFO requests, that each exists, and warn when a durable's
-    config differs from the worker's spec. Missing ones raise :class:`ProvisioningError`."""
+    declared stream with ``provision_all_streams``) and ``consumers``; without it
+    (production: the worker's NATS user may not administer JetStream) only check, with
+    INFO requests, that each exists, and warn when a durable's config differs from the
+    worker's spec. Missing ones raise :class:`ProvisioningError`."""
     if settings.provision:
         await ensure_streams(js, None if provision_all_streams else streams)
         for spec in consumers:
