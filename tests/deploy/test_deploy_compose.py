@@ -288,6 +288,10 @@ def test_servers_start_through_the_secret_check(compose):
     assert "./deploy/redis:/etc/tips-redis:ro" in redis["volumes"]
     assert "./deploy/check-secrets.sh:/etc/check-secrets.sh:ro" in redis["volumes"]
     assert "requirepass" not in " ".join(redis["command"])
+    grafana = compose["services"]["grafana"]
+    assert grafana["entrypoint"][:3] == ["/bin/sh", "/etc/check-secrets.sh",
+                                         "GF_SECURITY_ADMIN_PASSWORD"]
+    assert "./deploy/check-secrets.sh:/etc/check-secrets.sh:ro" in grafana["volumes"]
 
 
 def test_workers_run_in_production_mode_with_their_own_redis_user(compose):
