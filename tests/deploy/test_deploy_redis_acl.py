@@ -141,6 +141,16 @@ async def test_scorer_and_feedback_run_their_real_code(as_user):
     assert stats["ok"] and stats["user_id"] == user
     reset = await scorer.reset(user, None)
     assert reset["keys_deleted"] >= 1
+    # the default-reward sweep (feedback): due decisions of a shard, its lease, the backlog
+    from tipsml.state import DUE_SHARDS, due_shard
+
+    shard = due_shard(out.reply["decision_id"])
+    far = out.record["ts"] + 10 * 86400 * 365
+    due = await f_store.due(shard, far, 1000)
+    assert any(d[0] == out.reply["decision_id"] for d in due)
+    assert await f_store.claim_shard(shard, "acl-test", 2000)
+    assert await f_store.due_backlog(far) >= 1 and DUE_SHARDS >= 1
+    await f_store.forget_due(shard, [d[2] for d in due if d[0] == out.reply["decision_id"]])
 
 
 async def test_generator_and_bench_operations(as_user):

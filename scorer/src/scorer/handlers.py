@@ -37,7 +37,7 @@ class Handlers:
 
     async def _respond(self, msg, subject: str, fn) -> None:
         if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
-            self.m.requests.labels(subject, "refused_reply").inc()
+            self._requests(subject, "refused_reply").inc()
             log.warning("refused %s whose reply subject is not an inbox: %r", subject,
                         (msg.reply or "")[:80])
             return
