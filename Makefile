@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast up down bench-score bench-generate bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
+.PHONY: setup run test test-fast up provision down bench-score bench-generate bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +30,11 @@ test: setup  ## the whole suite against real servers started by the fixtures
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not llm and not slow"
 
-up: setup  ## stack in the background for other clients (state in .run/)
+up: setup  ## stack in the background for other clients (state in .run/; streams and durables provisioned)
 	$(BIN)/python -m tipsml.launcher up --llm
+
+provision: setup  ## streams and durables on NATS_URL as NATS_USER (admin), e.g. before production workers
+	$(BIN)/python -m tipsml.provision
 
 down:
 	$(BIN)/python -m tipsml.launcher down
