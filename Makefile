@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast test-cluster up-cluster bench-failover compact-state up down bench-score bench-generate bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
+.PHONY: setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down bench-score bench-generate bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +30,11 @@ test: setup  ## the whole suite against real servers started by the fixtures
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not llm and not slow"
 
-up: setup  ## stack in the background for other clients (state in .run/)
+up: setup  ## stack in the background for other clients (state in .run/; streams and durables provisioned)
 	$(BIN)/python -m tipsml.launcher up --llm
+
+provision: setup  ## streams and durables on NATS_URL as NATS_USER (admin), e.g. before production workers
+	$(BIN)/python -m tipsml.provision
 
 down:
 	$(BIN)/python -m tipsml.launcher down
@@ -48,8 +51,11 @@ bench-failover: setup  ## kill -9 a NATS node, then a Redis master, under load -
 compact-state: setup  ## bytes per user / decision record / DECISIONS message + float32 precision -> bench/results/compact_state.*
 	$(BIN)/python bench/compact_state.py
 
-bench-score: setup
-	$(BIN)/python bench/score_bench.py
+bench-score: setup  ## 500 and 1000 req/s vs echo; SWEEP=1: find the knee (3 runs per rate, 1 and 2 scorer replicas)
+	@if [ -n "$(SWEEP)" ]; then \
+	  $(BIN)/python bench/score_bench.py --sweep --duration $${DURATION:-10} --out bench/results/score_sweep_r1.json && \
+	  $(BIN)/python bench/score_bench.py --sweep --replicas 2 --duration $${DURATION:-10} --out bench/results/score_sweep_r2.json; \
+	else $(BIN)/python bench/score_bench.py; fi
 
 bench-generate: setup
 	$(BIN)/python bench/generate_bench.py

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
+from tipsml.natsutil import reply_is_inbox
+
 log = logging.getLogger("bench_worker")
 
 
@@ -33,6 +35,11 @@ class Handlers:
         self.m.latency.labels("bench.cell").observe(time.perf_counter() - t0)
 
     async def leaderboard(self, msg) -> None:
+        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
+            self.m.refused.labels("bench.leaderboard", "refused_reply").inc()
+            log.warning("refused bench.leaderboard whose reply subject is not an inbox: %r",
+                        (msg.reply or "")[:80])
+            return
         t0 = time.perf_counter()
         await self.svc.handle_leaderboard(msg)
         self.m.latency.labels("bench.leaderboard").observe(time.perf_counter() - t0)

