@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import nats
 import numpy as np
 import orjson
 
@@ -151,17 +152,65 @@ async def decisions_message() -> dict:
     return {"message_bytes": new, "former_messages": len(old), "former_bytes": sum(old)}
 
 
+async def nats_disk(nats_url: str, workdir: Path, n: int = 20000) -> dict:
+    """Disk bytes per DECISIONS message in a file stream, S2-compressed (as the DECISIONS
+    stream is now) and not: n real scorer entries (users, contexts, choices vary)."""
+    from nats.js.api import StorageType, StoreCompression, StreamConfig
+    from scorer.settings import ScorerSettings
+    from tipsml.contract import ScoreRequest
+    from tipsml.scoring import Scorer
+
+    class _Store:
+        async def load_batch(self, reqs):
+            return [[[None] * len(a) for _ in k] for k, a in reqs]
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    for name, comp in (("DS2", StoreCompression.S2), ("DRAW", StoreCompression.NONE)):
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"],
+                                         storage=StorageType.FILE, compression=comp))
+    sc = Scorer(ScorerSettings(), _Store(), rng=np.random.default_rng(0))
+    rng = np.random.default_rng(5)
+    raw = 0
+    for i in range(n):
+        out = await sc.score(ScoreRequest.model_validate({
+            "user_id": f"user-{int(rng.integers(10**7)):08d}", "request_id": f"r{i}",
+            "context": {"hour_of_day": int(rng.integers(24)), "day_of_week": int(rng.integers(7)),
+                        "tasks": [{"title": "t", "priority": int(rng.integers(5)),
+                                   "overdue": bool(rng.integers(2))}] * int(rng.integers(1, 4))},
+            "profile_features": {"completion_rate": float(rng.random()),
+                                 "preferred_hour": int(rng.integers(24))}}))
+        data = orjson.dumps(out.log[0])
+        raw += len(data)
+        hdr = {"Nats-Msg-Id": f"{out.reply['decision_id']}:egreedy-v1"}
+        await js.publish("ds2.egreedy-v1", data, headers=hdr)
+        await js.publish("draw.egreedy-v1", data, headers=hdr)
+    await nc.flush()
+    await asyncio.sleep(1.0)
+    await nc.close()
+
+    def du(name: str) -> int:
+        return sum(f.stat().st_size for f in workdir.rglob("*") if f.is_file()
+                   and f"/streams/{name}/" in str(f) and f.suffix == ".blk")
+
+    return {"messages": n, "json_bytes_per_msg": round(raw / n),
+            "disk_bytes_per_msg_s2": round(du("DS2") / n),
+            "disk_bytes_per_msg_uncompressed": round(du("DRAW") / n)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--updates", type=int, default=10_000)
+    ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--out", default=str(OUT / "compact_state.json"))
     args = ap.parse_args()
     prec = [precision(7, args.updates, 7), precision(12, args.updates, 12)]
-    with EmbeddedStack(nats=False) as s:
+    with EmbeddedStack() as s:
         m0 = asyncio.run(measure(s.redis_url, 64))  # redis-server's default
         m = asyncio.run(measure(s.redis_url, 512))  # the setting deploy/ and the launcher use
+        disk = asyncio.run(nats_disk(s.nats_url, s.workdir, args.messages))
     dm = asyncio.run(decisions_message())
-    res = {"precision": prec, "redis": m, "redis_default_listpack_64": m0, "decisions": dm,
+    res = {"precision": prec, "redis": m, "nats_disk": disk, "redis_default_listpack_64": m0, "decisions": dm,
            "state_per_user_new": sum(m["state_new"].values()),
            "state_per_user_old": sum(m["state_old"].values()),
            "state_per_user_new_default_config": sum(m0["state_new"].values()),
@@ -186,6 +235,10 @@ def main() -> None:
               f"**{m0['decision_new']:,} B** | **{m['decision_new']:,} B** |")
     md.append(f"| DECISIONS per decision | {dm['former_messages']} messages, "
               f"{dm['former_bytes']:,} B | 1 message, {dm['message_bytes']:,} B | same |")
+    md.append(f"| DECISIONS on disk per decision (one replica; JSON {disk['json_bytes_per_msg']} B) | "
+              f"3 messages | "
+              f"{disk['disk_bytes_per_msg_uncompressed']:,} B uncompressed | "
+              f"{disk['disk_bytes_per_msg_s2']:,} B S2 (stream default now) |")
     md.append(f"| due-set entry (default reward) | | | ~{m['due_entry']} B |")
     md.append(f"| event claim `tips:evt:{{u}}:<id>` (48 h) | | | {m['event_claim']} B |")
     md += ["", "User id of 15 characters (`mem-user-000001`): each of the 3 state keys and the "

@@ -73,7 +73,11 @@ class CoalescingReader:
 
     async def _send(self, batch) -> None:
         try:
-            job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch]))
+            # on a Redis Cluster each master answers for itself within the deadline (a
+            # failing master fails only its users' requests, not the batch)
+            kw = {"deadline_s": self.timeout_s * 0.8} if getattr(self.store, "cluster", False) \
+                else {}
+            job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch], **kw))
             try:
                 results = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
             except TimeoutError:

@@ -449,7 +449,8 @@ class StateStore:
             log.warning("hash-max-listpack-value is %s: set it to 512 so bandit state and "
                         "decision records stay compact (deploy/README.md)", v)
 
-    async def load_batch(self, reqs: list[tuple[list[str], list[str]]]) -> list:
+    async def load_batch(self, reqs: list[tuple[list[str], list[str]]],
+                         deadline_s: float | None = None) -> list:
         """Many :meth:`load_many` calls in one pipeline (one round trip, one connection).
         A failed call answers its exception in its place; the others are unaffected.
 
@@ -465,12 +466,19 @@ class StateStore:
             except Exception:  # noqa: BLE001 - slot map not loaded yet / slot uncovered
                 node = ""
             groups.setdefault(node, []).append(i)
-        if len(groups) == 1:
-            return await self._load_pipeline(reqs)
-        outs = await asyncio.gather(*(self._load_pipeline([reqs[i] for i in idx])
-                                      for idx in groups.values()), return_exceptions=True)
+        tasks = [asyncio.ensure_future(self._load_pipeline([reqs[i] for i in idx]))
+                 for idx in groups.values()]
+        # a master that does not answer (killed: redis-py retries and refreshes the slot
+        # map meanwhile) must not hold the answers of the others: past the deadline its
+        # requests fail alone and its pipeline finishes in the background
+        done, pending = await asyncio.wait(tasks, timeout=deadline_s)
         out: list = [None] * len(reqs)
-        for idx, res in zip(groups.values(), outs):
+        for idx, t in zip(groups.values(), tasks):
+            if t in pending:
+                t.add_done_callback(lambda f: f.cancelled() or f.exception())
+                res: object = TimeoutError("a Redis Cluster master did not answer in time")
+            else:
+                res = t.exception() or t.result()
             for j, i in enumerate(idx):
                 out[i] = res if isinstance(res, BaseException) else res[j]
         return out
