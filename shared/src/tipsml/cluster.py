@@ -138,6 +138,9 @@ class ClusterStack:
                     "--dir", str(d), "--cluster-enabled", "yes", "--cluster-port", str(bus[i]),
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    # a master down must not stop the other masters' slots (the default
+                    # refuses every command until its replica has taken over)
+                    "--cluster-require-full-coverage", "no",
                     "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
                     "--daemonize", "no", "--protected-mode", "yes",
                     "--hash-max-listpack-value", "512"]

@@ -167,14 +167,32 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout_s: float 
         for hp in rest.split(","):
             host, _, port = hp.rpartition(":")
             nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # no client-side retries: on a connection error redis-py's cluster pipeline closes
+        # *every* node's connections before retrying, so one dead master stalled the reads
+        # of all users; our callers retry themselves (scorer: fallback; feedback: nak;
+        # decision writer: retry loop) and the slot map is refreshed on the next command
         return RedisCluster(startup_nodes=nodes, ssl=tls, max_connections=max_connections,
-                            **auth,
+                            retry=Retry(NoBackoff(), 0), **auth,
                             socket_timeout=socket_timeout, socket_connect_timeout=2.0,
                             require_full_coverage=False, **kw)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout_s,
         socket_timeout=socket_timeout, socket_connect_timeout=2.0, health_check_interval=0)
     return aioredis.Redis.from_pool(pool)
+
+
+def _failover_errors() -> tuple:
+    from redis.exceptions import ClusterDownError, ConnectionError, SlotNotCoveredError
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    return (ConnectionError, RedisTimeout, ClusterDownError, SlotNotCoveredError, OSError,
+            TimeoutError)
+
+
+_FAILOVER_ERRORS = _failover_errors()
 
 
 # KEYS[1] event key, KEYS[2] decision key, KEYS[3] generation key (prompt version),
@@ -403,6 +421,8 @@ class StateStore:
         self._load = redis.register_script(LOAD_MANY_LUA)
         self._hp_registered = False
         self._gcache: dict[tuple, tuple[float, list[bytes]]] = {}
+        self._last_refresh = 0.0
+        self._bg: set[asyncio.Task] = set()
         self._glock = asyncio.Lock()
 
     @classmethod
@@ -483,6 +503,27 @@ class StateStore:
                 out[i] = res if isinstance(res, BaseException) else res[j]
         return out
 
+    def _slot_map_stale(self, errors) -> None:
+        """A cluster node refused or failed: refresh the slot map (at most every 0.5 s, in
+        the background), so commands find the replica that took over. redis-py does it
+        for single commands, not for a pipeline's per-command errors."""
+        if not self.cluster or not any(isinstance(e, _FAILOVER_ERRORS) for e in errors):
+            return
+        now = time.monotonic()
+        if now - self._last_refresh < 0.5:
+            return
+        self._last_refresh = now
+
+        async def refresh():
+            try:
+                await self.r.nodes_manager.initialize()
+            except Exception as e:  # noqa: BLE001 - the next error tries again
+                log.debug("slot map refresh failed: %r", e)
+
+        t = asyncio.ensure_future(refresh())
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
     async def _load_pipeline(self, reqs) -> list:
         out: list = []
         for attempt in (0, 1):
@@ -491,7 +532,12 @@ class StateStore:
                 # SCRIPT EXISTS first; execute_command because redis-py's cluster pipeline
                 # blocks its evalsha() method (it routes EVALSHA by its first key all right)
                 pipe.execute_command("EVALSHA", self._load.sha, len(keys), *keys, *arms)
-            out = await pipe.execute(raise_on_error=False)
+            try:
+                out = await pipe.execute(raise_on_error=False)
+            except Exception as e:
+                self._slot_map_stale([e])
+                raise
+            self._slot_map_stale(out)
             if attempt == 0 and any(isinstance(o, NoScriptError) for o in out):
                 await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
                 continue
@@ -541,7 +587,11 @@ class StateStore:
             pipe.hincrby(pk, rec["arm"], 1)
             if self.state_ttl_s > 0 and rec["policy"] not in self.global_policies:
                 pipe.expire(pk, self.state_ttl_s)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except Exception as e:
+            self._slot_map_stale([e])
+            raise
 
     async def apply_reward(self, event_id: str, decision_id: str, user_id: str,
                            reward: float, claim_missing: bool = True) -> ApplyResult:
