@@ -202,10 +202,16 @@ async def run(args) -> dict:
         t_wait = time.monotonic()
         keys = claim_keys(ledger.events)
         applied_claims = 0
+        await r.nodes_manager.initialize()  # this client's slot map, after the failover
         while time.monotonic() - t_wait < 180:
             vals = []
-            for j in range(0, len(keys), 1000):
-                vals += await get_many(r, keys[j:j + 1000])
+            try:
+                for j in range(0, len(keys), 1000):
+                    vals += await get_many(r, keys[j:j + 1000])
+            except Exception:  # noqa: BLE001 - a stale slot map: refresh, look again
+                await r.nodes_manager.initialize()
+                await asyncio.sleep(1.0)
+                continue
             applied_claims = sum(1 for v in vals if v is not None)
             if applied_claims == len(keys):
                 break
