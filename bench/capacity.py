@@ -10,7 +10,7 @@ bytes per decision (S2). Assumptions, all stated in the output: reward window 24
 record grace 1 h (records live 25 h), event claims 48 h, every decision ends with a claim
 (reaction or default reward) and reacted-to ones with two (reaction + the default's
 ``already_rewarded``: ``REACTION_FRACTION``), every user active within ``STATE_TTL_S``,
-FEEDBACK messages ~250 B on disk each, 30 days of DECISIONS and 14 of FEEDBACK kept,
+FEEDBACK messages (reactions only: the default reward publishes nothing) ~250 B on disk each, 30 days of DECISIONS and 14 of FEEDBACK kept,
 jemalloc fragmentation ×1.2, ≤ 25 GB of data per Redis master (fast failover resync and
 AOF rewrite), one replica per master, one scorer replica per ~800 decisions/s (what one
 replica sustained with p99 ≤ 15 ms in bench/results/score.json on a 2-core machine:
@@ -46,7 +46,7 @@ def plan(m: dict, users: int, rate: int) -> dict:
     masters = max(3, math.ceil(mem / GB_PER_MASTER))
     disk = m["nats_disk"]["disk_bytes_per_msg_s2"]
     dec_day = rate * 86400 * disk / 1e9
-    fb_day = rate * (1 + REACTION_FRACTION) * 86400 * FEEDBACK_MSG_B / 1e9
+    fb_day = rate * REACTION_FRACTION * 86400 * FEEDBACK_MSG_B / 1e9  # reactions only
     return {"users": users, "decisions_per_s": rate,
             "redis_data_gb": {"state": round(state_gb, 1), "decision_records": round(rec_gb, 1),
                               "due_sets": round(due_gb, 1), "event_claims": round(claim_gb, 1)},
@@ -77,7 +77,8 @@ def main() -> None:
            f"of state per user, {r['decision_new']} B per decision record, {r['due_entry']} B per "
            f"due-set entry, {r['event_claim']} B per event claim, "
            f"{m['nats_disk']['disk_bytes_per_msg_s2']} B of DECISIONS on disk per decision (S2).",
-           "", __doc__.split("Assumptions, all stated in the output: ")[1].strip()]
+           "", "Assumptions: " + " ".join(
+               __doc__.split("Assumptions, all stated in the output: ")[1].split())]
     (OUT / "capacity.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
