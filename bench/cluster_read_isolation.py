@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared" / "src"))
 
-from tipsml.cluster import ClusterStack  # noqa: E402
-from tipsml.state import StateStore, state_key  # noqa: E402
+from tipsml.cluster import ClusterStack
+from tipsml.state import StateStore, state_key
 
 OUT = ROOT / "bench" / "results" / "cluster_read_isolation.json"
 

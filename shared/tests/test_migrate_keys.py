@@ -6,11 +6,25 @@ import time
 
 import numpy as np
 import pytest
-from tipsml.bandits import (decode_arm, encode_arm, initial_arm, pack, sherman_morrison_update,
-                            stored_update)
+from tipsml.bandits import (
+    decode_arm,
+    encode_arm,
+    initial_arm,
+    pack,
+    sherman_morrison_update,
+    stored_update,
+)
 from tipsml.migrate_keys import run
-from tipsml.state import (GLOBAL_SHARDS, StateStore, decision_key, event_key, generation_key,
-                          global_shard_key, pulls_key, state_key)
+from tipsml.state import (
+    GLOBAL_SHARDS,
+    StateStore,
+    decision_key,
+    event_key,
+    generation_key,
+    global_shard_key,
+    pulls_key,
+    state_key,
+)
 
 pytestmark = pytest.mark.system
 
@@ -44,7 +58,7 @@ async def _old_layout(r, uid):
 
 async def test_migration_moves_old_keys_once_and_they_keep_working(redis_client, stack, uid):
     r = redis_client
-    v, x, g = await _old_layout(r, uid)
+    v, _, g = await _old_layout(r, uid)
     args = argparse.Namespace(src=stack.redis_url, dst=None, ridge_lambda=1.0, dry_run=False,
                               keep=False)
     first = await run(args)

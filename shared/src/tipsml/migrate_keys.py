@@ -35,8 +35,19 @@ import sys
 import numpy as np
 
 from .bandits import HEADER, _tri_index, decode_arm, dim_of, encode_arm
-from .state import (HP_IDS_KEY, StateStore, connect_redis, hp_tag, decision_key, event_key, generation_key,
-                    global_pulls_key, global_shard_key, pulls_key, state_key)
+from .state import (
+    HP_IDS_KEY,
+    StateStore,
+    connect_redis,
+    decision_key,
+    event_key,
+    generation_key,
+    global_pulls_key,
+    global_shard_key,
+    hp_tag,
+    pulls_key,
+    state_key,
+)
 
 
 def _s(b) -> str:

@@ -152,9 +152,9 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout_s: float 
     h2:p2`` (or ``REDIS_CLUSTER=1``) → :class:`redis.asyncio.RedisCluster` (slots from any
     reachable node, MOVED/ASK and failovers followed by redis-py)."""
     if is_cluster_url(url):
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
-
         from urllib.parse import unquote
+
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
 
         rest = url.split("://", 1)[1].split("/", 1)[0]
         tls = url.startswith("rediss")
@@ -491,7 +491,7 @@ class StateStore:
         # a master that does not answer (killed: redis-py retries and refreshes the slot
         # map meanwhile) must not hold the answers of the others: past the deadline its
         # requests fail alone and its pipeline finishes in the background
-        done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        _, pending = await asyncio.wait(tasks, timeout=deadline_s)
         out: list = [None] * len(reqs)
         for idx, t in zip(groups.values(), tasks):
             if t in pending:
