@@ -289,6 +289,57 @@ def write(res: dict, out: Path) -> None:
     print("\n".join(md))
 
 
+def combine(paths: list[str], out: Path) -> None:
+    """Runs of this script (their JSON files) → one table: median [min–max] per figure."""
+    import statistics
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+
+    def agg(get) -> str:
+        xs = [get(r) for r in runs]
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return "-"
+        med = statistics.median(xs)
+        return f"{med:g} [{min(xs):g}–{max(xs):g}]" if len(xs) > 1 else f"{med:g}"
+
+    loads = ", ".join(f"{r['loadavg'][0]:.0f}" for r in runs)
+    names = {"before": "before", "nats_kill_during_10s": "10 s after kill -9 of the scorer's NATS node",
+             "between": "between", "redis_kill_during_10s": "10 s after kill -9 of a Redis master",
+             "after": "after"}
+    md = [f"# Failover under load: {len(runs)} runs (`python bench/cluster_failover.py`, "
+          "then `--combine`)", "",
+          f"Each run: 3 nats-server nodes (R3 streams) + Redis Cluster 3 masters / 3 replicas on "
+          f"this shared {runs[0]['config']['cpus']}-CPU machine (load average at the end of the "
+          f"runs: {loads}), one scorer, one feedback "
+          f"consumer, open-loop `tips.score` at {runs[0]['config']['rate_req_s']:g} req/s, a "
+          f"reaction on {runs[0]['config']['feedback_fraction']:.0%} of the decisions. "
+          "Median [min–max] over the runs.", "",
+          "| window | fallbacks | errors | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+    for k, lab in names.items():
+        md.append(f"| {lab} | {agg(lambda r: r['phases'][k]['fallbacks'])} | "
+                  f"{agg(lambda r: r['phases'][k]['errors'])} | "
+                  f"{agg(lambda r: r['phases'][k]['p50_ms'])} | "
+                  f"{agg(lambda r: r['phases'][k]['p99_ms'])} |")
+    md += ["", "| failover | fallbacks | errors | bad replies lasted (s) | replica promoted after (s) |",
+           "|---|---:|---:|---:|---:|",
+           f"| NATS node | {agg(lambda r: r['nats_failover']['fallbacks'])} | "
+           f"{agg(lambda r: r['nats_failover']['errors'])} | "
+           f"{agg(lambda r: r['nats_failover']['lasted_s'])} | – |",
+           f"| Redis master | {agg(lambda r: r['redis_failover']['fallbacks'])} | "
+           f"{agg(lambda r: r['redis_failover']['errors'])} | "
+           f"{agg(lambda r: r['redis_failover']['lasted_s'])} | "
+           f"{agg(lambda r: r['redis_failover']['replica_promoted_after_s'])} |", "",
+           "| run | rewards published | applied | lost | doubled | arm models ≠ numpy |",
+           "|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(runs, 1):
+        md.append(f"| {i} | {r['rewards_published']} | {r['rewards_applied_outcome']} | "
+                  f"{r['rewards_lost']} | {r['rewards_doubled']} | {r['state_mismatched_arms']} |")
+    out.write_text(json.dumps({"runs": runs}, indent=2))
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def main() -> None:
     exit_on_sigterm()
     ap = argparse.ArgumentParser()
@@ -297,7 +348,12 @@ def main() -> None:
     ap.add_argument("--phase", type=float, default=20.0)
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--out", default=str(OUT / "cluster_failover.json"))
+    ap.add_argument("--combine", nargs="+", metavar="RUN.json",
+                    help="only combine earlier runs' JSON files into --out (median, spread)")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, Path(args.out))
+        return
     res = asyncio.run(run(args))
     write(res, Path(args.out))
 
