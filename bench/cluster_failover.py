@@ -317,10 +317,10 @@ def combine(paths: list[str], out: Path) -> None:
           "Median [min–max] over the runs.", "",
           "| window | fallbacks | errors | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
     for k, lab in names.items():
-        md.append(f"| {lab} | {agg(lambda r: r['phases'][k]['fallbacks'])} | "
-                  f"{agg(lambda r: r['phases'][k]['errors'])} | "
-                  f"{agg(lambda r: r['phases'][k]['p50_ms'])} | "
-                  f"{agg(lambda r: r['phases'][k]['p99_ms'])} |")
+        md.append(f"| {lab} | {agg(lambda r, k=k: r['phases'][k]['fallbacks'])} | "
+                  f"{agg(lambda r, k=k: r['phases'][k]['errors'])} | "
+                  f"{agg(lambda r, k=k: r['phases'][k]['p50_ms'])} | "
+                  f"{agg(lambda r, k=k: r['phases'][k]['p99_ms'])} |")
     md += ["", "| failover | fallbacks | errors | bad replies lasted (s) | replica promoted after (s) |",
            "|---|---:|---:|---:|---:|",
            f"| NATS node | {agg(lambda r: r['nats_failover']['fallbacks'])} | "
