@@ -104,7 +104,8 @@ COUNT_NOUNS = frozenset([
     "piece", "pieces", "chunk", "chunks", "point", "points", "question", "questions", "idea",
     "ideas", "stretch", "stretches", "sip", "sips", "glass", "glasses", "priorities", "tab",
     "tabs", "task", "tasks", "bullet", "bullets", "word", "words", "page", "pages", "minute",
-    "minutes",
+    "minutes", "heading", "headings", "section", "sections", "paragraph", "paragraphs", "note",
+    "notes",
 ])
 MAX_ACTION_COUNT = 5
 MONTHS = ("january|february|march|april|may|june|july|august|september|october|november|"
@@ -199,9 +200,11 @@ _NUM = re.compile(r"(?<![\w.])(\d+(?:[.,:]\d+)*)(\s*(?:%|percent\b|per cent\b|am
                   r"p\.m\.|st\b|nd\b|rd\b|th\b|k\b|x\b|/\d+))?", re.IGNORECASE)
 _NUMWORD = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r")\b(?:[- ](?:" +
                       "|".join(NUMBER_WORDS) + r"))?", re.IGNORECASE)
+_SPAN = r"(?:\d+|a few|several|a couple of|" + "|".join(NUMBER_WORDS) + r")"
 _DATEWORD = re.compile(rf"\b(?:(?:{MONTHS})\.?\s+\d|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?"
-                       rf"(?:{MONTHS})\b|(?:19|20)\d\d\b|\b\d+\s+(?:days?|weeks?|months?|years?)"
-                       rf"\s+ago\b|\byesterday\b|\blast (?:week|month|year)\b)", re.IGNORECASE)
+                       rf"(?:{MONTHS})\b|(?:19|20)\d\d\b|{_SPAN}\s+(?:days?|weeks?|months?|"
+                       rf"years?)\b|\byesterday\b|\blast (?:week|month|year)\b|\bago\b)",
+                       re.IGNORECASE)
 _PERCENT_WORDS = re.compile(r"\b(?:" + "|".join(NUMBER_WORDS) + r")[- ]?(?:percent|per cent)\b",
                             re.IGNORECASE)
 
@@ -286,6 +289,7 @@ class Bound:
     task_titles: tuple[str, ...]
     task_stems: tuple[frozenset[str], ...]
     numbers: Numbers
+    typed: str  # the task titles and due dates, lower case (what the user wrote)
     echo_grams: frozenset[tuple[str, ...]]
     foreign_stems: frozenset[str]
     title_words: frozenset[str]
@@ -294,7 +298,7 @@ class Bound:
 
     # -------------------------------------------------- checks (name -> method)
     def c_empty(self, rule: Rule, text: str, raw: str) -> str | None:
-        return "empty" if not words_of(text) else None
+        return "empty" if not re.search(r"\w", text) else None
 
     def c_patterns(self, rule: Rule, text: str, raw: str) -> str | None:
         for pats, flags in ((rule.patterns, re.IGNORECASE), (rule.case_patterns, 0)):
@@ -383,11 +387,9 @@ class Bound:
 
     def c_numbers(self, rule: Rule, text: str, raw: str) -> str | None:
         n = self.numbers
-        m = _DATEWORD.search(text)
-        if m:
-            inside = _numbers_in(m.group(0))
-            if not inside or not inside <= n.counts or re.search(
-                    r"ago|yesterday|last", m.group(0), re.IGNORECASE):
+        for m in _DATEWORD.finditer(text):
+            # a date or a span of days the user typed (a title, a due date) may be named
+            if m.group(0).lower() not in self.typed:
                 return m.group(0)
         m = _PERCENT_WORDS.search(text)
         if m:
@@ -545,7 +547,7 @@ def _is_time_boxed(text: str) -> bool:
 
 def _is_action_amount(low: str, end: int, value: float) -> bool:
     """True when the number ending at ``end`` in ``low`` measures the suggested action."""
-    rest = low[end:end + 40]
+    rest = low[end:end + 40].replace(",", " ")  # "three small, concrete steps"
     m = re.match(r"\s*-?\s*([a-z]+)(?:\s+([a-z]+))?(?:\s+([a-z]+))?", rest)
     if not m:
         return False
@@ -639,8 +641,10 @@ def bind(ctx: PromptContext | None, arm: str, pv: PromptVersion | None = None) -
     title_words = frozenset(w.lower() for t in titles for w in words_of(t))
     days = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
     mine = set().union(*task_stems) if task_stems else set()
+    typed = " | ".join([*titles, *(t.due for t in ctx.tasks if t.due)]
+                       if ctx is not None else []).lower()
     return Bound(arm=arm, task_titles=titles, task_stems=task_stems,
-                 numbers=_context_numbers(ctx),
+                 numbers=_context_numbers(ctx), typed=typed,
                  echo_grams=frozenset(_grams(_echo_sources(ctx, pv), ECHO_NGRAM)),
                  foreign_stems=frozenset(_example_task_stems(pv) - mine),
                  title_words=title_words | frozenset(days), n_tasks=len(titles), ctx=ctx)
