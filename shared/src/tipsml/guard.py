@@ -137,7 +137,7 @@ RULES: tuple[Rule, ...] = (
          "echo",
          patterns=(r"</?\s*tasks\s*>?", r"<\|", r"\|>", r"\[/?inst\]", r"</?s>",
                    r"\btip kind\b", r"\bopen tasks\s*:", r"\buser habits\b",
-                   r"\brecent activity\s*:", r"\bwrite the tip\b", r"\bpriority \d\s*/\s*4\b",
+                   r"\brecent activity\s*:", r"\bwrite the tip\b", r"\b\d\s*/\s*4\b",
                    r"\btime\s*:\s*\w+day\b", r"\boverdue\s*:\s*\d",
                    r"\bignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier)\b")),
     Rule("meta",
@@ -292,6 +292,7 @@ class Bound:
     typed: str  # the task titles and due dates, lower case (what the user wrote)
     echo_grams: frozenset[tuple[str, ...]]
     foreign_stems: frozenset[str]
+    template_phrases: tuple[str, ...]  # the fixed words of the user message template
     title_words: frozenset[str]
     n_tasks: int
     ctx: PromptContext | None = None
@@ -324,6 +325,10 @@ class Bound:
                 return " ".join(g)
         if self.ctx is not None and self.ctx.echoes_tasks(text):
             return "task title copied"
+        norm = " ".join(w.lower() for w in words_of(text))
+        for phrase in self.template_phrases:
+            if f" {phrase} " in f" {norm} ":
+                return phrase
         foreign = self.foreign_stems.intersection(_stems(text))
         if foreign:
             return f"example task: {min(foreign)}"
@@ -421,12 +426,24 @@ class Bound:
                 return m.group(0)
             if suffix in ("k", "x"):
                 return m.group(0)
-            if v in n.counts or _is_action_amount(low, m.end(), v):
+            # digits only measure the action ("25 minutes"); a count is a word ("three
+            # small steps"), a digit count ("top 3 tasks") reads as a statistic
+            # a number the user typed ("chapter 4") as typed; the task counts of the
+            # context ("your 3 open tasks") only about tasks
+            if re.search(rf"(?<![\w.]){re.escape(raw_num)}(?![\w.])", self.typed):
+                continue
+            if v in n.counts and re.match(r"\s*(?:open |overdue |more )?(?:tasks?|overdue)\b",
+                                          low[m.end():m.end() + 20]):
+                continue
+            if _is_action_amount(low, m.end(), v, counts=False):
                 continue
             return m.group(0)
         for m in _NUMWORD.finditer(text):
             v = float(NUMBER_WORDS[m.group(1).lower()])
-            if v in n.counts or _is_action_amount(low, m.end(), v):
+            if m.group(0).lower() in self.typed or _is_action_amount(low, m.end(), v):
+                continue
+            if v in n.counts and re.match(r"\s*(?:open |overdue |more )?(?:tasks?|overdue)\b",
+                                          low[m.end():m.end() + 20]):
                 continue
             return m.group(0)
         return None
@@ -453,8 +470,8 @@ class Bound:
                 return f"repeated letters: {t[:30]}"
             if len(t) > 5 and t.isalpha() and not re.search(r"[aeiouy]", t):
                 return f"no vowels: {t}"
-        for i in range(len(toks) - 2):
-            if toks[i] == toks[i + 1] == toks[i + 2]:
+        for i in range(len(toks) - 1):
+            if toks[i] == toks[i + 1] and toks[i].isalpha():
                 return f"repeated word: {toks[i]}"
         grams = [tuple(toks[i:i + 3]) for i in range(len(toks) - 2)]
         if len(grams) != len(set(grams)):
@@ -501,12 +518,15 @@ class Bound:
         k = self.names_task(t)
         if k is not None:                                          # relevance: the tasks
             s += 2.0 if k == 0 else 1.5
+        elif not self.n_tasks:                                     # (none to name)
+            s += 2.0
         s += min(2.0, 0.75 * intent_hits(t, self.arm))             # fits the tip kind
         n = len(t.split())
         s += 1.0 if 10 <= n <= 30 else 0.0                         # short, not terse
-        first = words_of(t)[:1]
-        if first and first[0].lower() in ACTION_VERBS:             # actionable: imperative
-            s += 1.0
+        if imperative(t):                                          # actionable: an order
+            s += 1.5
+        elif re.search(r"\byou(?:r|'ll|'re)?\b", t, re.IGNORECASE):  # at least spoken to
+            s += 0.5
         if _is_time_boxed(t):                                      # a small, concrete step
             s += 0.5
         if t.endswith("?"):                                        # a question, no action
@@ -522,18 +542,32 @@ CHECKS = {
 assert all(r.check in CHECKS for r in RULES)
 
 ACTION_VERBS = frozenset([
-    "block", "close", "pick", "choose", "write", "start", "take", "step", "stand", "stretch",
-    "drink", "put", "move", "mark", "spend", "turn", "silence", "open", "set", "list", "split",
-    "break", "finish", "send", "spend", "give", "book", "answer", "review", "fix", "prepare",
-    "approve", "outline", "draft", "sketch", "reply", "email", "plan", "schedule", "do", "try",
-    "focus", "walk", "breathe", "look", "jot", "note", "decide", "sort", "check", "clear",
-    "leave", "begin", "read", "revise", "tell", "ask", "call", "rest", "pause",
+    "add", "answer", "approve", "ask", "begin", "block", "book", "break", "breathe", "call",
+    "check", "choose", "clear", "close", "cross", "decide", "defer", "delay", "do", "draft",
+    "drink", "drop", "email", "finish", "fix", "focus", "get", "give", "go", "grab", "jot",
+    "keep", "leave", "let", "limit", "list", "look", "make", "mark", "move", "mute", "note",
+    "open", "outline", "pause", "pick", "plan", "postpone", "prepare", "prioritize", "protect",
+    "put", "rank", "read", "reply", "rest", "review", "revise", "schedule", "send", "set",
+    "silence", "sit", "sketch", "sort", "spend", "split", "stand", "start", "step", "stop",
+    "stretch", "tackle", "take", "tell", "tidy", "try", "turn", "use", "walk", "wrap", "write",
 ])
 
 
 # markup in the raw completion that the clean-up removed: a list or markdown means the
 # model wrote a document, not a tip, even when the first item reads well on its own
 RAW_MARKUP = (r"^\s*(?:[-*•·+]|\d+[.)])\s+\S", r"^\s*#{1,6}\s", r"\*\*|__|`")
+
+
+_LEAD = re.compile(r"^(?:(?:today|now|tonight|first|next|then|right now|this \w+|"
+                   r"(?:before|after|once|when|while|if|as soon as) [^,.;:]{1,50}),\s+)?"
+                   r"(?P<neg>(?:don't|do not|never)\s+)?(?P<verb>[a-z]+)", re.IGNORECASE)
+
+
+def imperative(text: str) -> bool:
+    """The tip tells the user to do something: an action verb first, possibly after a
+    short lead-in ("Today, ...", "Before you log off, ...") or "Don't"."""
+    m = _LEAD.match(text.strip().lstrip("\"'“‘(").replace("’", "'"))
+    return bool(m) and (bool(m.group("neg")) or m.group("verb").lower() in ACTION_VERBS)
 
 
 def _is_time(s: str) -> bool:
@@ -545,8 +579,9 @@ def _is_time_boxed(text: str) -> bool:
                           r"(?:minutes?|mins?|seconds?)\b", text, re.IGNORECASE))
 
 
-def _is_action_amount(low: str, end: int, value: float) -> bool:
-    """True when the number ending at ``end`` in ``low`` measures the suggested action."""
+def _is_action_amount(low: str, end: int, value: float, counts: bool = True) -> bool:
+    """True when the number ending at ``end`` in ``low`` measures the suggested action
+    (a duration; with ``counts``, also a small count of steps, items ...)."""
     rest = low[end:end + 40].replace(",", " ")  # "three small, concrete steps"
     m = re.match(r"\s*-?\s*([a-z]+)(?:\s+([a-z]+))?(?:\s+([a-z]+))?", rest)
     if not m:
@@ -554,7 +589,7 @@ def _is_action_amount(low: str, end: int, value: float) -> bool:
     w1, w2, w3 = m.group(1), m.group(2), m.group(3)
     if w1 in DURATION_UNITS:
         return value <= DURATION_UNITS[w1]
-    if value > MAX_ACTION_COUNT:
+    if not counts or value > MAX_ACTION_COUNT:
         return False
     if w1 in COUNT_NOUNS or (w2 in COUNT_NOUNS and w1 not in ("days", "weeks")):
         return True
@@ -624,6 +659,20 @@ def _example_task_stems(pv: PromptVersion | None) -> set[str]:
     return out
 
 
+def _template_phrases(pv: PromptVersion | None) -> tuple[str, ...]:
+    """The fixed parts of a version's user message ("One sentence for this person"), as
+    lower-case words, when they have 3 words or more."""
+    if pv is None:
+        return ()
+    out = []
+    for piece in re.split(r"\{\w+\}", pv.user_template):
+        for part in re.split(r"[\n.:—]", piece):
+            ws = [w.lower() for w in words_of(part)]
+            if len(ws) >= 3:
+                out.append(" ".join(ws))
+    return tuple(out)
+
+
 def _grams(texts: list[str], n: int) -> set[tuple[str, ...]]:
     g: set[tuple[str, ...]] = set()
     for t in texts:
@@ -647,6 +696,7 @@ def bind(ctx: PromptContext | None, arm: str, pv: PromptVersion | None = None) -
                  numbers=_context_numbers(ctx), typed=typed,
                  echo_grams=frozenset(_grams(_echo_sources(ctx, pv), ECHO_NGRAM)),
                  foreign_stems=frozenset(_example_task_stems(pv) - mine),
+                 template_phrases=_template_phrases(pv),
                  title_words=title_words | frozenset(days), n_tasks=len(titles), ctx=ctx)
 
 

@@ -40,8 +40,9 @@ class HeldoutRule:
 
 RULES: tuple[HeldoutRule, ...] = (
     HeldoutRule("rubric_format", "rubric tip-v1 flags: format_ok and not overlong"),
-    HeldoutRule("addresses_user", "speaks to the user: 'you'/'your' or an imperative verb "
-                                  "first"),
+    HeldoutRule("addresses_user", "speaks to the user: 'you'/'your', or an imperative verb "
+                                  "first (after a short lead-in such as 'Today,'), or "
+                                  "'Don't ...'"),
     HeldoutRule("no_speaker", "no first-person speaker: I, me, my, we, our, us"),
     HeldoutRule("no_question", "an action, not a question"),
     HeldoutRule("no_past_claims", "no claims about what the user did: 'you completed', "
@@ -89,7 +90,13 @@ def r_rubric_format(text: str, titles: list[str]) -> str | None:
 def r_addresses_user(text: str, titles: list[str]) -> str | None:
     if re.search(r"\byou(?:r|rs|rself|'re|'ll|'ve)?\b", text, re.IGNORECASE):
         return None
-    first = re.findall(r"[A-Za-z]+", text)[:1]
+    body = text.replace("’", "'")
+    head, sep, tail = body.partition(",")
+    if sep and len(head.split()) <= 6:  # "Today, choose ...": a short lead-in first
+        body = tail
+    if re.match(r"\s*(?:don't|do not|never)\b", body, re.IGNORECASE):
+        return None
+    first = re.findall(r"[A-Za-z]+", body)[:1]
     if first and first[0].lower() in _IMPERATIVES:
         return None
     return "no 'you' and no imperative"
