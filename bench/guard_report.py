@@ -112,7 +112,9 @@ def evaluate(rows: list[dict], versions: list[str], scens, args) -> tuple[list, 
             scr.append(s)
             cands.append({**r, "text": s.text, "ok": s.verdict.ok,
                           "reasons": list(s.verdict.reasons), "details": s.verdict.details,
-                          "primary": s.verdict.reason})
+                          "primary": s.verdict.reason,
+                          "score": bound.score(s.text) if s.verdict.ok else None,
+                          "below_min_score": s.verdict.ok and bound.score(s.text) < args.min_score})
         # before: the old path (one candidate, postprocess + echo check, old fallback)
         first = grp[0] if grp[0]["j"] == 0 else min(grp, key=lambda x: x["j"])
         tp = postprocess(first["raw"], truncated=first["finish_reason"] == "length")
@@ -191,6 +193,8 @@ def summarize(cands: list[dict], served: list[dict], versions: list[str]) -> dic
         block = {
             "candidates": n,
             "rejected_share": share(sum(1 for c in cs if not c["ok"]), n),
+            "passed_but_below_min_score_share": share(sum(1 for c in cs
+                                                          if c.get("below_min_score")), n),
             "rejected_share_by_primary_reason": {k: share(prim[k], n) for k in G.REASONS
                                                  if prim[k]},
             "rejected_share_by_any_reason": {k: share(anyr[k], n) for k in G.REASONS
@@ -335,6 +339,7 @@ def main() -> int:
         json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     (args.out_dir / "guard_examples.md").write_text(
         examples_md(res["served"], list(res["versions"]), res))
+    (args.out_dir / "guard_candidates.partial.json").unlink(missing_ok=True)
     print_table(res)
     print(f"-> {args.out_dir / 'guard_report.json'}, {args.out_dir / 'guard_examples.md'}")
     return 0
