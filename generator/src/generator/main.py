@@ -61,7 +61,8 @@ class GeneratorMetrics:
                                  "LLM candidates screened by the guard (cache refresh and "
                                  "cache miss)", ["prompt_version"], registry=r)
         self.rejected = Counter("generator_rejected_total",
-                                "LLM candidates the guard rejected, by primary reason",
+                                "LLM candidates not served: the guard's primary reason, or "
+                                "below_min_score (passed, ranked under the bar)",
                                 ["reason", "prompt_version"], registry=r)
         self.signals = Counter("generator_signals_total", "signals by outcome", ["outcome"],
                                registry=r)

@@ -53,6 +53,7 @@ ARM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 EXPOSURES_STREAM = "tips:exposures"
 PV_SERVED_KEY = "tips:pv:served"
 SIGNALS_KEPT = 20
+BELOW_BAR = "below_min_score"  # passed the guard, ranked under GENERATOR_MIN_SCORE
 
 # KEYS[1] candidate list. Returns {entry, remaining} or nil.
 TAKE_LUA = r"""
@@ -165,7 +166,7 @@ class RefreshResult:
     written: int = 0
     skipped_full: int = 0
     failed: int = 0
-    bad_output: int = 0          # candidates the guard rejected
+    bad_output: int = 0          # candidates the guard rejected or under the ranker's bar
     generated: int = 0           # candidates screened
     rejected: dict[str, int] = field(default_factory=dict)  # primary reason -> count
     errors: list[str] = field(default_factory=list)
@@ -292,12 +293,11 @@ class Generator:
                     self._observe_llm("request", llm_res)
                     sc = screen(bound, llm_res.text, llm_res.finish_reason == "length",
                                 self.cfg.max_tip_chars)
-                    self._count_screened(pv.version, sc)
-                    if sc.verdict.ok and bound.score(sc.text) >= self.cfg.min_score:
+                    if self._count_screened(pv.version, sc, bound):
                         source, tip, used_model, overlong = "llm", sc.text, model, sc.overlong
                         reason = None
                         break
-                    reason = f"bad_output:{sc.verdict.reason or 'low_score'}"
+                    reason = f"bad_output:{sc.verdict.reason or BELOW_BAR}"
             finally:
                 self._fg -= 1
             if source != "llm":
@@ -448,11 +448,10 @@ class Generator:
                     self._observe_llm("refresh", out)
                     sc = screen(bound, out.text, out.finish_reason == "length",
                                 self.cfg.max_tip_chars)
-                    self._count_screened(version, sc)
                     res.generated += 1
-                    if not sc.verdict.ok:
+                    if not self._count_screened(version, sc, bound):
                         res.bad_output += 1
-                        r = sc.verdict.reason or "unknown"
+                        r = sc.verdict.reason or BELOW_BAR
                         res.rejected[r] = res.rejected.get(r, 0) + 1
                     screened.append(sc)
                 kept = select(bound, screened, self.cfg.keep, self.cfg.min_score)
@@ -562,12 +561,17 @@ class Generator:
             for t in pending:
                 t.cancel()
 
-    def _count_screened(self, version: str, sc: Screened) -> None:
-        if not self.m:
-            return
-        self.m.generated.labels(version).inc()
-        if not sc.verdict.ok:
-            self.m.rejected.labels(sc.verdict.reason, version).inc()
+    def _count_screened(self, version: str, sc: Screened, bound: G.Bound) -> bool:
+        """Count a screened candidate; True when it may be served (passes the guard and
+        the ranker's bar). Below the bar counts as reason ``below_min_score``."""
+        ok = sc.verdict.ok and bound.score(sc.text) >= self.cfg.min_score
+        if self.m:
+            self.m.generated.labels(version).inc()
+            if not sc.verdict.ok:
+                self.m.rejected.labels(sc.verdict.reason, version).inc()
+            elif not ok:
+                self.m.rejected.labels(BELOW_BAR, version).inc()
+        return ok
 
     def _observe_llm(self, purpose: str, r) -> None:
         if not self.m:
