@@ -216,8 +216,11 @@ def summarize(cands: list[dict], served: list[dict], versions: list[str]) -> dic
 def examples_md(served: list[dict], versions: list[str], meta: dict) -> str:
     lines = ["# Served tips, guard off (before) and on (after)", "",
              (f"`python bench/guard_report.py` — {meta['ts']}, model {meta['model']}, guard "
-             f"`{meta['guard_id']}`, {meta['candidates']} candidates per refresh, keep "
-             f"{meta['keep']}. One row per simulated refresh: **after** is the best kept tip "
+             f"`{meta['guard_id']}`, seed {meta['seed']}, {meta['candidates']} candidates per "
+             f"refresh, keep {meta['keep']}, min score {meta['min_score']}"
+             + (f", candidates reused from `{meta['reused_candidates_from']}`"
+                if meta.get("reused_candidates_from") else "")
+             + ". One row per simulated refresh: **after** is the best kept tip "
              "(what the cache serves first), **before** what the generator served without "
              "the guard. `held-out` lists the independent rules a served tip fails "
              "(empty = passes); `src` is llm or fallback."), ""]
