@@ -108,7 +108,7 @@ async def test_signal_prefills_the_cache_then_request_is_a_hit(nc, redis_client,
                "payload": {"context": CTX, "profile_features": {"completion_rate": 0.7}}}
         key = cand_key(uid, "focus_block", "v4-grounded", "openai/smollm2-135m")
         refreshes, last = 0, 0.0
-        for _ in range(1800):  # each refresh is 3 real generations (~1 s each, more when busy)
+        for _ in range(3000):  # each refresh is 3 real generations (~1 s each, more when busy)
             if await redis_client.llen(key):
                 break
             done = w.value("generator_signals_total", outcome="refreshed")
