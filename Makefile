@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down bench-score bench-generate bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
+.PHONY: setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down bench-score bench-generate guard-report bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-score: setup  ## 500 and 1000 req/s vs echo; SWEEP=1: find the knee (3 run
 
 bench-generate: setup
 	$(BIN)/python bench/generate_bench.py
+
+guard-report: setup  ## guard off vs on: rejections per reason, served tips passing a held-out check -> bench/results/guard_report.json, guard_examples.md
+	$(BIN)/python bench/guard_report.py
 
 bench-job: setup  ## 3 prompts x 4 scenarios x embedded model -> bench/results/bench_job.json
 	$(BIN)/python bench/bench_job.py

@@ -110,9 +110,12 @@ def main() -> int:
                 "numpy; a plain Gauss–Hermite rule in each arm's variable, the textbook route, "
                 "is shown for comparison: as good on the simulator's posteriors (widths within "
                 "~4× of each other), it misses when the widths differ a lot (adversarial "
-                "cases). The IPS bias of Thompson-logged data is gone (+2.9% → −0.6% on average "
-                "over 3 seeds; the per-seed spread is IPS's own variance). The price is "
-                "~35–40 µs more per Thompson decision. `make thompson`:", "", tp.read_text().strip(), "",
+                "cases). The IPS bias of Thompson-logged data is gone: over 10 seeds IPS's mean "
+                "error goes from +4.3% [+1.8, +6.8] to +0.1% [−3.2, +3.4]. The price is CPU: "
+                "a Thompson decision costs ~40 µs more at load 5 on this shared 2-core box "
+                "(89 vs 49 µs per `choose`, an earlier run) and ~110 µs more at load 10 (the "
+                "run below); Thompson is neither live nor a shadow by default. "
+                "`make thompson`:", "", tp.read_text().strip(), "",
                 "`THOMPSON_PROPENSITY=mc` restores the former 256-draw estimate (its own "
                 "policy version, `m=256` instead of `p=exact`).", ""]
     ope = ROOT / "sim_ope.json"
@@ -129,8 +132,8 @@ def main() -> int:
                 summary_table(o["rows"]), "",
                 "![OPE vs online](sim_ope.png)", "",
                 "Thompson's propensities are now exact (above); before, under Thompson logging "
-                "plain IPS ran high (+2.9% over these seeds, ~+5% in an earlier measurement), "
-                "the bias of 1/p̂ for a 256-draw p̂.", "",
+                "plain IPS ran high (+4.3% [+1.8, +6.8] over 10 seeds), the bias of 1/p̂ for "
+                "a 256-draw p̂.", "",
                 "LinUCB is not a valid logging policy: it is deterministic (propensity 1 for its "
                 "arm, 0 for the others), so the log has no support for the arms it never picks; "
                 "the row is there to show IPS/SNIPS failing on it (DR can look right by luck of "

@@ -16,8 +16,9 @@
    2-core box is shared: the spread is printed).
 3. OPE of Thompson against its online value before (``THOMPSON_PROPENSITY=mc``) and after
    (``exact``), exactly as ``make ope`` does (target trained 100 rounds and frozen, 300
-   users × 150 logged rounds, seeds 0, 1, 2), for Thompson as the logging policy
-   (thompson → egreedy-v2) and as the target (egreedy-v1 → thompson).
+   users × 150 logged rounds), for Thompson as the logging policy (thompson →
+   egreedy-v2, seeds 0–9: this is where its propensity enters IPS) and as the target
+   (egreedy-v1 → thompson, seeds 0, 1, 2).
 
 Writes ``bench/results/thompson_propensity.json`` and ``.md``.
 """
@@ -41,6 +42,7 @@ from tipsml.bandits import pack, thompson_probs
 from tipsml.ope import validate_pair
 from tipsml.sim.inproc import StateBook, policy_rng, run_policy
 from tipsml.sim.runner import policies_from_env
+from tipsml.sim.stats import mean_ci
 from tipsml.sim.world import make_episode
 
 DRAWS = 1_000_000
@@ -185,9 +187,11 @@ def _ope_job(args):
 def ope(quick: bool, workers: int) -> list[dict]:
     kw = {"users": 100, "warmup": 50, "rounds": 60} if quick else {"users": 300, "warmup": 100,
                                                                      "rounds": 150}
-    seeds = (0,) if quick else (0, 1, 2)
-    jobs = [(lp, tp, mode, dict(kw, seed=s)) for mode in ("mc", "exact") for s in seeds
-            for lp, tp in (("thompson", "egreedy-v2"), ("egreedy-v1", "thompson"))]
+    # Thompson as the logging policy is where the propensity enters IPS: 10 seeds there
+    pairs = {("thompson", "egreedy-v2"): (0,) if quick else tuple(range(10)),
+             ("egreedy-v1", "thompson"): (0,) if quick else (0, 1, 2)}
+    jobs = [(lp, tp, mode, dict(kw, seed=s)) for mode in ("mc", "exact")
+            for (lp, tp), seeds in pairs.items() for s in seeds]
     with ProcessPoolExecutor(max_workers=workers or None) as ex:
         return list(ex.map(_ope_job, jobs))
 
@@ -203,8 +207,13 @@ def ope_table(rows: list[dict]) -> str:
 
         def cell(k, rs=rs, on=on):
             v = np.mean([r[k]["value"] for r in rs])
-            worst = max((r[k]["rel_err_pct"] for r in rs), key=abs)
-            return f"{v:.3f} ({100 * (v - on) / on:+.1f}%, {worst:+.1f}%)"
+            errs = np.array([r[k]["rel_err_pct"] for r in rs])
+            worst = max(errs, key=abs)
+            if len(errs) >= 5:  # mean of the per-seed errors with its 95% t-interval
+                ci = mean_ci(errs)
+                return (f"{v:.3f} (mean err {ci['mean']:+.1f}% [{ci['lo']:+.1f}, {ci['hi']:+.1f}], "
+                        f"worst {worst:+.1f}%)")
+            return f"{v:.3f} (mean err {errs.mean():+.1f}%, worst {worst:+.1f}%)"
         label = "M=256 draws (before)" if mode == "mc" else "exact (after)"
         lines.append(f"| {lp} → {tp} | {label} | {len(rs)} | {on:.3f} | {cell('ips')} | "
                      f"{cell('snips')} | {cell('dr')} |")
@@ -218,7 +227,13 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-ope", action="store_true")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "thompson_propensity"))
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args(argv)
+    if args.render_only:
+        res = json.loads(Path(f"{args.out}.json").read_text())
+        Path(f"{args.out}.md").write_text(report(res) + "\n")
+        print(report(res))
+        return 0
     t0 = time.perf_counter()
     res = {"accuracy": accuracy(args.quick), "cost_us": cost()}
     if not args.skip_ope:

@@ -206,8 +206,8 @@ def check_ok(subject: str, req, rep: dict) -> None:
 
 
 async def snapshot(r) -> dict[bytes, str]:
-    # the default-reward sweeper's shard leases (tips:due:{n}:lease, SET NX PX every
-    # DEFAULT_REWARD_SWEEP_S) come and go on their own clock: coordination, not state
+    # sweep leases (``…:lease``, held ~5 s by the default-reward sweeper every second) come
+    # and go on their own: bookkeeping, not state a request could have changed
     keys = [k async for k in r.scan_iter(count=2000) if not k.endswith(b":lease")]
     pipe = r.pipeline(transaction=False)
     for k in keys:

@@ -57,6 +57,13 @@ class GeneratorMetrics:
         self.candidates = Counter("generator_candidates_written_total",
                                   "pre-generated candidates written to the cache",
                                   ["prompt_version"], registry=r)
+        self.generated = Counter("generator_candidates_generated_total",
+                                 "LLM candidates screened by the guard (cache refresh and "
+                                 "cache miss)", ["prompt_version"], registry=r)
+        self.rejected = Counter("generator_rejected_total",
+                                "LLM candidates not served: the guard's primary reason, or "
+                                "below_min_score (passed, ranked under the bar)",
+                                ["reason", "prompt_version"], registry=r)
         self.signals = Counter("generator_signals_total", "signals by outcome", ["outcome"],
                                registry=r)
         self.refresh = Counter("generator_refresh_generations_total",

@@ -124,9 +124,13 @@ async def demo(args) -> int:
     _say(f"== tips ML demo ({run_id}) ==")
     _say("starting nats-server (JetStream) + redis-server" + ("" if args.no_llm else
          " + local LLM server") + " ...")
+    # the prompt version whose tips pass the guard most often with the embedded 135M
+    # model (bench/results/guard_report.json); DEFAULT_PROMPT_VERSION overrides it
+    pv = os.environ.get("DEFAULT_PROMPT_VERSION") or "v4-grounded"
     svc = Services(embedded=True, llm=not args.no_llm,
                    workers=CORE_WORKERS + OPTIONAL_WORKERS, log_dir=str(OUT_DIR / "logs"),
-                   worker_env={"REWARD_WINDOW_S": str(args.reward_window_s)})
+                   worker_env={"REWARD_WINDOW_S": str(args.reward_window_s),
+                               "DEFAULT_PROMPT_VERSION": pv})
     t_start = time.monotonic()
     try:
         await svc.__aenter__()
