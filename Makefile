@@ -42,8 +42,9 @@ down:
 up-cluster: setup  ## 3 nats-server nodes (JetStream cluster, R3) + Redis Cluster 3 masters/3 replicas; `make down` stops it
 	$(BIN)/python -m tipsml.launcher up --cluster
 
-test-cluster: setup  ## the contract + exactly-once set (marker `cluster`) on a real NATS cluster + Redis Cluster
-	$(BIN)/python -m pytest -q --cluster -m cluster
+test-cluster: setup  ## the contract + exactly-once set (marker `cluster`) on a real NATS cluster + Redis Cluster; FAULTS=1 adds the node-kill fault test
+	$(BIN)/python -m pytest -q --cluster -m "cluster and not slow"
+	@if [ -n "$(FAULTS)" ]; then $(BIN)/python -m pytest -q --cluster tests/faults/test_fault_cluster.py; fi
 
 bench-failover: setup  ## kill -9 a NATS node, then a Redis master, under load -> bench/results/cluster_failover.*
 	$(BIN)/python bench/cluster_failover.py
