@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast up provision down bench-score bench-generate guard-report bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
+.PHONY: setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down bench-score bench-generate guard-report bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,19 @@ provision: setup  ## streams and durables on NATS_URL as NATS_USER (admin), e.g.
 
 down:
 	$(BIN)/python -m tipsml.launcher down
+
+up-cluster: setup  ## 3 nats-server nodes (JetStream cluster, R3) + Redis Cluster 3 masters/3 replicas; `make down` stops it
+	$(BIN)/python -m tipsml.launcher up --cluster
+
+test-cluster: setup  ## the contract + exactly-once set (marker `cluster`) on a real NATS cluster + Redis Cluster; FAULTS=1 adds the node-kill fault test
+	$(BIN)/python -m pytest -q --cluster -m "cluster and not slow"
+	@if [ -n "$(FAULTS)" ]; then $(BIN)/python -m pytest -q --cluster tests/faults/test_fault_cluster.py; fi
+
+bench-failover: setup  ## kill -9 a NATS node, then a Redis master, under load -> bench/results/cluster_failover.*
+	$(BIN)/python bench/cluster_failover.py
+
+compact-state: setup  ## bytes per user / decision record / DECISIONS message + float32 precision -> bench/results/compact_state.*
+	$(BIN)/python bench/compact_state.py
 
 bench-score: setup  ## 500 and 1000 req/s vs echo; SWEEP=1: find the knee (3 runs per rate, 1 and 2 scorer replicas)
 	@if [ -n "$(SWEEP)" ]; then \

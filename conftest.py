@@ -3,6 +3,11 @@
 Set ``TIPS_TEST_EXTERNAL=1`` to use ``NATS_URL``/``REDIS_URL`` instead (e.g. the
 machine's own servers); by default every test session starts its own servers with
 the same launcher as ``make run``.
+
+``pytest --cluster`` (or ``TIPS_TEST_CLUSTER=1``) runs the tests marked ``cluster`` (the
+contract and exactly-once set) against a real cluster instead: 3 nats-server nodes in
+one JetStream cluster (streams R3) and a Redis Cluster of 3 masters + 3 replicas
+(:class:`tipsml.cluster.ClusterStack`); ``make test-cluster``.
 """
 
 from __future__ import annotations
@@ -16,8 +21,42 @@ import pytest_asyncio
 from tipsml.launcher import EmbeddedStack
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cluster", action="store_true", default=False,
+                     help="run the `cluster`-marked tests on a 3-node NATS + 6-node Redis Cluster")
+
+
+def _cluster_mode(config) -> bool:
+    return bool(config.getoption("--cluster")) or os.environ.get("TIPS_TEST_CLUSTER") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not _cluster_mode(config):
+        return
+    skip = pytest.mark.skip(reason="not in the cluster set (mark it `cluster`)")
+    for item in items:
+        if "cluster" not in item.keywords:
+            item.add_marker(skip)
+
+
+def nats_servers(url: str) -> list[str]:
+    return [s.strip() for s in url.split(",") if s.strip()]
+
+
 @pytest.fixture(scope="session")
-def stack():
+def stack(request):
+    if _cluster_mode(request.config):
+        from tipsml.cluster import ClusterStack
+
+        with ClusterStack() as st:
+            old = os.environ.get("STREAM_REPLICAS")
+            os.environ["STREAM_REPLICAS"] = "3"  # the in-process services create R3 streams
+            yield st
+            if old is None:
+                os.environ.pop("STREAM_REPLICAS", None)
+            else:
+                os.environ["STREAM_REPLICAS"] = old
+        return
     if os.environ.get("TIPS_TEST_EXTERNAL") == "1":
         class _Ext:
             nats_url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
@@ -40,16 +79,16 @@ def stack_env(stack) -> dict[str, str]:
 async def nc(stack):
     import nats
 
-    conn = await nats.connect(stack.nats_url, name="tests")
+    conn = await nats.connect(servers=nats_servers(stack.nats_url), name="tests")
     yield conn
     await conn.drain()
 
 
 @pytest_asyncio.fixture(scope="session")
 async def redis_client(stack):
-    import redis.asyncio as aioredis
+    from tipsml.state import connect_redis
 
-    r = aioredis.from_url(stack.redis_url)
+    r = connect_redis(stack.redis_url)  # a RedisCluster client on the cluster stack
     yield r
     await r.aclose()
 
@@ -77,7 +116,7 @@ async def scorer_service(stack):
 
     from tipsml.testing import wait_responding
 
-    probe = await nats.connect(stack.nats_url)
+    probe = await nats.connect(servers=nats_servers(stack.nats_url))
     await wait_responding(probe, "tips.stats")
     await probe.close()
     yield settings

@@ -62,7 +62,7 @@ async def loadgen(args) -> None:
     js = nc.jetstream()
     rng = random.Random(args.seed)
     rows: list[tuple[float, float, str]] = []  # (due offset s, latency s, code)
-    events: list[str] = []
+    events: list[list[str]] = []  # [event id, user]
     fb_errors = 0
     tasks: set[asyncio.Task] = set()
     users = [f"soak-{i}" for i in range(args.users)]
@@ -79,7 +79,7 @@ async def loadgen(args) -> None:
             try:
                 await js.publish(f"feedback.{rc}", body, headers={"Nats-Msg-Id": eid},
                                  timeout=5.0)
-                events.append(eid)
+                events.append([eid, user])
                 return
             except Exception:  # noqa: BLE001 - retried; the stream dedups by Nats-Msg-Id
                 await asyncio.sleep(0.2)
@@ -167,18 +167,20 @@ def summarize(rows, window_s: float) -> tuple[list[dict], dict]:
     return wl, overall
 
 
-async def count_applied(redis_url: str, events: list[str]) -> dict:
+async def count_applied(redis_url: str, events: list) -> dict:
+    """``events``: [event id, user] pairs (keys carry the user's hash tag)."""
     import redis.asyncio as aioredis
+    from tipsml.state import decision_key, event_key
 
     r = aioredis.from_url(redis_url)
     out: dict[str, int] = {}
     for j in range(0, len(events), 2000):
         chunk = events[j:j + 2000]
-        vals = await r.mget([f"tips:evt:{e}" for e in chunk])
+        vals = await r.mget([event_key(e, u) for e, u in chunk])
         # "expired" although the decision record exists: the feedback overtook the record
-        exp = [e for e, v in zip(chunk, vals) if v == b"expired"]
+        exp = [(e, u) for (e, u), v in zip(chunk, vals) if v == b"expired"]
         if exp:
-            there = await r.exists(*[f"tips:dec:{e[len('soak-'):]}" for e in exp])
+            there = await r.exists(*[decision_key(e[len('soak-'):], u) for e, u in exp])
             out["expired_but_decision_exists"] = out.get("expired_but_decision_exists", 0) + there
         for v in vals:
             k = v.decode() if v else "missing"

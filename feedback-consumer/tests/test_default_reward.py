@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from tipsml.launcher import EmbeddedStack
-from tipsml.state import DUE_SHARDS, due_key
+from tipsml.state import DUE_SHARDS, due_key, event_key
 from tipsml.testing import spawn_worker, wait_responding
 
 pytestmark = pytest.mark.system
@@ -89,18 +89,18 @@ async def test_silence_reaction_in_time_and_late_reaction(own, conns):
                                await score(nc, "dr-late"))
         await react(nc, early, "dr-early", "completed")
         # silence: the default reward (0.0) applies once the window closes
-        assert await wait_key(r, f"tips:evt:default:{silent['decision_id']}") == "applied"
+        assert await wait_key(r, event_key(f"default:{silent['decision_id']}", "dr-silent")) == "applied"
         st = await stats(nc, "dr-silent")
         assert st[silent["arm"]]["updates"] == 1 and st[silent["arm"]]["reward_sum"] == 0.0
         # a reaction in time wins; the default is counted and dropped
-        assert await wait_key(r, f"tips:evt:default:{early['decision_id']}") == \
+        assert await wait_key(r, event_key(f"default:{early['decision_id']}", "dr-early")) == \
             "already_rewarded"
         st = await stats(nc, "dr-early")
         assert st[early["arm"]]["updates"] == 1 and st[early["arm"]]["reward_sum"] == 1.0
         # a reaction after the default: counted and dropped, state untouched
-        assert await wait_key(r, f"tips:evt:default:{late['decision_id']}") == "applied"
+        assert await wait_key(r, event_key(f"default:{late['decision_id']}", "dr-late")) == "applied"
         ev = await react(nc, late, "dr-late", "completed")
-        assert await wait_key(r, f"tips:evt:{ev}") == "already_rewarded"
+        assert await wait_key(r, event_key(ev, "dr-late")) == "already_rewarded"
         st = await stats(nc, "dr-late")
         assert st[late["arm"]]["updates"] == 1 and st[late["arm"]]["reward_sum"] == 0.0
         # swept entries are gone: nothing piles up
@@ -117,10 +117,11 @@ async def test_consumer_down_when_window_closes_catches_up(own, conns):
         await wait_responding(nc, "tips.stats")
         reps = [await score(nc, f"dr-down-{i}") for i in range(20)]
         await asyncio.sleep(3.0)  # every window closed while no consumer ran
-        assert await r.get(f"tips:evt:default:{reps[0]['decision_id']}") is None
+        assert await r.get(event_key(f"default:{reps[0]['decision_id']}", "dr-down-0")) is None
         cons = spawn(own, "feedback_consumer.main")
         try:
-            outs = [await wait_key(r, f"tips:evt:default:{x['decision_id']}") for x in reps]
+            outs = [await wait_key(r, event_key(f"default:{x['decision_id']}", f"dr-down-{i}"))
+                    for i, x in enumerate(reps)]
             assert outs == ["applied"] * 20
         finally:
             cons.stop()
@@ -143,7 +144,7 @@ async def test_default_reward_off_applies_nothing_and_cleans_up(own, conns):
         await wait_responding(nc, "tips.stats")
         rep = await score(nc, "dr-off")
         await asyncio.sleep(3.5)
-        assert await r.get(f"tips:evt:default:{rep['decision_id']}") is None
+        assert await r.get(event_key(f"default:{rep['decision_id']}", "dr-off")) is None
         assert sum(a["updates"] for a in (await stats(nc, "dr-off")).values()) == 0
         assert await due_total(r) == 0
     finally:

@@ -10,11 +10,16 @@ import random
 import nats
 import pytest
 import redis.asyncio as aioredis
-
-from fb_helpers import assert_state_matches, expected_state, make_decisions, publish_feedback, wait_for
+from fb_helpers import (
+    assert_state_matches,
+    expected_state,
+    make_decisions,
+    publish_feedback,
+    wait_for,
+)
 from tipsml.launcher import EmbeddedStack
 from tipsml.rewards import REWARD_TABLE
-from tipsml.state import StateStore
+from tipsml.state import StateStore, event_key
 from tipsml.testing import spawn_worker, wait_responding
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -40,7 +45,7 @@ async def _total_applied(r) -> int:
 
 
 async def _applied_count(r, event_ids) -> int:
-    vals = await r.mget([f"tips:evt:{e}" for e in event_ids])
+    vals = await r.mget([event_key(e, u) for e, u in event_ids])
     return sum(1 for v in vals if v is not None)
 
 
@@ -73,10 +78,10 @@ async def test_several_consumers_thousands_of_rewards_equal_sequential(own_stack
         rng.shuffle(batch)
         await asyncio.gather(*(publish_feedback(js, e, d, u, rc, msg_id=(i % 2 == 0))
                                for i, (e, d, u, rc) in enumerate(batch)))
-        ids = [e for e, *_ in events]
+        ids = [(e, u) for e, _, u, _ in events]
         assert await wait_for(lambda: _eq(_applied_count(r, ids), len(ids)), timeout=90)
         await asyncio.sleep(1.0)
-        outcomes = await r.mget([f"tips:evt:{e}" for e in ids])
+        outcomes = await r.mget([event_key(e, u) for e, u in ids])
         assert all(o == b"applied" for o in outcomes)
         await assert_state_matches(r, await expected_state(store, rewarded))
     finally:
@@ -97,11 +102,11 @@ async def test_kill_minus_9_mid_batch_then_restart_applies_each_once(own_stack):
     rewarded, ids = {}, []
     for i, (u, d) in enumerate(decs):
         e = f"k-{d['decision_id']}"
-        ids.append(e)
+        ids.append((e, u))
         rewarded[d["decision_id"]] = 1.0 if i % 3 else 0.5
     await asyncio.gather(*(publish_feedback(js, e, d["decision_id"], u,
                                             "completed" if i % 3 else "accepted")
-                           for i, (e, (u, d)) in enumerate(zip(ids, decs))))
+                           for i, ((e, _), (u, d)) in enumerate(zip(ids, decs))))
     w = spawn_worker("feedback_consumer.main", {**env, **FAST_REDELIVERY, "FEEDBACK_BATCH": "200"})
     assert await wait_for(lambda: _ge(_applied_count(r, ids), 150), timeout=60, every=0.01)
     w.kill()  # SIGKILL, mid-batch
@@ -113,7 +118,7 @@ async def test_kill_minus_9_mid_batch_then_restart_applies_each_once(own_stack):
     try:
         assert await wait_for(lambda: _eq(_applied_count(r, ids), len(ids)), timeout=90)
         await asyncio.sleep(2.5)  # past ack_wait: any straggling redelivery has happened
-        outcomes = await r.mget([f"tips:evt:{e}" for e in ids])
+        outcomes = await r.mget([event_key(e, u) for e, u in ids])
         assert all(o == b"applied" for o in outcomes)
         await assert_state_matches(r, await expected_state(store, rewarded))
     finally:

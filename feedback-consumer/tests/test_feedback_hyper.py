@@ -15,14 +15,13 @@ import subprocess
 import sys
 import urllib.request
 
-import numpy as np
 import pytest
 import pytest_asyncio
 from fb_helpers import assert_state_matches, expected_state, make_decisions, publish_feedback
-from tipsml.bandits import update_id
+from tipsml.bandits import decode_arm, update_id
 from tipsml.features import FEATURE_VERSION_CTX
 from tipsml.launcher import EmbeddedStack
-from tipsml.state import StateStore
+from tipsml.state import StateStore, event_key, state_key
 from tipsml.testing import spawn_worker
 
 pytestmark = pytest.mark.system
@@ -82,7 +81,7 @@ async def test_lambda_mismatch_is_refused_counted_and_replayable(own_stack, own_
     try:
         js = own_nc.jetstream()
         decs = await make_decisions(own_nc, [user], 3)
-        rec = await store.get_decision(decs[0][1]["decision_id"])
+        rec = await store.get_decision(decs[0][1]["decision_id"], user)
         # the decision carries the scorer's update id per learner
         assert rec["hp:egreedy-v1"] == update_id(FEATURE_VERSION_CTX, 1.0)
         rewards = {}
@@ -102,8 +101,8 @@ async def test_lambda_mismatch_is_refused_counted_and_replayable(own_stack, own_
         # state untouched, nothing claimed, decisions not marked rewarded
         assert await store.r.keys("tips:st:*") == []
         for i, (_, r) in enumerate(decs):
-            assert await store.r.get(f"tips:evt:hp-{i}") is None
-            assert "rewarded" not in await store.get_decision(r["decision_id"])
+            assert await store.r.get(event_key(f"hp-{i}", user)) is None
+            assert "rewarded" not in await store.get_decision(r["decision_id"], user)
         # fix the consumer's settings and replay the dead letters: applied once, with λ=1
         consumer.stop()
         consumer = spawn_worker("feedback_consumer.main", {**env, "RIDGE_LAMBDA": "1",
@@ -116,9 +115,8 @@ async def test_lambda_mismatch_is_refused_counted_and_replayable(own_stack, own_
         assert await _metric_reaches(consumer.info["metrics_port"], 'outcome="applied"', 3)
         await assert_state_matches(store.r, await expected_state(store, rewards, lam=1.0))
         n = 0
-        for key in await store.r.keys(f"tips:st:egreedy-v1:{user}"):
-            n += sum(int(np.frombuffer(v, dtype="<f8")[0])
-                     for v in (await store.r.hgetall(key)).values())
+        for key in await store.r.keys(state_key("egreedy-v1", user)):
+            n += sum(int(decode_arm(v, 7)[0]) for v in (await store.r.hgetall(key)).values())
         assert n == 3
     finally:
         consumer.stop()

@@ -202,11 +202,11 @@ async def test_decision_id_records_the_prompt_version_for_feedback(nc, redis_cli
                                 "prompt_version": "v3-few-shot"})
         assert r["ok"] and r["source"] == "cache" and r["decision_id"] == did
         await asyncio.sleep(0.2)  # bookkeeping happens after the reply
-        h = await redis_client.hgetall(gen_key(did))
+        h = await redis_client.hgetall(gen_key(did, uid))
         assert h[b"prompt_version"] == b"v3-few-shot"
         assert h[b"prompt_hash"] == prompts.REGISTRY["v3-few-shot"].hash.encode()
         assert h[b"source"] == b"cache" and h[b"user_id"] == uid.encode()
-        ttl = await redis_client.ttl(gen_key(did))
+        ttl = await redis_client.ttl(gen_key(did, uid))
         assert 3500 < ttl <= 3600
         assert w.value("generator_prompt_served_total", prompt_version="v3-few-shot") == 1
         assert int(await redis_client.hget(PV_SERVED_KEY, "v3-few-shot")) >= 1

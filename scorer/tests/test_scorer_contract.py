@@ -5,9 +5,10 @@ import json
 
 import pytest
 
+from tipsml.decisionlog import expand_entry
 from tipsml.natsutil import request_json
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.cluster]
 
 
 async def score(nc, payload, timeout=2.0):
@@ -94,6 +95,7 @@ async def test_decisions_are_logged_to_jetstream(nc, scorer_service, uid):
     seen = {}
     deadline = asyncio.get_running_loop().time() + 5
     psub = await js.pull_subscribe("decisions.>", durable=None, stream="DECISIONS")
+    messages = 0
     while len(seen) < 2 and asyncio.get_running_loop().time() < deadline:
         try:
             msgs = await psub.fetch(500, timeout=1)
@@ -102,7 +104,12 @@ async def test_decisions_are_logged_to_jetstream(nc, scorer_service, uid):
         for m in msgs:
             d = json.loads(m.data)
             if d["decision_id"] == r["decision_id"]:
-                seen[d["policy"]] = d
+                messages += 1
+                assert m.subject == "decisions.linucb"
+                for e in expand_entry(d):
+                    seen[e["policy"]] = e
+    # one message per decision, the shadow choices inside it
+    assert messages == 1
     # live linucb + the configured shadows other than itself
     assert set(seen) == {"linucb", "egreedy-v2"}
     live = seen["linucb"]
@@ -110,3 +117,6 @@ async def test_decisions_are_logged_to_jetstream(nc, scorer_service, uid):
     assert live["propensity"] == r["propensity"] and len(live["features"]) == 7
     assert seen["egreedy-v2"]["served"] is False and len(seen["egreedy-v2"]["features"]) == 12
     assert "policy_version" in live and "ts" in live
+    sh = seen["egreedy-v2"]
+    assert sh["decision_id"] == r["decision_id"] and sh["served_arm"] == r["arm"]
+    assert sh["arm"] == r["shadow"][0]["arm"] and sh["propensity"] == r["shadow"][0]["propensity"]

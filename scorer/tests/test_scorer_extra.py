@@ -4,7 +4,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from scorer.settings import ScorerSettings
 from tipsml.contract import ScoreRequest
 from tipsml.natsutil import request_json
@@ -17,21 +16,35 @@ pytestmark = pytest.mark.system
 
 async def test_global_policy_shares_one_model_across_users(stack, redis_client, uid):
     s = ScorerSettings(redis_url=stack.redis_url, global_policies=["linucb"], shadow_policies=[])
-    store = StateStore.from_url(stack.redis_url)
+    store = StateStore.from_url(stack.redis_url, global_policies=["linucb"], global_refresh_s=0)
     sc = Scorer(s, store, rng=np.random.default_rng(0))
     a = await sc.score(ScoreRequest(user_id=f"{uid}-a", policy="linucb"))
     b = await sc.score(ScoreRequest(user_id=f"{uid}-b", policy="egreedy-v1"))
     assert a.record["vectors"]["linucb"][0] == "tips:stg:linucb"
-    assert b.record["vectors"]["egreedy-v1"][0] == f"tips:st:egreedy-v1:{uid}-b"
+    assert b.record["vectors"]["egreedy-v1"][0] == f"tips:st:{{{uid}-b}}:egreedy-v1"
     await store.record_decisions([a.record])
     r = await store.apply_reward(f"ev-{uid}", a.reply["decision_id"], f"{uid}-a", 1.0)
-    assert r.outcome == "applied"
+    assert r.outcome == "applied" and r.globals_applied == 1
+    # a redelivery re-runs the global step, which its per-decision marker makes a no-op
+    again = await store.apply_reward(f"ev-{uid}", a.reply["decision_id"], f"{uid}-a", 1.0)
+    assert again.outcome == "duplicate" and again.globals_applied == 0
     st_other_user = await sc.stats(f"{uid}-zzz", "linucb")
     assert sum(x["updates"] for x in st_other_user["arms"].values()) == 1
+    assert sum(x["pulls"] for x in st_other_user["arms"].values()) == 1
+    # the merged model is what the numpy update of the prior gives
+    from tipsml.bandits import initial_arm, sherman_morrison_update
+    rec = await store.get_decision(a.reply["decision_id"], f"{uid}-a")
+    x = np.frombuffer(rec["x:linucb"], dtype="<f8")
+    blobs = await store.global_models(sc.policies["linucb"], sc.arms)
+    got = np.frombuffer(blobs[sc.arms.index(a.reply["arm"])], dtype="<f8")
+    np.testing.assert_allclose(got, sherman_morrison_update(initial_arm(7, 1.0), x, 1.0),
+                               rtol=1e-9, atol=1e-12)
     # a user literally named like the old global key does not touch the global model
     odd = await sc.score(ScoreRequest(user_id="*global*", policy="egreedy-v1"))
-    assert odd.record["vectors"]["egreedy-v1"][0] == "tips:st:egreedy-v1:*global*"
-    await store.r.delete("tips:stg:linucb", "tips:pullsg:linucb")
+    assert odd.record["vectors"]["egreedy-v1"][0] == "tips:st:{*global*}:egreedy-v1"
+    from tipsml.state import GLOBAL_SHARDS, global_pulls_key, global_shard_key
+    await store.r.delete(*[global_shard_key("linucb", i) for i in range(GLOBAL_SHARDS)],
+                         *[global_pulls_key("linucb", i) for i in range(GLOBAL_SHARDS)])
     await store.close()
 
 

@@ -22,8 +22,9 @@ import time
 
 import nats
 import pytest
-from chaoslib import Ledger, exactly_once_report, loadavg, record, wait_applied
+from chaoslib import Ledger, exactly_once_report, exists_many, loadavg, record, wait_applied
 from tipsml.rewards import reward_of
+from tipsml.state import decision_key
 from tipsml.testing import wait_responding
 
 pytestmark = [pytest.mark.system]
@@ -44,6 +45,7 @@ async def test_burst_every_decision_recorded_every_reward_applied_once(
     ledger = Ledger()
     rng = random.Random(connections)
     replies: list[dict] = []
+    users_of: list[str] = []
     publish_failures: list[str] = []
 
     async def one(i: int):
@@ -56,6 +58,7 @@ async def test_burst_every_decision_recorded_every_reward_applied_once(
         rep = json.loads(msg.data)
         assert rep["ok"], rep
         replies.append(rep)
+        users_of.append(user)
         # the reaction, published the instant the reply arrives
         ev = f"ev-{rep['decision_id']}"
         reaction = rng.choice(REACTIONS)
@@ -76,11 +79,11 @@ async def test_burst_every_decision_recorded_every_reward_applied_once(
     assert len(replies) == BURST
 
     took = await wait_applied(r, ledger.events, timeout=90)
-    ids = [rep["decision_id"] for rep in replies]
+    ids = [(u, rep["decision_id"]) for u, rep in zip(users_of, replies)]
     present = 0
     for j in range(0, len(ids), 500):
-        present += await r.exists(*[f"tips:dec:{d}" for d in ids[j:j + 500]])
-    expected_entries = sum(1 + len(rep["shadow"]) for rep in replies)
+        present += await exists_many(r, [decision_key(d, u) for u, d in ids[j:j + 500]])
+    expected_entries = len(replies)  # one DECISIONS message per decision (shadows inside)
     for _ in range(50):  # the writer publishes right after the replies
         entries = (await js.stream_info("DECISIONS")).state.messages
         if entries >= expected_entries:

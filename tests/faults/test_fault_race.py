@@ -17,6 +17,7 @@ import time
 
 import pytest
 from chaoslib import FAST_FEEDBACK, SHORT, feedback_body, record, score, wait_applied
+from tipsml.state import decision_key, event_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -30,13 +31,13 @@ async def test_immediate_feedback_is_not_lost_to_the_decision_write_race(own_sta
     workers.spawn("scorer.main", {"REDIS_TIMEOUT_S": "0.25"})
     workers.spawn("feedback_consumer.main", RACE_FEEDBACK)
     n, rate = (400, 200) if SHORT else (1500, 200)
-    events: dict[str, str] = {}
+    events: dict[str, tuple[str, str]] = {}
 
     async def one(i):
         rep = await score(nc, f"race-{i % 30}", i, timeout=2.0)
         if rep.get("ok") and not rep.get("fallback"):
             e = f"race-{rep['decision_id']}"
-            events[e] = rep["decision_id"]
+            events[e] = (rep["decision_id"], f"race-{i % 30}")
             await js.publish("feedback.completed",
                              feedback_body(e, rep["decision_id"], f"race-{i % 30}", "completed"),
                              headers={"Nats-Msg-Id": e})
@@ -50,10 +51,10 @@ async def test_immediate_feedback_is_not_lost_to_the_decision_write_race(own_sta
     assert await wait_applied(r, events, timeout=60) is not None
     await asyncio.sleep(1.0)
     outcomes, raced = {}, 0
-    for e, did in events.items():
-        o = (await r.get(f"tips:evt:{e}") or b"missing").decode()
+    for e, (did, u) in events.items():
+        o = (await r.get(event_key(e, u)) or b"missing").decode()
         outcomes[o] = outcomes.get(o, 0) + 1
-        if o == "expired" and await r.exists(f"tips:dec:{did}"):
+        if o == "expired" and await r.exists(decision_key(did, u)):
             raced += 1
     record("feedback immediately after the decision (200 req/s)",
            injected="feedback racing the async decision write", requests_failed=0,
@@ -82,7 +83,7 @@ async def test_feedback_arriving_before_its_decision_record_is_applied_later(own
         "policy_version": "t", "propensity": 0.5, "ts": time.time(), "learners": ["egreedy-v1"],
         "vectors": {"egreedy-v1": (sk, np.ones(7))}, "pulls_key": pulls_key("egreedy-v1", user)}])
     await asyncio.sleep(3.0)  # past ack_wait and the first backoffs
-    outcome = await r.get("tips:evt:late-e1")
+    outcome = await r.get(event_key("late-e1", user))
     blob = await r.hget(sk, "a")
     record("feedback 0.5 s before its decision record", injected="decision writer lag 0.5 s",
            requests_failed=0, unique_events=1, outcomes={(outcome or b"missing").decode(): 1},

@@ -32,6 +32,7 @@ from chaoslib import (
     wait_applied,
 )
 from tipsml.natsutil import request_json
+from tipsml.state import decision_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -138,7 +139,7 @@ async def test_redis_outage_fallback_and_no_feedback_lost(own_stack, workers, cl
     await asyncio.sleep(0.5)
     unrecorded = 0
     for j in range(0, len(window), 500):
-        keys = [f"tips:dec:{d['decision_id']}" for _, d in window[j:j + 500]]
+        keys = [decision_key(d["decision_id"], u) for u, d in window[j:j + 500]]
         unrecorded += len(keys) - await r.exists(*keys)
 
     record(f"Redis {mode} ({OUTAGE_S:.0f} s) mid-traffic",

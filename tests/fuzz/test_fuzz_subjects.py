@@ -37,6 +37,7 @@ from fuzzlib import (
     stats_req,
 )
 from hypothesis import HealthCheck, assume, given, settings
+from tipsml.state import event_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -243,7 +244,7 @@ def test_fuzz_feedback(fuzz, decisions):
             if not valid:
                 _tally("feedback.>", "crash:invalid_accepted")
                 raise AssertionError(f"invalid feedback accepted: {data[:300]!r}")
-            assert fuzz.run(fuzz.r.exists(f"tips:evt:{obj['event_id']}")), "no outcome recorded"
+            assert fuzz.run(fuzz.r.exists(event_key(obj["event_id"], obj["user_id"]))), "no outcome recorded"
 
     run()
 

@@ -11,12 +11,14 @@ Then the DECISIONS log of the run feeds the off-policy estimators.
 
 import numpy as np
 import pytest
+from tipsml.bandits import decode_arm, dim_of
 from tipsml.natsutil import request_json
 from tipsml.ope import evaluate, load_from_nats
 from tipsml.sim.inproc import policy_rng, replay, run_policy
 from tipsml.sim.natsmode import LiveStats, run_nats
 from tipsml.sim.runner import policies_from_env
 from tipsml.sim.world import make_episode
+from tipsml.state import state_key
 
 pytestmark = pytest.mark.system
 
@@ -56,14 +58,15 @@ async def test_replay_gives_same_propensities_and_state(nats_run, redis_client):
         prop, book = replay(ep, reg[name], tr.arm)
         np.testing.assert_allclose(tr.propensity, prop, rtol=0, atol=1e-9)
         for u in range(0, USERS, 7):
-            got = await redis_client.hgetall(f"tips:st:{name}:{tr.meta['user_ids'][u]}")
+            got = await redis_client.hgetall(state_key(name, tr.meta["user_ids"][u]))
             for a, arm in enumerate(ep.arms):
                 want = book.get(ep.user_ids[u])[a]
                 if want[0] == 0:
                     assert arm.encode() not in got
                     continue
-                g = np.frombuffer(got[arm.encode()], dtype="<f8")
-                np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-9)
+                b = got[arm.encode()]
+                g = decode_arm(b, dim_of(b))  # stored float32 (layout 2) vs float64 numpy
+                np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
 
 
 async def test_every_reward_applied_once(nats_run, nc):

@@ -13,7 +13,6 @@ import asyncio
 import logging
 
 import nats
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tipsml import metrics as M
 from tipsml import prompts
@@ -21,6 +20,7 @@ from tipsml import subjects as S
 from tipsml.generation import GenConfig, Generator
 from tipsml.llm import LLMClient, litellm_module
 from tipsml.natsutil import connect, ensure_or_check_consumer, prepare_jetstream
+from tipsml.state import connect_redis
 from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
@@ -141,9 +141,10 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     m = metrics or GeneratorMetrics()
     port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     # blocking pool: a burst of signals waits for a connection instead of failing
-    r = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=64, timeout=5.0, socket_timeout=5.0,
-        socket_connect_timeout=2.0))
+    # (a RedisCluster client for a redis-cluster:// URL: tips:gen:{user}:… is read by the
+    # reward script in the user's slot)
+    r = connect_redis(settings.redis_url, max_connections=64, pool_timeout_s=5.0,
+                      socket_timeout=5.0)
     llm = LLMClient.from_settings(settings)
     gen = Generator(GenConfig.from_settings(settings), r, llm, m)
     nc = await connect(settings, "generator")

@@ -64,7 +64,10 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
     port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
                                 lam=settings.ridge_lambda,
-                                record_grace_s=settings.reward_record_grace_s)
+                                record_grace_s=settings.reward_record_grace_s,
+                                global_policies=settings.global_policies,
+                                state_ttl_s=settings.state_ttl_s,
+                                global_refresh_s=settings.global_refresh_s)
     nc = await connect(settings, "scorer")
     js = nc.jetstream()
     await prepare_jetstream(js, settings, ["DECISIONS"], provision_all_streams=True)

@@ -18,8 +18,15 @@ request path never inverts a matrix), ``b = Σ r x``, ``θ = A⁻¹ b``.
   ``THOMPSON_PROPENSITY=mc`` keeps the former estimate (M = ``THOMPSON_SAMPLES`` extra
   draws, floored at 1/(M+1)), for comparison only: 1/p̂ of a noisy p̂ biases IPS upward.
 
-State of one arm is one packed float64 vector ``[n, reward_sum, b(D), A⁻¹(D·D)]``,
-the same layout the Redis Lua update script reads and writes.
+State of one arm (layout 2, what Redis stores) is one packed **float32** vector
+``[n, reward_sum, b(D), triu(A⁻¹)]``: A⁻¹ is symmetric, so only its upper triangle
+(row-major, D(D+1)/2 values) is kept — 4·(2 + D + D(D+1)/2) bytes, 148 B for D=7,
+368 B for D=12 instead of 464 / 1,264 B. The Lua update reads it, computes in double
+precision and rounds the result back to float32 (:func:`stored_update` is its numpy
+twin; ``bench/compact_state.py`` measures the drift against a float64 learner over
+10,000 updates). The former layout 1 (float64 ``[n, reward_sum, b(D), A⁻¹(D·D)]``) is
+still read everywhere (told apart by its length) and rewritten in layout 2 on its next
+update. In memory every policy works on the float64 layout-1 vector (:func:`decode_arm`).
 """
 
 from __future__ import annotations
@@ -36,7 +43,66 @@ HEADER = 2  # n, reward_sum
 # ------------------------------------------------------------------ Thompson propensities
 
 def packed_len(dim: int) -> int:
+    """Length of the full (layout-1, float64) vector: the in-memory form."""
     return HEADER + dim + dim * dim
+
+
+def tri_len(dim: int) -> int:
+    """Length of the stored (layout-2, float32) vector."""
+    return HEADER + dim + dim * (dim + 1) // 2
+
+
+_TRI: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _tri_index(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the upper triangle in a D·D matrix, D·D map full → triangle)."""
+    t = _TRI.get(dim)
+    if t is None:
+        iu = np.triu_indices(dim)
+        flat = iu[0] * dim + iu[1]
+        full = np.empty((dim, dim), dtype=np.intp)
+        full[iu] = np.arange(len(flat))
+        full[(iu[1], iu[0])] = np.arange(len(flat))
+        t = _TRI[dim] = (flat, full.ravel())
+    return t
+
+
+def encode_arm(v: np.ndarray, dim: int) -> bytes:
+    """Full float64 vector → stored layout 2 (float32, upper triangle of A⁻¹)."""
+    v = np.asarray(v, dtype=np.float64)
+    flat, _ = _tri_index(dim)
+    out = np.empty(tri_len(dim), dtype="<f4")
+    out[:HEADER + dim] = v[:HEADER + dim]
+    out[HEADER + dim:] = v[HEADER + dim:][flat]
+    return out.tobytes()
+
+
+def decode_arm(blob: bytes | None, dim: int, lam: float = 1.0) -> np.ndarray:
+    """Stored arm (layout 2, or the former layout 1, or nothing) → full float64 vector."""
+    if blob and len(blob) == tri_len(dim) * 4:
+        t = np.frombuffer(blob, dtype="<f4").astype(np.float64)
+        _, full = _tri_index(dim)
+        return np.concatenate([t[:HEADER + dim], t[HEADER + dim:][full]])
+    if blob and len(blob) == packed_len(dim) * 8:
+        return np.frombuffer(blob, dtype="<f8").copy()
+    return initial_arm(dim, lam)
+
+
+def dim_of(blob: bytes) -> int:
+    """The dimension of a stored arm, from its length (either layout); 0 if neither."""
+    for d in range(1, 64):
+        if len(blob) in (tri_len(d) * 4, packed_len(d) * 8):
+            return d
+    return 0
+
+
+def stored_update(blob: bytes | None, x: np.ndarray, r: float, lam: float = 1.0) -> bytes:
+    """Numpy twin of the Lua update on stored bytes: decode, update in float64, store
+    float32 (x as the decision record keeps it, float32)."""
+    x = np.asarray(x, dtype="<f4").astype(np.float64)
+    d = x.shape[0]
+    return encode_arm(sherman_morrison_update(decode_arm(blob, d, lam), x, r), d)
 
 
 def initial_arm(dim: int, lam: float) -> np.ndarray:
@@ -58,13 +124,11 @@ def _initial_ro(dim: int, lam: float) -> np.ndarray:
 
 
 def unpack(blob: bytes | None, dim: int, lam: float) -> np.ndarray:
-    """Read-only view of a packed arm (a shared prior for an arm never updated)."""
-    if not blob:
+    """Full float64 vector of a stored arm (a shared read-only prior for an arm never
+    updated, or one whose dimension changed: start afresh rather than crash)."""
+    if not blob or len(blob) not in (tri_len(dim) * 4, packed_len(dim) * 8):
         return _initial_ro(dim, lam)
-    v = np.frombuffer(blob, dtype="<f8")
-    if v.shape[0] != packed_len(dim):  # dimension changed: start afresh rather than crash
-        return _initial_ro(dim, lam)
-    return v
+    return decode_arm(blob, dim, lam)
 
 
 def pack(v: np.ndarray) -> bytes:
@@ -219,19 +283,37 @@ class Policy:
 
     @cached_property
     def _initial_bytes(self) -> bytes:
+        return encode_arm(initial_arm(self.dim, self.lam), self.dim)
+
+    @cached_property
+    def _initial_full(self) -> bytes:
         return pack(initial_arm(self.dim, self.lam))
 
     def stack(self, blobs: list[bytes | None]):
-        """(K, packed) models of the arms, b (K, D) and A⁻¹ (K, D, D) as views: the blobs
-        are joined and read once (cheaper than K small arrays stacked)."""
+        """(K, packed) models of the arms, b (K, D) and A⁻¹ (K, D, D): the blobs are joined
+        and read once (cheaper than K small arrays stacked). Stored float32 blobs (layout
+        2) have A⁻¹ expanded from its upper triangle with one gather; float64 full
+        vectors (layout 1: the simulator's in-memory models, or not yet rewritten keys)
+        are read as they are when no blob is layout 2, else converted one by one."""
         d = self.dim
-        n = packed_len(d) * 8
+        n2, n1 = tri_len(d) * 4, packed_len(d) * 8
+        if not any(b and len(b) == n2 for b in blobs):
+            init = self._initial_full
+            raw = b"".join(b if b and len(b) == n1 else init for b in blobs)
+            vs = np.frombuffer(raw, dtype="<f8").reshape(len(blobs), -1)
+            return vs, vs[:, HEADER:HEADER + d], vs[:, HEADER + d:].reshape(len(blobs), d, d)
         init = self._initial_bytes
-        raw = b"".join(b if b and len(b) == n else init for b in blobs)
-        vs = np.frombuffer(raw, dtype="<f8").reshape(len(blobs), -1)
-        b = vs[:, HEADER:HEADER + d]
-        ainv = vs[:, HEADER + d:].reshape(len(blobs), d, d)
-        return vs, b, ainv
+        parts = []
+        for b in blobs:
+            if b and len(b) == n2:
+                parts.append(b)
+            elif b and len(b) == n1:
+                parts.append(encode_arm(np.frombuffer(b, dtype="<f8"), d))
+            else:
+                parts.append(init)
+        t = np.frombuffer(b"".join(parts), dtype="<f4").reshape(len(blobs), -1).astype(np.float64)
+        _, full = _tri_index(d)
+        return t, t[:, HEADER:HEADER + d], t[:, HEADER + d:][:, full].reshape(len(blobs), d, d)
 
     def choose(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
                rng: np.random.Generator) -> Choice:

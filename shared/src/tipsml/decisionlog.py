@@ -17,6 +17,14 @@ are up:
 Records and publishes of a batch go out concurrently; a batch is at most ``batch``
 decisions (one Redis pipeline, publishes pipelined with their acks awaited together),
 and up to ``inflight`` batches are out at once.
+
+One DECISIONS message per decision (``decisions.<live policy>``, ``Nats-Msg-Id``
+``<decision_id>:<policy>``): the served entry, with the shadow policies' choices in its
+``shadow`` list (only what differs per policy: policy, version, arm, propensity,
+explored, scores, features, feature_version). :func:`expand_entry` turns a message back
+into one entry per policy (the served one first, then the shadows with ``served: false``)
+— the view every reader had when each policy had its own message (those older messages
+pass through it unchanged).
 """
 
 from __future__ import annotations
@@ -31,6 +39,23 @@ import orjson
 from . import subjects as S
 
 log = logging.getLogger(__name__)
+
+
+_SHARED = ("decision_id", "user_id", "live_policy", "arms", "hour_of_day", "day_of_week",
+           "served_arm", "ts", "request_id")
+
+
+def expand_entry(e: dict) -> list[dict]:
+    """One DECISIONS message → its entries, one per policy (served first)."""
+    shadows = e.get("shadow")
+    if not isinstance(shadows, list):
+        return [e]
+    served = {k: v for k, v in e.items() if k != "shadow"}
+    out = [served]
+    for s in shadows:
+        if isinstance(s, dict):
+            out.append({**{k: e.get(k) for k in _SHARED}, "served": False, **s})
+    return out
 
 
 class DecisionLogWriter:

@@ -13,7 +13,7 @@ Redis keys (``{u}`` user, ``{a}`` arm, ``{v}`` prompt version, ``{m}`` model str
   by the refresh; ``tips:sig:{u}`` the user's recent signal kinds (list, bounded);
   ``tips:gencombo:{u}`` set of ``version\\x1fmodel`` pairs the user was served (the
   refresh keeps those warm); ``tips:genlock:...`` refresh throttles (SET NX EX).
-* ``tips:gen:{decision_id}`` hash ``prompt_version``, ``prompt_hash``, ``arm``, ``source``,
+* ``tips:gen:{u}:{decision_id}`` (user hash tag, :func:`tipsml.state.generation_key`) hash ``prompt_version``, ``prompt_hash``, ``arm``, ``source``,
   ``model``, ``user_id``, ``ts`` — written when a request carries ``decision_id`` so the
   feedback consumer can attribute a reaction to a prompt version; TTL = reward window.
 * ``tips:exposures`` Redis stream (approximately capped): one entry per tip served, with
@@ -68,8 +68,11 @@ def cand_key(user_id: str, arm: str, version: str, model: str) -> str:
     return f"tips:cand:{user_id}:{arm}:{version}:{model}"
 
 
-def gen_key(decision_id: str) -> str:
-    return f"tips:gen:{decision_id}"
+def gen_key(decision_id: str, user_id: str) -> str:
+    # in the user's hash slot: the reward script reads it with the user's other keys
+    from .state import generation_key
+
+    return generation_key(decision_id, user_id)
 
 
 def ctx_key(user_id: str) -> str:
@@ -336,7 +339,7 @@ class Generator:
         pipe.xadd(EXPOSURES_STREAM, exposure, maxlen=self.cfg.exposures_maxlen, approximate=True)
         pipe.hincrby(PV_SERVED_KEY, rec["prompt_version"], 1)
         if rec["decision_id"]:
-            gk = gen_key(rec["decision_id"])
+            gk = gen_key(rec["decision_id"], rec["user_id"])
             pipe.hset(gk, mapping={k: exposure[k] for k in (
                 "prompt_version", "prompt_hash", "arm", "source", "model", "user_id", "ts")})
             pipe.expire(gk, self.cfg.reward_window_s)

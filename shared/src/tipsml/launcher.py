@@ -16,6 +16,7 @@ CLI::
 
     python -m tipsml.launcher up [--llm]   # background stack (streams and durables
                                            # provisioned); state in .run/stack.json
+    python -m tipsml.launcher up --cluster # 3 NATS nodes + Redis Cluster 3+3 (tipsml.cluster)
     python -m tipsml.launcher down
     python -m tipsml.launcher env          # export lines for the running stack
 """
@@ -225,7 +226,9 @@ class EmbeddedStack:
         rd.mkdir(exist_ok=True)
         argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
                 "--dir", str(rd), "--save", "", "--appendonly", "yes",
-                "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "yes"]
+                "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "yes",
+                # compact hashes: a user's arm models and a decision record stay listpacks
+                "--hash-max-listpack-value", "512"]
         p = self._spawn("redis", argv, port)
         _wait(lambda: redis_ping(port), "redis-server", 30, p.popen, p.log)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -297,7 +300,7 @@ def provision_stack(nats_url: str) -> dict:
     from .provision import provision
 
     async def go() -> dict:
-        nc = await nats.connect(nats_url, connect_timeout=5)
+        nc = await nats.connect(servers=nats_url.split(","), connect_timeout=5)
         try:
             return await provision(nc.jetstream(timeout=10))
         finally:
@@ -312,7 +315,13 @@ def _cmd_up(args) -> int:
         print(f"a stack is already up ({state}); `make down` first", file=sys.stderr)
         return 1
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
+    if getattr(args, "cluster", False):
+        from .cluster import ClusterStack
+
+        st = ClusterStack(workdir=(RUN_DIR / "cluster").resolve(), detach=True)
+        os.environ["STREAM_REPLICAS"] = st.env()["STREAM_REPLICAS"]  # provisioned R3
+    else:
+        st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
     st.start()
     state.write_text(json.dumps(st.describe(), indent=2))
     print(f"# provisioned: {provision_stack(st.nats_url)}")
@@ -361,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the embedded stack in the background")
     up.add_argument("--llm", action="store_true", help="also start the embedded LLM server")
+    up.add_argument("--cluster", action="store_true",
+                    help="3 nats-server nodes (JetStream cluster) + Redis Cluster 3 masters/3 replicas")
     sub.add_parser("down", help="stop the background stack")
     sub.add_parser("env", help="print export lines for the background stack")
     args = ap.parse_args(argv)

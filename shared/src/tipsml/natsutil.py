@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
-                         StorageType, StreamConfig)
+                         StorageType, StoreCompression, StreamConfig)
 from nats.js.errors import BadRequestError
 
 from . import subjects as S
@@ -59,8 +60,16 @@ async def connect(settings, name: str, **kw) -> NATS:
     return await nats.connect(**opts)
 
 
+def stream_replicas() -> int:
+    """``STREAM_REPLICAS``: 1 on one nats-server (embedded), 3 on a 3-node JetStream
+    cluster (a stream then survives the loss of one node; the launcher's ``--cluster``
+    stack and the compose cluster variant set it)."""
+    return max(1, int(os.environ.get("STREAM_REPLICAS", "1") or 1))
+
+
 def stream_config(spec: S.StreamSpec) -> StreamConfig:
     return StreamConfig(
+        num_replicas=stream_replicas(),
         name=spec.name,
         subjects=list(spec.subjects),
         retention={"limits": RetentionPolicy.LIMITS, "workqueue": RetentionPolicy.WORK_QUEUE,
@@ -69,6 +78,7 @@ def stream_config(spec: S.StreamSpec) -> StreamConfig:
         max_age=float(spec.max_age_s),
         duplicate_window=float(spec.duplicate_window_s),
         max_bytes=spec.max_bytes,
+        compression=StoreCompression.S2 if spec.compression == "s2" else StoreCompression.NONE,
     )
 
 

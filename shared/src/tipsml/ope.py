@@ -229,7 +229,9 @@ async def load_from_nats(js, target: str, logging_policy: str | None = None,
     now = _time.time()
     from .rewards import reward_of
 
-    dec = await _read_stream(js, "DECISIONS", "decisions.>")
+    from .decisionlog import expand_entry
+
+    dec = [x for m in await _read_stream(js, "DECISIONS", "decisions.>") for x in expand_entry(m)]
     fb = await _read_stream(js, "FEEDBACK", "feedback.>")
     reward: dict[str, float] = {}
     for f in fb:

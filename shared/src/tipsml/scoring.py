@@ -73,7 +73,11 @@ class CoalescingReader:
 
     async def _send(self, batch) -> None:
         try:
-            job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch]))
+            # on a Redis Cluster each master answers for itself within the deadline (a
+            # failing master fails only its users' requests, not the batch)
+            kw = {"deadline_s": self.timeout_s * 0.8} if getattr(self.store, "cluster", False) \
+                else {}
+            job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch], **kw))
             try:
                 results = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
             except asyncio.TimeoutError:
@@ -129,6 +133,13 @@ class CoalescingReader:
                     fut.set_result(res)
 
 
+def _logged(x: np.ndarray) -> list[float]:
+    """Features as the DECISIONS log keeps them: 6 decimals (the decision record keeps
+    float32; 1e-6 is far below any feature's meaningful resolution), about half the bytes
+    of full float64 reprs."""
+    return np.round(x, 6).tolist()
+
+
 def _consume_exception(t: asyncio.Future) -> None:
     if not t.cancelled():
         t.exception()
@@ -172,6 +183,19 @@ class Scorer:
         once while Redis is known to be down)."""
         return await self.reader.load(keys, arms)
 
+    async def _load_models(self, pols, skeys, arms):
+        """Per-user models in one script call (one slot: the user's); global ones from the
+        merged, cached shards (:meth:`StateStore.global_models`)."""
+        glob = [p.global_model for p in pols]
+        if not any(glob):
+            return await self._load(skeys, arms)
+        ukeys = [k for k, g in zip(skeys, glob) if not g]
+        got = iter(await self._load(ukeys, arms) if ukeys else [])
+        out = []
+        for p, g in zip(pols, glob):
+            out.append(await self.store.global_models(p, arms) if g else next(got))
+        return out
+
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         live = self.policy(req.policy)
         arms = req.arms or self.arms
@@ -194,7 +218,7 @@ class Scorer:
             "hyper": {p.name: p.update_id for p in pols if p.name in learners},
         }
         try:
-            blobs = await self._load(skeys, arms)
+            blobs = await self._load_models(pols, skeys, arms)
         except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
         choices = [p.choose(arms, b, xs[p.name], self.rng) for p, b in zip(pols, blobs)]
@@ -211,16 +235,23 @@ class Scorer:
             reply["request_id"] = req.request_id
         record["arm"] = c.arm
         record["propensity"] = c.propensity
-        log = []
-        for i, (p, ch) in enumerate(zip(pols, choices)):
-            log.append({
-                "decision_id": decision_id, "user_id": req.user_id, "policy": p.name,
-                "policy_version": p.version, "served": i == 0, "live_policy": live.name,
-                "arm": ch.arm, "propensity": ch.propensity, "explored": ch.explored,
-                "arms": arms, "scores": ch.scores, "features": xs[p.name].tolist(),
-                "feature_version": p.features.version, "hour_of_day": hour, "day_of_week": dow,
-                "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
-            })
+        # one DECISIONS message per decision: the served entry (its fields as before) with
+        # the shadow policies' choices inside it (``shadow``; tipsml.decisionlog.expand_entry
+        # gives the former one-entry-per-policy view)
+        entry = {
+            "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
+            "policy_version": live.version, "served": True, "live_policy": live.name,
+            "arm": c.arm, "propensity": c.propensity, "explored": c.explored,
+            "arms": arms, "scores": c.scores, "features": _logged(xs[live.name]),
+            "feature_version": live.features.version, "hour_of_day": hour, "day_of_week": dow,
+            "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
+            "shadow": [{"policy": p.name, "policy_version": p.version, "arm": ch.arm,
+                        "propensity": ch.propensity, "explored": ch.explored,
+                        "scores": ch.scores, "features": _logged(xs[p.name]),
+                        "feature_version": p.features.version}
+                       for p, ch in zip(shadows, choices[1:])],
+        }
+        log = [entry]
         return ScoreOutcome(reply, record, log)
 
     def _fallback(self, req, live, arms, decision_id, ts, reason, record) -> ScoreOutcome:

@@ -21,6 +21,11 @@ every process.
 | ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws of ``THOMPSON_PROPENSITY=mc`` |
 | ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model |
 | ``REWARD_WINDOW_S`` | ``86400`` | how long a decision can still be rewarded |
+| ``STATE_TTL_S`` | ``7776000`` (90 days) | a user's bandit state and pull counters expire this long after their last reward / decision (idle users cost no memory); ``0`` keeps them forever |
+| ``GLOBAL_SHARDS`` | ``16`` | shard keys of each global model's statistics (same value in every process) |
+| ``GLOBAL_REFRESH_S`` | ``1.0`` | how stale a scorer's merged copy of a global model may be |
+| ``STREAM_REPLICAS`` | ``1`` | JetStream replicas of every stream (``3`` on a 3-node NATS cluster) |
+| ``REDIS_CLUSTER`` | unset | ``1``: ``REDIS_URL`` names Redis Cluster nodes (or write ``redis-cluster://h1:p1,h2:p2``) |
 | ``REQUEST_TIMEOUT_S`` | ``2.0`` | timeout of every outgoing request |
 | ``METRICS_PORT`` | ``0`` (worker default) | Prometheus HTTP port; 0 picks a free port, -1 disables |
 | ``METRICS_ADDR`` | ``127.0.0.1`` | address the metrics server binds (``0.0.0.0`` in containers) |
@@ -98,6 +103,9 @@ class BaseServiceSettings(BaseSettings):
     # default reward still finds it after the sweeping consumer was down for a while
     reward_record_grace_s: float = 3600.0
     request_timeout_s: float = 2.0
+    state_ttl_s: int = 90 * 86400
+    global_refresh_s: float = 1.0
+    stream_replicas: int = 1
     metrics_port: int = 0
     metrics_addr: str = "127.0.0.1"
     admin_token: str | None = None

@@ -1,27 +1,52 @@
-"""Bandit state, decisions and reward application in Redis.
+"""Bandit state, decisions and reward application in Redis (single Redis or Redis Cluster).
 
-Keys (``{p}`` policy, ``{u}`` user):
+Every key of one user's learning loop carries the user's **hash tag** ``{u}`` (see
+:func:`utag`), so on a Redis Cluster they share one slot and every script touches one
+slot only (all the keys it touches are in its KEYS):
 
-* ``tips:st:{p}:{u}``  hash arm → packed arm model (see :mod:`tipsml.bandits`);
-  policies configured with one global model use ``tips:stg:{p}`` instead.
-* ``tips:pulls:{p}:{u}`` (global: ``tips:pullsg:{p}``) hash arm → times served (live only).
-* ``tips:dec:{decision_id}`` hash: the decision as the reward needs it (user, arm,
-  learners, and per learner its state key and packed feature vector); TTL = reward window.
-* ``tips:evt:{event_id}`` the idempotency claim of one feedback event (its outcome).
+* ``tips:st:{u}:{p}``  hash arm → packed arm model, layout 2 (float32, upper triangle of
+  A⁻¹; see :mod:`tipsml.bandits`; the former float64 layout is still read);
+* ``tips:pulls:{u}:{p}`` hash arm → times served (live policy only);
+* ``tips:dec:{u}:{decision_id}`` hash: the compact decision record the reward needs
+  (:meth:`StateStore.record_decisions`); TTL = reward window + grace;
+* ``tips:evt:{u}:{event_id}`` the idempotency claim of one feedback event (its outcome);
+* ``tips:gen:{u}:{decision_id}`` written by the generator (prompt version of the tip).
+
+State and pull keys of a user expire ``STATE_TTL_S`` after the user's last reward /
+decision (idle users cost nothing after that; 0 keeps them forever).
+
+Global models (``GLOBAL_POLICIES``) are not one hot key: a reward adds its sufficient
+statistics (n, Σr, b = Σ r x, Σ x xᵀ — additive, float64) into one of ``GLOBAL_SHARDS``
+shard keys ``tips:stg:{p.<s>}`` (``s`` from the decision id), under a per-decision marker
+``tips:gdone:{p.<s>}:<decision_id>`` (SET NX), so each decision counts once. The scorer
+sums the shards and inverts ``λI + Σ x xᵀ`` on read, at most every
+``GLOBAL_REFRESH_S`` per process: global models are **eventually consistent** (a reward
+is visible to a scorer within that refresh), updates are exactly once. Their pull
+counters are sharded the same way (``tips:pullsg:{p.<s>}``).
+
 * ``tips:due:{<shard>}`` sorted set, member ``<decision_id>:<user_id>``, score = when
   the decision's reward window closes; the feedback consumer sweeps the due ones and
   applies the default reward (event ``default:<decision_id>``) unless a reaction
   claimed the decision first. ``DUE_SHARDS`` sets (hash tags: spread over a Redis
   Cluster's slots, and several consumers sweep different shards at once).
 
-The reward update is one Lua script: the idempotency claim, the join to the
-decision and the Sherman–Morrison update of every learner happen atomically,
-so concurrent consumers and redeliveries can neither lose nor double an update.
+The per-user reward update is one Lua script: the idempotency claim, the join to the
+decision and the Sherman–Morrison update of every per-user learner happen atomically
+in the user's slot, so concurrent consumers and redeliveries can neither lose nor
+double an update. A redelivered event whose claim says ``applied`` re-runs the global
+step (idempotent by its marker), so a crash between the two steps loses nothing.
+
+``REDIS_URL`` chooses the client: ``redis://…`` one Redis, ``redis-cluster://h1:p1,h2:p2``
+(or ``REDIS_CLUSTER=1``) a Redis Cluster (:func:`connect_redis`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+import os
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -29,21 +54,61 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+log = logging.getLogger(__name__)
+
+STATE_TTL_S = int(os.environ.get("STATE_TTL_S", str(90 * 86400)))
+GLOBAL_SHARDS = int(os.environ.get("GLOBAL_SHARDS", "16"))
+GLOBAL_REFRESH_S = float(os.environ.get("GLOBAL_REFRESH_S", "1.0"))
+
+
+def utag(user_id: str) -> str:
+    """The user's hash tag ``{user}``. A user id holding a brace would break the tag (Redis
+    hashes what lies between the first ``{`` and the next ``}``): then a digest of it is
+    the tag and the id follows it."""
+    if "{" in user_id or "}" in user_id:
+        return "{~" + hashlib.sha1(user_id.encode()).hexdigest()[:20] + "~}" + user_id
+    return "{" + user_id + "}"
+
+
+def user_of_tag(tag: str) -> str:
+    """Inverse of :func:`utag`."""
+    if tag.startswith("{~") and tag[22:24] == "~}":
+        return tag[24:]
+    return tag[1:-1]
+
+
 def state_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    # a global model lives under its own prefix, so no user id can ever name it
-    return f"tips:stg:{policy}" if global_model else f"tips:st:{policy}:{user_id}"
+    # a global model lives under its own prefix, so no user id can ever name it (the name
+    # is logical: its statistics live in GLOBAL_SHARDS shard keys, global_shard_key)
+    return f"tips:stg:{policy}" if global_model else f"tips:st:{utag(user_id)}:{policy}"
 
 
 def pulls_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    return f"tips:pullsg:{policy}" if global_model else f"tips:pulls:{policy}:{user_id}"
+    return f"tips:pullsg:{policy}" if global_model else f"tips:pulls:{utag(user_id)}:{policy}"
 
 
-def decision_key(decision_id: str) -> str:
-    return f"tips:dec:{decision_id}"
+def global_shard(decision_id: str) -> int:
+    return zlib.crc32(decision_id.encode()) % GLOBAL_SHARDS
 
 
-def event_key(event_id: str) -> str:
-    return f"tips:evt:{event_id}"
+def global_shard_key(policy: str, shard: int) -> str:
+    return f"tips:stg:{{{policy}.{shard}}}"
+
+
+def global_pulls_key(policy: str, shard: int) -> str:
+    return f"tips:pullsg:{{{policy}.{shard}}}"
+
+
+def global_marker_key(policy: str, shard: int, decision_id: str) -> str:
+    return f"tips:gdone:{{{policy}.{shard}}}:{decision_id}"
+
+
+def decision_key(decision_id: str, user_id: str) -> str:
+    return f"tips:dec:{utag(user_id)}:{decision_id}"
+
+
+def event_key(event_id: str, user_id: str) -> str:
+    return f"tips:evt:{utag(user_id)}:{event_id}"
 
 
 DUE_SHARDS = 16
@@ -62,106 +127,250 @@ def default_event_id(decision_id: str) -> str:
     return f"default:{decision_id}"
 
 
-def generation_key(decision_id: str) -> str:
+def generation_key(decision_id: str, user_id: str) -> str:
     """Written by the generator: which prompt version wrote the tip of this decision."""
-    return f"tips:gen:{decision_id}"
+    return f"tips:gen:{utag(user_id)}:{decision_id}"
 
 
-# KEYS[1] event key, KEYS[2] decision key, KEYS[3] generation key (prompt version)
+def hp_tag(update_id: str) -> str:
+    """The short form of a hyper-parameter id kept in decision records (8 hex digits);
+    ``tips:hpids`` maps it back for messages."""
+    return f"{zlib.crc32(update_id.encode()):08x}"
+
+
+HP_IDS_KEY = "tips:hpids"
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(("redis-cluster://", "rediss-cluster://")) or \
+        os.environ.get("REDIS_CLUSTER", "") in ("1", "true", "yes")
+
+
+def connect_redis(url: str, *, max_connections: int = 64, pool_timeout_s: float = 5.0,
+                  socket_timeout: float | None = 2.0, **kw):
+    """A client for ``url``: ``redis://`` → one Redis (blocking pool), ``redis-cluster://h:p,
+    h2:p2`` (or ``REDIS_CLUSTER=1``) → :class:`redis.asyncio.RedisCluster` (slots from any
+    reachable node, MOVED/ASK and failovers followed by redis-py)."""
+    if is_cluster_url(url):
+        from urllib.parse import unquote
+
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        rest = url.split("://", 1)[1].split("/", 1)[0]
+        tls = url.startswith("rediss")
+        auth: dict = {}
+        if "@" in rest:  # redis-cluster://[user]:password@h1:p1,h2:p2
+            userinfo, rest = rest.rsplit("@", 1)
+            user, _, pw = userinfo.partition(":")
+            auth = {"username": unquote(user) or None, "password": unquote(pw) or None}
+        nodes = []
+        for hp in rest.split(","):
+            host, _, port = hp.rpartition(":")
+            nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # no client-side retries: on a connection error redis-py's cluster pipeline closes
+        # *every* node's connections before retrying, so one dead master stalled the reads
+        # of all users; our callers retry themselves (scorer: fallback; feedback: nak;
+        # decision writer: retry loop) and the slot map is refreshed on the next command
+        return RedisCluster(startup_nodes=nodes, ssl=tls, max_connections=max_connections,
+                            retry=Retry(NoBackoff(), 0), **auth,
+                            socket_timeout=socket_timeout, socket_connect_timeout=2.0,
+                            require_full_coverage=False, **kw)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout_s,
+        socket_timeout=socket_timeout, socket_connect_timeout=2.0, health_check_interval=0)
+    return aioredis.Redis.from_pool(pool)
+
+
+def _failover_errors() -> tuple:
+    from redis.exceptions import ClusterDownError, ConnectionError, SlotNotCoveredError
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    return (ConnectionError, RedisTimeout, ClusterDownError, SlotNotCoveredError, OSError,
+            TimeoutError)
+
+
+_FAILOVER_ERRORS = _failover_errors()
+
+
+# KEYS[1] event key, KEYS[2] decision key, KEYS[3] generation key (prompt version),
+# KEYS[4..] the user's state keys of the per-user policies named in ARGV[7], in order.
 # ARGV[1] reward, ARGV[2] event-claim ttl (s), ARGV[3] ridge lambda, ARGV[4] user id,
 # ARGV[5] '1' to claim a missing decision as expired, '0' to answer 'pending' (no claim):
 #         the scorer writes the decision record just after replying, so a very early
 #         reaction can arrive first; the consumer retries it for a grace period.
-# ARGV[6..] (any position from 6, recognised by their prefix) 'hp:<policy>=<update id>':
-#         the updater's hyper-parameters (tipsml.bandits.update_id) — a mismatch with the
-#         decision's 'hp:<policy>' fields answers 'hyper_mismatch' (no claim, no change).
-# returns {outcome, policy, arm, prompt_version[, detail]}
+# ARGV[6] state ttl (s; 0 = none), ARGV[7] comma list of per-user policies (KEYS[4..]).
+# ARGV[8..] 'hp:<policy>=<tag>': the updater's hyper-parameters (hp_tag of
+#         tipsml.bandits.update_id) — a learner whose decision-time tag differs answers
+#         'hyper_mismatch' (no claim, no change).
+# Decision record (layout 2): a arm, p policy, l 'policy/dim,…' learners, x their feature
+# vectors (float32, concatenated in l's order), h their hp tags (comma list), r rewarded.
+# A learner not among ARGV[7] (a global policy) is returned as policy, x for the global
+# step. returns {outcome, policy, arm, prompt_version, detail[, gpolicy, gx, …]}
 APPLY_REWARD_LUA = r"""
 local pv = redis.call('HGET', KEYS[3], 'prompt_version') or ''
+local skeys = {}
+local i = 0
+for p in string.gmatch(ARGV[7], '[^,]+') do i = i + 1; skeys[p] = KEYS[3 + i] end
+local function learners(l)
+  local out = {}
+  for p, dim in string.gmatch(l or '', '([^,/]+)/(%d+)') do out[#out + 1] = {p, tonumber(dim)} end
+  return out
+end
+local function globals(d)
+  local out = {}
+  local off = 0
+  for _, ld in ipairs(learners(d[2])) do
+    if not skeys[ld[1]] then
+      out[#out + 1] = ld[1]
+      out[#out + 1] = string.sub(d[6], off * 4 + 1, (off + ld[2]) * 4)
+    end
+    off = off + ld[2]
+  end
+  return out
+end
 local prev = redis.call('GET', KEYS[1])
-if prev then return {'duplicate', prev, '', pv} end
-local d = redis.call('HMGET', KEYS[2], 'user', 'arm', 'learners', 'rewarded', 'policy')
+if prev then
+  local res = {'duplicate', prev, '', pv, ''}
+  if prev == 'applied' then
+    local d = redis.call('HMGET', KEYS[2], 'a', 'l', 'r', 'p', 'h', 'x')
+    if d[1] then for _, v in ipairs(globals(d)) do res[#res + 1] = v end end
+  end
+  return res
+end
+local d = redis.call('HMGET', KEYS[2], 'a', 'l', 'r', 'p', 'h', 'x')
 if not d[1] then
-  if ARGV[5] == '0' then return {'pending', '', '', pv} end
+  if ARGV[5] == '0' then return {'pending', '', '', pv, ''} end
   redis.call('SET', KEYS[1], 'expired', 'EX', ARGV[2])
-  return {'expired', '', '', pv}
+  return {'expired', '', '', pv, ''}
 end
-if d[1] ~= ARGV[4] then
-  redis.call('SET', KEYS[1], 'mismatch', 'EX', ARGV[2])
-  return {'mismatch', d[5], d[2], pv}
-end
-if d[4] then
+if d[3] then
   redis.call('SET', KEYS[1], 'already_rewarded', 'EX', ARGV[2])
-  return {'already_rewarded', d[5], d[2], pv}
+  return {'already_rewarded', d[4], d[1], pv, ''}
 end
--- one set of hyper-parameters per policy: ARGV entries 'hp:<policy>=<update id>' are the
--- updater's; every learner whose decision-time id ('hp:<policy>' field) differs is refused
--- before anything changes, with no claim (fixed config + DLQ replay can still apply it)
+local ls = learners(d[2])
 local hp = {}
 local any_hp = false
-for i = 6, #ARGV do
-  local hpol, hval = string.match(ARGV[i], '^hp:([^=]+)=(.*)$')
+for k = 8, #ARGV do
+  local hpol, hval = string.match(ARGV[k], '^hp:([^=]+)=(.*)$')
   if hpol then hp[hpol] = hval; any_hp = true end
 end
 if any_hp then
-  for p in string.gmatch(d[3], '[^,]+') do
-    local got = redis.call('HGET', KEYS[2], 'hp:' .. p)
-    if got and got ~= hp[p] then
-      return {'hyper_mismatch', d[5], d[2], pv,
-              p .. ': scored with ' .. got .. ', updater has ' .. (hp[p] or 'no such policy')}
+  local k = 0
+  for got in string.gmatch(d[5] or '', '[^,]+') do
+    k = k + 1
+    local p = ls[k] and ls[k][1]
+    if p and got ~= '-' and got ~= hp[p] then
+      return {'hyper_mismatch', d[4], d[1], pv, p .. '|' .. got .. '|' .. (hp[p] or '')}
     end
   end
 end
 local r = tonumber(ARGV[1])
 local lam = tonumber(ARGV[3])
-local arm = d[2]
-for p in string.gmatch(d[3], '[^,]+') do
-  local xs = redis.call('HGET', KEYS[2], 'x:' .. p)
-  local skey = redis.call('HGET', KEYS[2], 'skey:' .. p)
-  local dim = #xs / 8
-  local x = {struct.unpack('<' .. string.rep('d', dim), xs)}
-  local n = 2 + dim + dim * dim
-  local fmt = '<' .. string.rep('d', n)
-  local blob = redis.call('HGET', skey, arm)
-  local v
-  if blob and #blob == n * 8 then
-    v = {struct.unpack(fmt, blob)}
+local ttl = tonumber(ARGV[6])
+local arm = d[1]
+local glob = {}
+local off = 0
+for _, ld in ipairs(ls) do
+  local p, dim = ld[1], ld[2]
+  local xs = string.sub(d[6], off * 4 + 1, (off + dim) * 4)
+  off = off + dim
+  local skey = skeys[p]
+  if not skey then
+    glob[#glob + 1] = p
+    glob[#glob + 1] = xs
   else
-    v = {0, 0}
-    for i = 1, dim do v[2 + i] = 0 end
-    for i = 1, dim do for j = 1, dim do
-      v[2 + dim + (i - 1) * dim + j] = (i == j) and (1 / lam) or 0
+    local x = {struct.unpack('<' .. string.rep('f', dim), xs)}
+    local nt = dim * (dim + 1) / 2
+    local n2 = 2 + dim + nt
+    local n1 = 2 + dim + dim * dim
+    -- tix[(i-1)*dim+j]: where A⁻¹[i][j] lives in the upper triangle (row-major)
+    local tix = {}
+    for a = 1, dim do for b = 1, dim do
+      local lo, hi = math.min(a, b), math.max(a, b)
+      tix[(a - 1) * dim + b] = 2 + dim + (lo - 1) * dim - (lo - 1) * (lo - 2) / 2 + (hi - lo) + 1
     end end
-  end
-  local off = 2 + dim
-  local u = {}
-  local denom = 1
-  for i = 1, dim do
-    local s = 0
-    for j = 1, dim do s = s + v[off + (i - 1) * dim + j] * x[j] end
-    u[i] = s
-    denom = denom + x[i] * s
-  end
-  for i = 1, dim do
-    local ui = u[i] / denom
-    for j = 1, dim do
-      local k = off + (i - 1) * dim + j
-      v[k] = v[k] - ui * u[j]
+    local blob = redis.call('HGET', skey, arm)
+    local v
+    if blob and #blob == n2 * 4 then
+      v = {struct.unpack('<' .. string.rep('f', n2), blob)}
+    elseif blob and #blob == n1 * 8 then
+      local w = {struct.unpack('<' .. string.rep('d', n1), blob)}
+      v = {}
+      for k = 1, 2 + dim do v[k] = w[k] end
+      for a = 1, dim do for b = a, dim do
+        v[tix[(a - 1) * dim + b]] = w[2 + dim + (a - 1) * dim + b]
+      end end
+    else
+      v = {0, 0}
+      for k = 1, dim do v[2 + k] = 0 end
+      for a = 1, dim do for b = a, dim do
+        v[tix[(a - 1) * dim + b]] = (a == b) and (1 / lam) or 0
+      end end
     end
-    v[2 + i] = v[2 + i] + r * x[i]
+    local u = {}
+    local denom = 1
+    for a = 1, dim do
+      local s = 0
+      for b = 1, dim do s = s + v[tix[(a - 1) * dim + b]] * x[b] end
+      u[a] = s
+      denom = denom + x[a] * s
+    end
+    for a = 1, dim do
+      local ua = u[a] / denom
+      for b = a, dim do
+        local k = tix[(a - 1) * dim + b]
+        v[k] = v[k] - ua * u[b]
+      end
+      v[2 + a] = v[2 + a] + r * x[a]
+    end
+    v[1] = v[1] + 1
+    v[2] = v[2] + r
+    redis.call('HSET', skey, arm, struct.pack('<' .. string.rep('f', n2), unpack(v, 1, n2)))
+    if ttl > 0 then redis.call('EXPIRE', skey, ttl) end
   end
-  v[1] = v[1] + 1
-  v[2] = v[2] + r
-  redis.call('HSET', skey, arm, struct.pack(fmt, unpack(v, 1, n)))
 end
-redis.call('HSET', KEYS[2], 'rewarded', ARGV[1])
+redis.call('HSET', KEYS[2], 'r', ARGV[1])
 redis.call('SET', KEYS[1], 'applied', 'EX', ARGV[2])
-return {'applied', d[5], d[2], pv}
+local res = {'applied', d[4], d[1], pv, ''}
+for _, v in ipairs(glob) do res[#res + 1] = v end
+return res
+"""
+
+# KEYS[1] global shard key, KEYS[2] the decision's marker in that shard's slot
+# ARGV[1] arm, ARGV[2] reward, ARGV[3] x (float32), ARGV[4] marker ttl (s)
+# Adds n, Σr, b = Σ r x and the upper triangle of Σ x xᵀ (float64) once per decision.
+GLOBAL_ADD_LUA = r"""
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+local dim = #ARGV[3] / 4
+local x = {struct.unpack('<' .. string.rep('f', dim), ARGV[3])}
+local n = 2 + dim + dim * (dim + 1) / 2
+local fmt = '<' .. string.rep('d', n)
+local blob = redis.call('HGET', KEYS[1], ARGV[1])
+local v
+if blob and #blob == n * 8 then
+  v = {struct.unpack(fmt, blob)}
+else
+  v = {}
+  for k = 1, n do v[k] = 0 end
+end
+local r = tonumber(ARGV[2])
+v[1] = v[1] + 1
+v[2] = v[2] + r
+local k = 2 + dim
+for a = 1, dim do
+  v[2 + a] = v[2 + a] + r * x[a]
+  for b = a, dim do k = k + 1; v[k] = v[k] + x[a] * x[b] end
+end
+redis.call('HSET', KEYS[1], ARGV[1], struct.pack(fmt, unpack(v, 1, n)))
+return 1
 """
 
 
-# KEYS: state keys; ARGV: arms. One command instead of a pipeline of HMGETs: the
-# request path's only Redis call (cheaper to build and parse than a pipeline).
+# KEYS: state keys (one slot: one user's); ARGV: arms. One command instead of a pipeline
+# of HMGETs: the request path's only Redis call (cheaper to build and parse).
 LOAD_MANY_LUA = r"""
 local out = {}
 for i, k in ipairs(KEYS) do out[i] = redis.call('HMGET', k, unpack(ARGV)) end
@@ -171,108 +380,318 @@ return out
 
 @dataclass(frozen=True)
 class ApplyResult:
-    outcome: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | hyper_mismatch
+    outcome: str  # applied | duplicate | expired | pending | already_rewarded | hyper_mismatch
     policy: str   # deciding policy (for duplicate: the first outcome)
     arm: str
     prompt_version: str
     detail: str = ""  # hyper_mismatch: which learner, decision-time vs updater id
+    globals_applied: int = 0  # global-model updates this call added (0 or 1 each)
 
 
 class StateStore:
-    """Async facade over Redis for the scorer and the feedback consumer."""
+    """Async facade over Redis (or a Redis Cluster) for the scorer and the feedback consumer."""
 
-    def __init__(self, redis: aioredis.Redis, reward_window_s: int = 86400, lam: float = 1.0,
-                 record_grace_s: float = 3600.0, hyper: dict[str, str] | None = None):
+    def __init__(self, redis, reward_window_s: int = 86400, lam: float = 1.0,
+                 record_grace_s: float = 3600.0, hyper: dict[str, str] | None = None,
+                 global_policies=(), state_ttl_s: int | None = None,
+                 global_refresh_s: float | None = None):
         self.r = redis
+        self.cluster = type(redis).__name__ == "RedisCluster"
         self.reward_window_s = reward_window_s
         # a decision record outlives its window by this much, so the default reward can
         # still find it when the sweeping consumer was down for a while
         self.record_grace_s = record_grace_s
         self.lam = lam
+        self.state_ttl_s = STATE_TTL_S if state_ttl_s is None else int(state_ttl_s)
+        self.global_refresh_s = GLOBAL_REFRESH_S if global_refresh_s is None else global_refresh_s
+        self.global_policies = set(global_policies or ())
         # the updater's hyper-parameters per policy (default: every registered policy
         # with this λ); sent with every reward so the Lua script can refuse a mismatch
-        if hyper is None:
-            from .bandits import POLICY_KINDS, update_id
+        from .bandits import POLICY_KINDS, update_id
 
+        if hyper is None:
             hyper = {name: update_id(fs.version, lam) for name, (_, fs) in POLICY_KINDS.items()}
-        self.hyper_args = [f"hp:{p}={v}" for p, v in sorted(hyper.items())]
+        self.hyper = dict(hyper)
+        self.hyper_args = [f"hp:{p}={hp_tag(v)}" for p, v in sorted(hyper.items())]
+        # per-user policies whose state keys the reward script may touch (all it knows)
+        self.user_policies = [p for p in sorted(set(POLICY_KINDS) | set(hyper))
+                              if p not in self.global_policies]
         self._apply = redis.register_script(APPLY_REWARD_LUA)
+        self._gadd = redis.register_script(GLOBAL_ADD_LUA)
         self._load = redis.register_script(LOAD_MANY_LUA)
+        self._hp_registered = False
+        self._gcache: dict[tuple, tuple[float, list[bytes]]] = {}
+        self._last_refresh = 0.0
+        self._bg: set[asyncio.Task] = set()
+        self._glock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, pool_timeout_s: float = 5.0,
-                 **kw) -> "StateStore":
+                 **kw) -> StateStore:
         # A blocking pool: callers beyond max_connections wait for a free connection.
         # redis-py's default pool raises MaxConnectionsError past 100 connections, which
         # turned every concurrent batch > 100 into spurious naks (and scorer fallbacks).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout_s,
-            socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=0)
-        return cls(aioredis.Redis.from_pool(pool), **kw)
+        return cls(connect_redis(url, max_connections=max_connections,
+                                 pool_timeout_s=pool_timeout_s), **kw)
 
     async def close(self) -> None:
         await self.r.aclose()
 
     async def load_many(self, keys: list[str], arms: list[str]) -> list[list[bytes | None]]:
-        """One round trip (one script call): for each state key the arms' packed models."""
+        """One round trip (one script call): for each state key the arms' packed models.
+        The keys must share a slot on a cluster (one user's keys do)."""
         return await self._load(keys=keys, args=arms)
+
+    async def _script_load_all(self, script: str) -> None:
+        await self.r.script_load(script)  # on a cluster redis-py sends it to every primary
 
     async def warm(self, connections: int = 2) -> None:
         """Load the scripts and open ``connections`` pooled connections before serving, so
         the first requests pay neither a SCRIPT LOAD nor a TCP connect."""
-        await self.r.script_load(LOAD_MANY_LUA)
-        await self.r.script_load(APPLY_REWARD_LUA)
-        await asyncio.gather(*(self.r.ping() for _ in range(connections)))
+        for src in (LOAD_MANY_LUA, APPLY_REWARD_LUA, GLOBAL_ADD_LUA):
+            await self._script_load_all(src)
+        if self.cluster:
+            await self.r.ping()
+        else:
+            await asyncio.gather(*(self.r.ping() for _ in range(connections)))
+        await self._register_hp()
+        await self._check_listpack()
 
-    async def load_batch(self, reqs: list[tuple[list[str], list[str]]]) -> list:
+    async def _check_listpack(self) -> None:
+        """Warn when the server keeps a user's models in hash tables (≈ 15 % more memory):
+        ``hash-max-listpack-value`` should be ≥ 512 (deploy/README.md, capacity)."""
+        try:
+            got = await self.r.config_get("hash-max-listpack-value")
+            v = int(next(iter(got.values()))) if isinstance(got, dict) and got else 512
+        except Exception:  # noqa: BLE001 - managed Redis may refuse CONFIG: set it there
+            return
+        if v < 512:
+            log.warning("hash-max-listpack-value is %s: set it to 512 so bandit state and "
+                        "decision records stay compact (deploy/README.md)", v)
+
+    async def load_batch(self, reqs: list[tuple[list[str], list[str]]],
+                         deadline_s: float | None = None) -> list:
         """Many :meth:`load_many` calls in one pipeline (one round trip, one connection).
-        A failed call answers its exception in its place; the others are unaffected."""
+        A failed call answers its exception in its place; the others are unaffected.
+
+        On a cluster: one pipeline per master, sent concurrently, so a master that fails
+        (killed, failing over) fails only the requests of its slots — the users of the
+        other masters are still served (redis-py would fail the whole pipeline)."""
+        if not self.cluster:
+            return await self._load_pipeline(reqs)
+        groups: dict[str, list[int]] = {}
+        for i, (keys, _) in enumerate(reqs):
+            try:
+                node = self.r.get_node_from_key(keys[0]).name
+            except Exception:  # noqa: BLE001 - slot map not loaded yet / slot uncovered
+                node = ""
+            groups.setdefault(node, []).append(i)
+        tasks = [asyncio.ensure_future(self._load_pipeline([reqs[i] for i in idx]))
+                 for idx in groups.values()]
+        # a master that does not answer (killed: redis-py retries and refreshes the slot
+        # map meanwhile) must not hold the answers of the others: past the deadline its
+        # requests fail alone and its pipeline finishes in the background
+        _, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        out: list = [None] * len(reqs)
+        for idx, t in zip(groups.values(), tasks):
+            if t in pending:
+                t.add_done_callback(lambda f: f.cancelled() or f.exception())
+                res: object = TimeoutError("a Redis Cluster master did not answer in time")
+            else:
+                res = t.exception() or t.result()
+            for j, i in enumerate(idx):
+                out[i] = res if isinstance(res, BaseException) else res[j]
+        return out
+
+    def _slot_map_stale(self, errors) -> None:
+        """A cluster node refused or failed: refresh the slot map (at most every 0.5 s, in
+        the background), so commands find the replica that took over. redis-py does it
+        for single commands, not for a pipeline's per-command errors."""
+        if not self.cluster or not any(isinstance(e, _FAILOVER_ERRORS) for e in errors):
+            return
+        now = time.monotonic()
+        if now - self._last_refresh < 0.5:
+            return
+        self._last_refresh = now
+
+        async def refresh():
+            try:
+                await self.r.nodes_manager.initialize()
+            except Exception as e:  # noqa: BLE001 - the next error tries again
+                log.debug("slot map refresh failed: %r", e)
+
+        t = asyncio.ensure_future(refresh())
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    async def _load_pipeline(self, reqs) -> list:
+        out: list = []
         for attempt in (0, 1):
             pipe = self.r.pipeline(transaction=False)
             for keys, arms in reqs:  # EVALSHA directly: a Script in a pipeline costs a
-                pipe.evalsha(self._load.sha, len(keys), *keys, *arms)  # SCRIPT EXISTS first
-            out = await pipe.execute(raise_on_error=False)
+                # SCRIPT EXISTS first; execute_command because redis-py's cluster pipeline
+                # blocks its evalsha() method (it routes EVALSHA by its first key all right)
+                pipe.execute_command("EVALSHA", self._load.sha, len(keys), *keys, *arms)
+            try:
+                out = await pipe.execute(raise_on_error=False)
+            except Exception as e:
+                self._slot_map_stale([e])
+                raise
+            self._slot_map_stale(out)
             if attempt == 0 and any(isinstance(o, NoScriptError) for o in out):
-                await self.r.script_load(LOAD_MANY_LUA)  # Redis restarted or flushed
+                await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
                 continue
             return out
         return out
 
+    async def _register_hp(self) -> None:
+        """Map the short hyper-parameter tags of decision records back to their ids."""
+        if not self._hp_registered:
+            await self.r.hset(HP_IDS_KEY, mapping={hp_tag(v): v for v in self.hyper.values()})
+            self._hp_registered = True
+
+    def decision_fields(self, rec: dict) -> dict:
+        """The compact decision record (layout 2; about 300 B in Redis, see
+        bench/results/compact_state.json)."""
+        ls, xs, hs = [], [], []
+        hyper = rec.get("hyper", {})
+        for p in rec["learners"]:
+            x = np.asarray(rec["vectors"][p][1], dtype="<f4")
+            ls.append(f"{p}/{x.shape[0]}")
+            xs.append(x.tobytes())
+            hs.append(hp_tag(hyper[p]) if p in hyper else "-")
+        fields = {"a": rec["arm"], "p": rec["policy"], "l": ",".join(ls), "x": b"".join(xs),
+                  "h": ",".join(hs), "pr": f"{rec['propensity']:.9g}", "t": f"{rec['ts']:.3f}"}
+        if rec.get("fallback"):
+            fields["f"] = "1"
+        return fields
+
+    def _pulls_key(self, rec: dict) -> str:
+        if rec["policy"] in self.global_policies:
+            return global_pulls_key(rec["policy"], global_shard(rec["decision_id"]))
+        return pulls_key(rec["policy"], rec["user_id"])
+
     async def record_decisions(self, records: list[dict]) -> None:
         """Write decision records (for the reward join) and pull counters, pipelined."""
+        if not self._hp_registered:
+            await self._register_hp()
         pipe = self.r.pipeline(transaction=False)
+        ttl = int(self.reward_window_s + self.record_grace_s)
         for rec in records:
-            dkey = decision_key(rec["decision_id"])
-            fields = {
-                "user": rec["user_id"], "arm": rec["arm"], "policy": rec["policy"],
-                "learners": ",".join(rec["learners"]), "propensity": repr(rec["propensity"]),
-                "ts": repr(rec["ts"]), "version": rec["policy_version"],
-            }
-            if rec.get("fallback"):
-                fields["fallback"] = "1"
-            for p, (skey, x) in rec["vectors"].items():
-                fields[f"skey:{p}"] = skey
-                fields[f"x:{p}"] = np.asarray(x, dtype="<f8").tobytes()
-            for p, hp in rec.get("hyper", {}).items():  # update id per learner (bandits.update_id)
-                fields[f"hp:{p}"] = hp
-            pipe.hset(dkey, mapping=fields)
-            pipe.expire(dkey, int(self.reward_window_s + self.record_grace_s))
+            dkey = decision_key(rec["decision_id"], rec["user_id"])
+            pipe.hset(dkey, mapping=self.decision_fields(rec))
+            pipe.expire(dkey, ttl)
             pipe.zadd(due_key(due_shard(rec["decision_id"])),
                       {f"{rec['decision_id']}:{rec['user_id']}": rec["ts"] + self.reward_window_s})
-            pipe.hincrby(rec["pulls_key"], rec["arm"], 1)
-        await pipe.execute()
+            pk = self._pulls_key(rec)
+            pipe.hincrby(pk, rec["arm"], 1)
+            if self.state_ttl_s > 0 and rec["policy"] not in self.global_policies:
+                pipe.expire(pk, self.state_ttl_s)
+        try:
+            await pipe.execute()
+        except Exception as e:
+            self._slot_map_stale([e])
+            raise
 
     async def apply_reward(self, event_id: str, decision_id: str, user_id: str,
                            reward: float, claim_missing: bool = True) -> ApplyResult:
         """Apply once. With ``claim_missing=False`` an unknown decision answers ``pending``
-        and claims nothing (the caller retries: the record may not be written yet)."""
+        and claims nothing (the caller retries: the record may not be written yet).
+        Global learners are updated right after, by decision id, exactly once."""
         res = await self._apply(
-            keys=[event_key(event_id), decision_key(decision_id), generation_key(decision_id)],
+            keys=[event_key(event_id, user_id), decision_key(decision_id, user_id),
+                  generation_key(decision_id, user_id),
+                  *[state_key(p, user_id) for p in self.user_policies]],
             args=[repr(float(reward)), self.reward_window_s * 2, repr(self.lam), user_id,
-                  "1" if claim_missing else "0", *self.hyper_args],
+                  "1" if claim_missing else "0", self.state_ttl_s,
+                  ",".join(self.user_policies), *self.hyper_args],
         )
-        vals = [v.decode() if isinstance(v, bytes) else (v or "") for v in res]
-        return ApplyResult(*vals[:5])
+        vals = [v.decode() if isinstance(v, bytes) else (v or "") for v in res[:5]]
+        outcome, policy, arm, pv, detail = vals
+        if outcome == "hyper_mismatch":
+            detail = await self._hyper_detail(detail)
+        gl = 0
+        if len(res) > 5 and outcome in ("applied", "duplicate"):
+            if outcome == "duplicate":  # the claim says applied: redo the idempotent step
+                arm = (await self.r.hget(decision_key(decision_id, user_id), "a") or b"").decode()
+            rw = reward
+            if outcome == "duplicate":
+                got = await self.r.hget(decision_key(decision_id, user_id), "r")
+                rw = float(got) if got is not None else reward
+            for j in range(5, len(res) - 1, 2):
+                p = res[j].decode() if isinstance(res[j], bytes) else res[j]
+                gl += await self.apply_global(p, decision_id, arm, rw, res[j + 1])
+            if outcome == "duplicate":
+                arm = ""
+        return ApplyResult(outcome, policy, arm, pv, detail, gl)
+
+    async def apply_global(self, policy: str, decision_id: str, arm: str, reward: float,
+                           x32: bytes) -> int:
+        s = global_shard(decision_id)
+        return int(await self._gadd(
+            keys=[global_shard_key(policy, s), global_marker_key(policy, s, decision_id)],
+            args=[arm, repr(float(reward)), x32, self.reward_window_s * 2]))
+
+    async def _hyper_detail(self, raw: str) -> str:
+        p, _, rest = raw.partition("|")
+        got, _, want = rest.partition("|")
+        names = await self.r.hmget(HP_IDS_KEY, [got, want]) if got else [None, None]
+        g = names[0].decode() if names[0] else got
+        w = self.hyper.get(p) or (names[1].decode() if names[1] else "no such policy")
+        return f"{p}: scored with {g}, updater has {w}"
+
+    async def global_models(self, policy, arms: list[str]) -> list[bytes]:
+        """The merged global model of ``policy`` (a :class:`tipsml.bandits.Policy`) per arm,
+        as full float64 vectors: Σ of the shards' statistics, A⁻¹ = (λI + Σ x xᵀ)⁻¹.
+        Cached per process for ``global_refresh_s``."""
+        key = (policy.name, tuple(arms))
+        hit = self._gcache.get(key)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.global_refresh_s:
+            return hit[1]
+        async with self._glock:
+            hit = self._gcache.get(key)
+            if hit and time.monotonic() - hit[0] < self.global_refresh_s:
+                return hit[1]
+            blobs = await self._merge_global(policy.name, policy.dim, policy.lam, arms)
+            self._gcache[key] = (time.monotonic(), blobs)
+            return blobs
+
+    async def global_stats(self, policy: str, dim: int, arms: list[str] | None = None):
+        """{arm: summed statistics vector [n, Σr, b, triu(Σ x xᵀ)]} over the shards."""
+        pipe = self.r.pipeline(transaction=False)
+        for s in range(GLOBAL_SHARDS):
+            if arms is None:
+                pipe.hgetall(global_shard_key(policy, s))
+            else:
+                pipe.hmget(global_shard_key(policy, s), arms)
+        rows = await pipe.execute()
+        nt = 2 + dim + dim * (dim + 1) // 2
+        tot: dict[str, np.ndarray] = {}
+        for row in rows:
+            items = row.items() if arms is None else zip(arms, row)
+            for a, blob in items:
+                a = a.decode() if isinstance(a, bytes) else a
+                if blob and len(blob) == nt * 8:
+                    v = np.frombuffer(blob, dtype="<f8")
+                    tot[a] = tot[a] + v if a in tot else v.copy()
+        return tot
+
+    async def _merge_global(self, policy: str, dim: int, lam: float, arms: list[str]):
+        from .bandits import HEADER, _tri_index, initial_arm, pack
+
+        tot = await self.global_stats(policy, dim, arms)
+        _, full = _tri_index(dim)
+        out = []
+        for a in arms:
+            v = tot.get(a)
+            if v is None:
+                out.append(pack(initial_arm(dim, lam)))
+                continue
+            xx = v[HEADER + dim:][full].reshape(dim, dim)
+            ainv = np.linalg.inv(lam * np.eye(dim) + xx)
+            out.append(pack(np.concatenate([v[:HEADER + dim], ainv.ravel()])))
+        return out
 
     async def due(self, shard: int, now: float, limit: int) -> list[tuple[str, str, bytes]]:
         """Decisions of a shard whose window has closed: (decision_id, user_id, member)."""
@@ -298,24 +717,99 @@ class StateStore:
             pipe.zcount(due_key(s), "-inf", now)
         return sum(await pipe.execute())
 
-    async def get_decision(self, decision_id: str) -> dict[str, str]:
-        raw = await self.r.hgetall(decision_key(decision_id))
-        return {k.decode(): (v.decode(errors="replace") if not k.startswith(b"x:") else v)
-                for k, v in raw.items()}
+    async def get_decision(self, decision_id: str, user_id: str | None = None) -> dict:
+        """The decision record, decoded into its long form (``user``, ``arm``, ``policy``,
+        ``learners``, per learner ``x:<p>`` float64 bytes, ``skey:<p>``, ``hp:<p>``, and
+        ``rewarded`` once rewarded). Without ``user_id`` the key is found by a SCAN (tests
+        and tools only: slow on a big keyspace). Empty dict if absent."""
+        key = None
+        if user_id is not None:
+            key = decision_key(decision_id, user_id)
+        else:
+            key = await self._find_key(f"tips:dec:*:{decision_id}")
+            if key is None:
+                return {}
+        raw = await self.r.hgetall(key)
+        if not raw:
+            return {}
+        f = {k.decode(): v for k, v in raw.items()}
+        if user_id is None:
+            tag = key.split(":", 2)[2].rsplit(":", 1)[0]
+            user_id = user_of_tag(tag)
+        out = {"user": user_id, "arm": f["a"].decode(), "policy": f["p"].decode(),
+               "propensity": f.get("pr", b"").decode(), "ts": f.get("t", b"").decode()}
+        names, off = [], 0
+        hs = f.get("h", b"").decode().split(",")
+        tags = [t for t in hs if t != "-"]
+        ids = dict(zip(tags, await self.r.hmget(HP_IDS_KEY, tags))) if tags else {}
+        for i, ld in enumerate(f["l"].decode().split(",")):
+            p, _, d = ld.rpartition("/")
+            d = int(d)
+            names.append(p)
+            x = np.frombuffer(f["x"][off * 4:(off + d) * 4], dtype="<f4").astype("<f8")
+            off += d
+            out[f"x:{p}"] = x.tobytes()
+            out[f"skey:{p}"] = state_key(p, user_id, p in self.global_policies)
+            if i < len(hs) and hs[i] != "-":
+                v = ids.get(hs[i])
+                out[f"hp:{p}"] = v.decode() if v else hs[i]
+        out["learners"] = ",".join(names)
+        if "r" in f:
+            out["rewarded"] = f["r"].decode()
+        if "f" in f:
+            out["fallback"] = "1"
+        return out
+
+    async def decision_users(self, decision_ids) -> dict[str, str]:
+        """{decision id: user id} of existing decision records, by one SCAN over
+        ``tips:dec:*`` (tests and tools: they know decision ids, not always users)."""
+        want = set(decision_ids)
+        out: dict[str, str] = {}
+        async for k in self.r.scan_iter(match="tips:dec:*", count=5000):
+            k = k.decode() if isinstance(k, bytes) else k
+            tag, _, did = k[len("tips:dec:"):].rpartition(":")
+            if did in want:
+                out[did] = user_of_tag(tag)
+        return out
+
+    async def _find_key(self, pattern: str) -> str | None:
+        if self.cluster:
+            async for k in self.r.scan_iter(match=pattern, count=1000):
+                return k.decode() if isinstance(k, bytes) else k
+            return None
+        async for k in self.r.scan_iter(pattern, count=1000):
+            return k.decode()
+        return None
 
     async def stats(self, policy: str, user_id: str, global_model: bool, dim: int) -> dict:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(state_key(policy, user_id, global_model))
-        pipe.hgetall(pulls_key(policy, user_id, global_model))
-        st, pulls = await pipe.execute()
+        from .bandits import decode_arm
+
         arms: dict[str, dict] = {}
-        for arm_b, cnt in pulls.items():
-            arms.setdefault(arm_b.decode(), {})["pulls"] = int(cnt)
-        for arm_b, blob in st.items():
-            v = np.frombuffer(blob, dtype="<f8")
-            a = arms.setdefault(arm_b.decode(), {})
-            a["updates"] = int(v[0])
-            a["reward_sum"] = float(v[1])
+        if global_model:
+            tot = await self.global_stats(policy, dim)
+            pipe = self.r.pipeline(transaction=False)
+            for s in range(GLOBAL_SHARDS):
+                pipe.hgetall(global_pulls_key(policy, s))
+            for row in await pipe.execute():
+                for arm_b, cnt in row.items():
+                    a = arms.setdefault(arm_b.decode(), {})
+                    a["pulls"] = a.get("pulls", 0) + int(cnt)
+            for arm, v in tot.items():
+                a = arms.setdefault(arm, {})
+                a["updates"] = int(v[0])
+                a["reward_sum"] = float(v[1])
+        else:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hgetall(state_key(policy, user_id))
+            pipe.hgetall(pulls_key(policy, user_id))
+            st, pulls = await pipe.execute()
+            for arm_b, cnt in pulls.items():
+                arms.setdefault(arm_b.decode(), {})["pulls"] = int(cnt)
+            for arm_b, blob in st.items():
+                v = decode_arm(blob, dim, self.lam)
+                a = arms.setdefault(arm_b.decode(), {})
+                a["updates"] = int(v[0])
+                a["reward_sum"] = float(v[1])
         for a in arms.values():
             a.setdefault("pulls", 0)
             a.setdefault("updates", 0)
@@ -324,7 +818,7 @@ class StateStore:
         return arms
 
     async def reset(self, policies: list[str], user_id: str) -> int:
-        keys = []
-        for p in policies:
-            keys += [state_key(p, user_id), pulls_key(p, user_id)]
-        return int(await self.r.delete(*keys)) if keys else 0
+        n = 0
+        for p in policies:  # one user's keys share a slot: a multi-key DEL is fine there
+            n += int(await self.r.delete(state_key(p, user_id), pulls_key(p, user_id)))
+        return n

@@ -51,6 +51,7 @@ class StreamSpec:
     max_bytes: int = -1
     retention: str = "limits"  # limits | workqueue | interest
     storage: str = "file"
+    compression: str = "none"  # none | s2 (file storage: compressed message blocks on disk)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ STREAMS: dict[str, StreamSpec] = {
         # no max_bytes: JetStream reserves it against the disk up front (a dev machine or a
         # test stack would be refused); retention is by age, sized in deploy/README.md
         StreamSpec("FEEDBACK", ("feedback.>",), max_age_s=14 * 86400, duplicate_window_s=600),
-        StreamSpec("DECISIONS", ("decisions.>",), max_age_s=30 * 86400, duplicate_window_s=120),
+        # the biggest stream (one JSON message per decision): S2-compressed on disk
+        # (bench/results/compact_state.md measures the bytes per decision)
+        StreamSpec("DECISIONS", ("decisions.>",), max_age_s=30 * 86400, duplicate_window_s=120,
+                   compression="s2"),
         StreamSpec("BENCH", ("bench.run", "bench.cell.>"), max_age_s=7 * 86400,
                    duplicate_window_s=3600, retention="workqueue"),
         StreamSpec("BENCH_STATUS", ("bench.status.>",), max_age_s=7 * 86400),
