@@ -24,8 +24,9 @@ setup: $(STAMP)
 run: setup  ## embedded NATS + Redis + LLM, all workers, simulated traffic demo with live view
 	$(BIN)/python -m tipsml.demo
 
-test: setup  ## the whole suite against real servers started by the fixtures
+test: setup  ## the whole suite against real servers started by the fixtures, then its cluster set on a real NATS cluster + Redis Cluster
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cluster -m "cluster and not slow"
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not llm and not slow"
