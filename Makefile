@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast up down bench-score bench-generate bench-job bench-worker bench-run sim gate ope chaos soak mlflow-ui lint clean
+.PHONY: setup run test test-fast up down status asyncapi bench-score bench-generate bench-job bench-worker bench-run sim gate ope chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,11 +30,17 @@ test: setup  ## the whole suite against real servers started by the fixtures
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not llm and not slow"
 
-up: setup  ## stack in the background for other clients (state in .run/)
-	$(BIN)/python -m tipsml.launcher up --llm
+up: setup  ## the whole service in the background: servers + 4 workers (SERVERS_ONLY=1: servers only)
+	$(BIN)/python -m tipsml.launcher up --llm $(if $(SERVERS_ONLY),--servers-only,)
 
-down:
+down:  ## stops the workers, then the servers
 	$(BIN)/python -m tipsml.launcher down
+
+status:  ## what runs: pids alive, ports, a tips.score probe
+	$(BIN)/python -m tipsml.launcher status
+
+asyncapi: setup  ## regenerate docs/asyncapi.yaml from the pydantic contract
+	$(BIN)/python -m tipsml.asyncapi --out docs/asyncapi.yaml
 
 bench-score: setup
 	$(BIN)/python bench/score_bench.py
@@ -45,7 +51,7 @@ bench-generate: setup
 bench-job: setup  ## 3 prompts x 4 scenarios x embedded model -> bench/results/bench_job.json
 	$(BIN)/python bench/bench_job.py
 
-bench-worker: setup  ## one bench worker on the `make up` stack (start as many as you like)
+bench-worker: setup  ## one more bench worker on the `make up` stack (`make up` starts one)
 	eval "$$($(BIN)/python -m tipsml.launcher env)" && $(BIN)/python -m bench_worker.main
 
 bench-run: setup  ## a bench job on the `make up` stack: live progress, then the leaderboard
