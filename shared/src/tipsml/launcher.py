@@ -357,9 +357,12 @@ def probe_score(nats_url: str, timeout: float = 2.0) -> dict:
             return {"ok": False, "error": {"code": "unavailable",
                                            "message": f"NATS not reachable: {e!r}"}}
         try:
-            return await request_json(nc, "tips.score", {"user_id": PROBE_USER,
-                                                          "request_id": "launcher-probe"},
-                                      timeout=timeout)
+            t0 = time.perf_counter()
+            out = await request_json(nc, "tips.score", {"user_id": PROBE_USER,
+                                                         "request_id": "launcher-probe"},
+                                     timeout=timeout)
+            out["_round_trip_ms"] = (time.perf_counter() - t0) * 1000
+            return out
         finally:
             await nc.close()
 
@@ -490,12 +493,10 @@ def _cmd_status(_args) -> int:
         print(f"NATS monitoring: {info['nats_monitor']}")
     nats_url = info.get("env", {}).get("NATS_URL")
     if nats_url and info.get("workers"):
-        t0 = time.perf_counter()
         r = probe_score(nats_url)
-        ms = (time.perf_counter() - t0) * 1000
         if r.get("ok"):
             print(f"tips.score probe: ok (arm {r.get('arm')}, policy {r.get('policy')}, "
-                  f"{ms:.1f} ms round trip incl. connect)")
+                  f"{r['_round_trip_ms']:.1f} ms round trip)")
         else:
             healthy = False
             print(f"tips.score probe: FAILED {r.get('error')}")
