@@ -224,3 +224,42 @@ async def test_workers_confined_to_their_own_subjects(connect_as):
                                                                     "feedback-consumer"))
     # replies only to requests actually received (allow_responses), not to any inbox
     await refused(scorer, "_INBOX.forged", lambda: scorer.publish("_INBOX.forged", b"{}"))
+
+
+@pytest.mark.parametrize("user,service,endpoints", [
+    ("scorer", "tips-scorer", S.SCORER_ENDPOINTS),
+    ("generator", "tips-generator", S.GENERATOR_ENDPOINTS),
+    ("bench", "tips-bench", S.BENCH_ENDPOINTS),
+])
+async def test_workers_register_their_services_and_the_recommender_discovers_them(
+        connect_as, user, service, endpoints):
+    """Each worker user may run its NATS Services API service (the $SRV control subjects
+    and every endpoint of tipsml.subjects on its queue group); the recommender may ask
+    $SRV.PING / INFO / STATS."""
+    from tipsml.client import discover
+    from tipsml.service import respond, start_service
+
+    worker, rec = await connect_as(user), await connect_as("recommender")
+
+    async def ok(msg):
+        return await respond(msg, b'{"ok":true}')
+
+    svc = await start_service(worker, name=service, version="0.1.0", description="perm test",
+                              queue_group=endpoints[0].queue_group)
+    for ep in endpoints:
+        await svc.add_request_endpoint(ep.name, ep.subject, ok)
+    await worker.flush()
+    try:
+        infos = [i for i in await discover(rec, "INFO", service) if i["id"] == svc.id]
+        assert len(infos) == 1
+        assert {e["subject"] for e in infos[0]["endpoints"]} == {ep.subject for ep in endpoints}
+        assert [p for p in await discover(rec, "PING") if p["id"] == svc.id]
+        admin = await connect_as("admin")
+        for ep in endpoints:  # admin may call every endpoint, the worker user answers it
+            msg = await admin.request(ep.subject, b"{}", timeout=2)
+            assert json.loads(msg.data)["ok"] is True, ep.subject
+        stats = [s for s in await discover(rec, "STATS", service) if s["id"] == svc.id]
+        assert sum(e["num_requests"] for e in stats[0]["endpoints"]) == len(endpoints)
+        assert not worker.perm_errors and not rec.perm_errors
+    finally:
+        await svc.stop()

@@ -153,7 +153,7 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
         nc, name="tips-generator", version=package_version("tips-generator"),
         queue_group=S.Q_GENERATOR, description="writes tips with a local LLM; cached candidates",
         metadata={"model": settings.llm_model or "", "prompt_versions": ",".join(prompts.known()),
-                  "contract": "shared/DESIGN.md", "asyncapi": "docs/asyncapi.yaml"})
+                  "contract": "tipsml.contract", "asyncapi": "docs/asyncapi.yaml"})
     for ep in S.GENERATOR_ENDPOINTS:
         await svc.add_request_endpoint(ep.name, ep.subject, getattr(h, ep.name),
                                        metadata=ep.metadata())

@@ -90,7 +90,7 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         description="picks a tip kind (arm) per request with the user's bandit state",
         metadata={"policy": settings.default_policy,
                   "shadow": ",".join(settings.shadow_policies),
-                  "contract": "shared/DESIGN.md", "asyncapi": "docs/asyncapi.yaml"})
+                  "contract": "tipsml.contract", "asyncapi": "docs/asyncapi.yaml"})
     for ep in S.SCORER_ENDPOINTS:
         await svc.add_request_endpoint(ep.name, ep.subject, getattr(h, ep.name),
                                        metadata=ep.metadata())
