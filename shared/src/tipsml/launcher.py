@@ -200,7 +200,7 @@ class EmbeddedStack:
             if self.llm:
                 self.start_llm()
         except BaseException:
-            self.stop()
+            self.stop(force=True)  # a half-started detached stack is not left behind
             raise
         return self
 
@@ -257,8 +257,8 @@ class EmbeddedStack:
         self.stop_one(name, sig)
         {"nats": self.start_nats, "redis": self.start_redis}[name](port)
 
-    def stop(self) -> None:
-        if self.detach:
+    def stop(self, force: bool = False) -> None:
+        if self.detach and not force:
             return
         for name in list(self.procs)[::-1]:
             self.stop_one(name)

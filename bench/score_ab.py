@@ -1,0 +1,111 @@
+"""tips.score latency, this checkout against another one (before/after a change).
+
+    git worktree add --detach /tmp/base <commit>
+    python bench/score_ab.py --base /tmp/base --runs 3 --rates 500 1000 --duration 10
+
+Runs ``bench/score_bench.py`` alternately from the base checkout (its ``shared/src`` and
+``scorer/src`` first on PYTHONPATH, so the scorer it starts is the base code) and from
+this one, ``--runs`` times each, every run with its own servers and its own echo floor;
+then the median and the spread (min–max) of each figure per variant and rate.
+Alternating spreads a shared machine's load over both variants alike; it does not
+remove it: read the echo floor of the same runs beside every figure.
+Writes ``--out`` (default bench/results/score_ab.json) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one(tree: Path, out: Path, args, base: bool) -> dict:
+    env = dict(os.environ)
+    if base:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree / "shared" / "src"),
+                                             str(tree / "scorer" / "src")])
+    else:
+        env.pop("PYTHONPATH", None)
+    cmd = [sys.executable, str(tree / "bench" / "score_bench.py"), "--rates",
+           *[str(r) for r in args.rates], "--duration", str(args.duration), "--out", str(out)]
+    print("+", ("PYTHONPATH=<base> " if base else "") + " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=tree, env=env, check=False)
+    return json.loads(out.read_text()) if out.exists() else {}
+
+
+def spread(vals: list[float]) -> dict:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": round(statistics.median(vals), 3), "min": min(vals), "max": max(vals),
+            "n": len(vals)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="a checkout of the commit to compare with")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rates", type=float, nargs="+", default=[500, 1000])
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "score_ab.json"))
+    args = ap.parse_args()
+    base = Path(args.base).resolve()
+    work = Path(args.out).with_suffix("")
+    work.mkdir(parents=True, exist_ok=True)
+    raw: dict[str, list[dict]] = {"before": [], "after": []}
+    for i in range(args.runs):
+        raw["before"].append(one(base, work / f"before-{i + 1}.json", args, base=True))
+        raw["after"].append(one(ROOT, work / f"after-{i + 1}.json", args, base=False))
+
+    def commit(tree: Path) -> str:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree,
+                           capture_output=True, text=True, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=tree, capture_output=True, text=True, check=False).stdout
+        return r.stdout.strip() + ("+changes" if dirty.strip() else "")
+
+    summary: dict = {}
+    for variant, results in raw.items():
+        for rate in args.rates:
+            rows = [next((x for x in r.get("rates", []) if x["rate"] == rate), None)
+                    for r in results]
+            rows = [x for x in rows if x]
+            summary.setdefault(variant, {})[str(int(rate))] = {
+                "score_p50_ms": spread([x["score"]["p50_ms"] for x in rows]),
+                "score_p99_ms": spread([x["score"]["p99_ms"] for x in rows]),
+                "echo_p99_ms": spread([x["echo"]["p99_ms"] for x in rows]),
+                "p99_ratio_to_echo": spread([x["p99_ratio_to_echo"] for x in rows]),
+                "errors": sum(x["score"]["errors"] for x in rows),
+            }
+    out = {"what": "tips.score open-loop latency, base vs this checkout, alternating runs",
+           "base": {"path": str(base), "commit": commit(base)},
+           "after": {"path": str(ROOT), "commit": commit(ROOT)},
+           "runs": args.runs, "rates": args.rates, "duration_s": args.duration,
+           "summary": summary,
+           "machine": {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
+                       "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "note": "shared 2-core machine: other engineers' jobs run meanwhile"},
+           "raw": raw}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"\n{'variant':<8} {'rate':>6} {'p50 ms':>22} {'p99 ms':>26} {'echo p99 ms':>24} "
+          f"{'errors':>6}")
+    for variant, per in summary.items():
+        for rate, f in per.items():
+            def fmt(d):
+                return f"{d['median']} [{d['min']}, {d['max']}]"
+            print(f"{variant:<8} {rate:>6} {fmt(f['score_p50_ms']):>22} "
+                  f"{fmt(f['score_p99_ms']):>26} {fmt(f['echo_p99_ms']):>24} {f['errors']:>6}")
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
