@@ -56,14 +56,20 @@ def main() -> int:
     ap.add_argument("--rates", type=float, nargs="+", default=[500, 1000])
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "score_ab.json"))
+    ap.add_argument("--no-run", action="store_true",
+                    help="summarise the per-run files of an earlier invocation")
     args = ap.parse_args()
     base = Path(args.base).resolve()
-    work = Path(args.out).with_suffix("")
+    work = Path(args.out).resolve().with_suffix("")  # each run's own score_bench output
     work.mkdir(parents=True, exist_ok=True)
     raw: dict[str, list[dict]] = {"before": [], "after": []}
     for i in range(args.runs):
-        raw["before"].append(one(base, work / f"before-{i + 1}.json", args, base=True))
-        raw["after"].append(one(ROOT, work / f"after-{i + 1}.json", args, base=False))
+        for variant, tree in (("before", base), ("after", ROOT)):
+            out = work / f"{variant}-{i + 1}.json"
+            if args.no_run:
+                raw[variant].append(json.loads(out.read_text()) if out.exists() else {})
+            else:
+                raw[variant].append(one(tree, out, args, base=variant == "before"))
 
     def commit(tree: Path) -> str:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree,
@@ -94,7 +100,7 @@ def main() -> int:
                        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "note": "shared 2-core machine: other engineers' jobs run meanwhile"},
            "raw": raw}
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    Path(args.out).resolve().write_text(json.dumps(out, indent=2))
     print(f"\n{'variant':<8} {'rate':>6} {'p50 ms':>22} {'p99 ms':>26} {'echo p99 ms':>24} "
           f"{'errors':>6}")
     for variant, per in summary.items():
