@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast up down status asyncapi bench-score bench-generate bench-job bench-worker bench-run sim gate ope chaos soak mlflow-ui lint clean
+.PHONY: setup run test test-fast up provision down status asyncapi bench-score bench-generate guard-report bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +30,11 @@ test: setup  ## the whole suite against real servers started by the fixtures
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not llm and not slow"
 
-up: setup  ## the whole service in the background: servers + 4 workers (SERVERS_ONLY=1: servers only)
+up: setup  ## the whole service in the background: servers (streams and durables provisioned) + 4 workers; SERVERS_ONLY=1: servers only
 	$(BIN)/python -m tipsml.launcher up --llm $(if $(SERVERS_ONLY),--servers-only,)
+
+provision: setup  ## streams and durables on NATS_URL as NATS_USER (admin), e.g. before production workers
+	$(BIN)/python -m tipsml.provision
 
 down:  ## stops the workers, then the servers
 	$(BIN)/python -m tipsml.launcher down
@@ -42,11 +45,17 @@ status:  ## what runs: pids alive, ports, a tips.score probe
 asyncapi: setup  ## regenerate docs/asyncapi.yaml from the pydantic contract
 	$(BIN)/python -m tipsml.asyncapi --out docs/asyncapi.yaml
 
-bench-score: setup
-	$(BIN)/python bench/score_bench.py
+bench-score: setup  ## 500 and 1000 req/s vs echo; SWEEP=1: find the knee (3 runs per rate, 1 and 2 scorer replicas)
+	@if [ -n "$(SWEEP)" ]; then \
+	  $(BIN)/python bench/score_bench.py --sweep --duration $${DURATION:-10} --out bench/results/score_sweep_r1.json && \
+	  $(BIN)/python bench/score_bench.py --sweep --replicas 2 --duration $${DURATION:-10} --out bench/results/score_sweep_r2.json; \
+	else $(BIN)/python bench/score_bench.py; fi
 
 bench-generate: setup
 	$(BIN)/python bench/generate_bench.py
+
+guard-report: setup  ## guard off vs on: rejections per reason, served tips passing a held-out check -> bench/results/guard_report.json, guard_examples.md
+	$(BIN)/python bench/guard_report.py
 
 bench-job: setup  ## 3 prompts x 4 scenarios x embedded model -> bench/results/bench_job.json
 	$(BIN)/python bench/bench_job.py
@@ -60,11 +69,23 @@ bench-run: setup  ## a bench job on the `make up` stack: live progress, then the
 mlflow-ui: setup  ## MLflow UI on the local tracking store
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/.run/mlflow/mlflow.db} --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
-sim: setup  ## regret of every policy on the default personas -> bench/results/sim_regret.*
+sim: setup  ## regret of every policy on the default personas (realistic client) -> bench/results/sim_regret.*
 	$(BIN)/python -m tipsml.sim --users 200 --rounds 300 --seeds 10
 
-gate: setup  ## should egreedy-v2 replace egreedy-v1? (paired seeds, 95% CI, verdict)
+gate: setup  ## should egreedy-v2 replace egreedy-v1? (paired seeds, 95% CI, verdict; writes both model cards)
 	$(BIN)/python -m tipsml.gate --candidate $${CANDIDATE:-egreedy-v2} --baseline $${BASELINE:-egreedy-v1}
+
+sim-default-reward: setup  ## regret with / without the default reward when ignored tips send nothing -> bench/results/sim_default_reward.*
+	$(BIN)/python bench/sim_default_reward.py
+
+thompson: setup  ## Thompson propensity: quadrature vs 10^6 draws, us per call, OPE before/after -> bench/results/thompson_propensity.*
+	$(BIN)/python bench/thompson_propensity.py
+
+gate-features: setup  ## egreedy-v2 with the log-scaled dwell (ctx7+prof5-v2) vs the linear one (v1)
+	$(BIN)/python -m tipsml.gate --candidate egreedy-v2 --baseline egreedy-v2@ctx7+prof5-v1 --out bench/results/gate_dwell_log_vs_linear.json
+
+sim-report: setup  ## bench/results/SIM.md from the outputs above
+	$(BIN)/python bench/sim_report.py
 
 ope: setup  ## off-policy estimates vs online values in the simulator -> bench/results/sim_ope.*
 	$(BIN)/python -m tipsml.ope validate --users 300 --warmup 100 --rounds 150 --seeds 0,1,2

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import nats
 import redis.asyncio as aioredis
+from tipsml import guard as G
 from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.context import assemble
-from tipsml.generation import cand_key
+from tipsml.generation import cand_key, screen
 from tipsml.launcher import EmbeddedStack
-from tipsml.llm import STOP_SEQUENCES, LLMClient, postprocess
+from tipsml.llm import STOP_SEQUENCES, LLMClient
 from tipsml.natsutil import request_json
 from tipsml.testing import spawn_worker
 
@@ -72,12 +73,12 @@ async def llm_direct(client: LLMClient, n: int, max_tokens: int) -> tuple[dict, 
         arm = ARMS[i % len(ARMS)]
         r = await client.complete(pv.render(ctx, arm), max_tokens=max_tokens, temperature=0.7,
                                   timeout=120, stop=STOP_SEQUENCES)
-        tp = postprocess(r.text, truncated=r.finish_reason == "length")
+        tp = screen(G.bind(ctx, arm, pv), r.text, r.finish_reason == "length")
         rows.append({"version": pv.version, "arm": arm, "latency_ms": round(r.latency_ms, 1),
                      "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                     "tokens_per_s": round(r.tokens_per_s, 1), "ok": tp.ok,
-                     "overlong": tp.overlong})
-        if tp.ok:
+                     "tokens_per_s": round(r.tokens_per_s, 1), "ok": tp.verdict.ok,
+                     "rejected": tp.verdict.reason, "overlong": tp.overlong})
+        if tp.verdict.ok:  # only guarded tips go to the cache, as in the generator
             tips.append({"tip": tp.text, "version": pv.version, "hash": pv.hash, "arm": arm,
                          "overlong": tp.overlong})
     lat = [r["latency_ms"] for r in rows]
@@ -86,7 +87,7 @@ async def llm_direct(client: LLMClient, n: int, max_tokens: int) -> tuple[dict, 
            "completion_tokens_mean": round(tot_tok / n, 1),
            "prompt_tokens_mean": round(sum(r["prompt_tokens"] for r in rows) / n, 1),
            "tokens_per_s_overall": round(tot_tok / (sum(lat) / 1000.0), 1),
-           "usable_tip_rate": round(sum(r["ok"] for r in rows) / n, 3), "calls_detail": rows}
+           "guard_pass_rate": round(sum(r["ok"] for r in rows) / n, 3), "calls_detail": rows}
     return out, tips
 
 
@@ -99,7 +100,8 @@ async def seed_cache(r, users: list[str], tips: list[dict], model: str, per_user
         for j in range(per_user):
             t = pool[(i + j) % len(pool)]
             pipe.lpush(key, json.dumps({"tip": t["tip"], "model": model, "prompt_hash": v1.hash,
-                                        "overlong": False, "ts": time.time()}))
+                                        "guard": G.GUARD_ID, "overlong": False,
+                                        "ts": time.time()}))
         pipe.expire(key, 3600)
     await pipe.execute()
 

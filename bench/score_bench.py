@@ -133,6 +133,60 @@ def stop(p: subprocess.Popen, timeout: float = 10.0) -> float | None:
         return None
 
 
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process (from /proc; Linux)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(nc, bodies, rate: float, duration: float, scorers) -> dict:
+    """One echo run then one tips.score run at ``rate``; the scorers' CPU per decision."""
+    echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, duration)
+    c0 = sum(proc_cpu_s(p.pid) for p in scorers)
+    score = await open_loop(nc, "tips.score", bodies, rate, duration)
+    cpu = sum(proc_cpu_s(p.pid) for p in scorers) - c0
+    ratio = (score["p99_ms"] / echo["p99_ms"]) if echo["p99_ms"] and score["p99_ms"] else None
+    return {"rate": rate, "score": score, "echo": echo,
+            "p99_ratio_to_echo": round(ratio, 2) if ratio else None,
+            "scorer_cpu_us_per_decision": round(cpu / max(score["ok"], 1) * 1e6, 1),
+            "ok": bool(ratio is not None and ratio <= 3.0 and score["errors"] == 0)}
+
+
+async def sweep(nc, bodies, args, scorers, results, out) -> None:
+    """Find the knee: raise the rate by ``--step`` until the median p99 over ``--repeats``
+    runs passes 3x the echo floor (or requests fail); the knee is the last rate under it."""
+    rows = results.setdefault("sweep", {"repeats": args.repeats, "rates": []})["rates"]
+    rate = args.sweep_start
+    while rate <= args.sweep_max:
+        runs = [await measure(nc, bodies, rate, args.duration, scorers)
+                for _ in range(args.repeats)]
+        ratios = sorted(r["p99_ratio_to_echo"] or 1e9 for r in runs)
+        p99s = sorted(r["score"]["p99_ms"] or 1e9 for r in runs)
+        cpus = sorted(r["scorer_cpu_us_per_decision"] for r in runs)
+        row = {"rate": rate, "p99_ms_median": p99s[len(p99s) // 2],
+               "p99_ms_min": p99s[0], "p99_ms_max": p99s[-1],
+               "echo_p99_ms_median": sorted(r["echo"]["p99_ms"] or 0 for r in runs)[len(runs) // 2],
+               "ratio_median": ratios[len(ratios) // 2], "ratio_min": ratios[0],
+               "ratio_max": ratios[-1], "cpu_us_per_decision_median": cpus[len(cpus) // 2],
+               "errors": sum(r["score"]["errors"] for r in runs),
+               "ok": ratios[len(ratios) // 2] <= 3.0 and
+               sum(r["score"]["errors"] for r in runs) == 0, "runs": runs}
+        rows.append(row)
+        print(f"sweep {rate:.0f}/s x{args.repeats}: p99 median {row['p99_ms_median']} ms "
+              f"[{row['p99_ms_min']}, {row['p99_ms_max']}], ratio median {row['ratio_median']} "
+              f"[{row['ratio_min']}, {row['ratio_max']}], scorer CPU "
+              f"{row['cpu_us_per_decision_median']} us/decision", flush=True)
+        write(results, out)
+        if not row["ok"]:
+            break
+        rate += args.step
+    good = [r for r in rows if r["ok"]]
+    results["sweep"]["knee_rate"] = good[-1]["rate"] if good else None
+    results["sweep"]["knee_cpu_us_per_decision"] = (good[-1]["cpu_us_per_decision_median"]
+                                                     if good else None)
+
+
 def write(res: dict, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".json.tmp")
@@ -156,12 +210,16 @@ async def run(args) -> dict:
     results = {"rates": [], "complete": False}
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(spawn([sys.executable, "-m", "scorer.main"], env))
+        for _ in range(args.replicas):
+            procs.append(spawn([sys.executable, "-m", "scorer.main"], env))
+        scorers = list(procs)
         procs.append(spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env))
         nc = await nats.connect(env["NATS_URL"], pending_size=64 * 1024 * 1024)
         bodies = payloads(args.users)
         await open_loop(nc, "tips.score", bodies, 200, 3)  # warm-up: users' state, JIT paths
-        for rate in args.rates:
+        if args.sweep:
+            await sweep(nc, bodies, args, scorers, results, args.out)
+        for rate in ([] if args.sweep else args.rates):
             echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, args.duration)
             score = await open_loop(nc, "tips.score", bodies, rate, args.duration)
             ratio = (score["p99_ms"] / echo["p99_ms"]) if echo["p99_ms"] else None
@@ -186,12 +244,15 @@ async def run(args) -> dict:
         raise
     finally:
         # the scorer's own shutdown is part of what is measured: it must exit within 10 s
-        results["scorer_stop_s"] = stop(procs[0]) if procs else None
-        for p in procs[1:]:
+        stops = [stop(p) for p in procs[:args.replicas]]
+        results["scorer_stop_s"] = (None if any(x is None for x in stops) else max(stops)
+                                    ) if stops else None
+        for p in procs[args.replicas:]:
             stop(p)
         if stack:
             stack.stop()
         results["config"] = {"policy": args.policy, "shadow": args.shadow, "users": args.users,
+                             "replicas": args.replicas,
                              "duration_s": args.duration, "cpus": os.cpu_count(),
                              "python": platform.python_version(),
                              "loadavg_at_end": os.getloadavg(),
@@ -208,6 +269,13 @@ def main() -> int:
     ap.add_argument("--policy", default="egreedy-v1")
     ap.add_argument("--shadow", default="egreedy-v2,linucb")
     ap.add_argument("--external", action="store_true", help="use NATS_URL/REDIS_URL")
+    ap.add_argument("--replicas", type=int, default=1, help="scorer processes (queue group)")
+    ap.add_argument("--sweep", action="store_true", help="find the knee: the highest rate "
+                    "whose median p99 over --repeats runs stays <= 3x the echo floor")
+    ap.add_argument("--sweep-start", type=float, default=250)
+    ap.add_argument("--sweep-max", type=float, default=3000)
+    ap.add_argument("--step", type=float, default=250)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -224,6 +292,12 @@ def main() -> int:
 
     exit_on_sigterm()  # SIGTERM / Ctrl-C: partial results written, every process stopped
     res = asyncio.run(run(args))
+    if res.get("sweep"):
+        sw = res["sweep"]
+        print(f"knee ({res['config']['replicas']} scorer replica(s)): {sw.get('knee_rate')} req/s "
+              f"(median p99 <= 3x echo over {sw['repeats']} runs), scorer CPU "
+              f"{sw.get('knee_cpu_us_per_decision')} us/decision; wrote {args.out}")
+        return 0
     ok = all(r["meets_target"] for r in res["rates"])
     summary = "; ".join(f"{int(r['rate'])}/s p99 {r['score']['p99_ms']} ms "
                         f"(echo {r['echo']['p99_ms']} ms, x{r['p99_ratio_to_echo']}, "

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
+import time
 
 import pytest
 import pytest_asyncio
@@ -50,6 +52,55 @@ async def hung_llm_url():
     for w in conns:
         w.close()
     server.close()
+
+
+@pytest_asyncio.fixture
+async def canned_llm():
+    """``await canned_llm(text)`` → an OpenAI-compatible server that answers every chat
+    completion with ``text`` (``.url``, ``.calls``): a model whose output is known, to
+    pin what the generator does with it (the real model is in test_generate_llm.py)."""
+    servers = []
+
+    class Canned:
+        def __init__(self, text: str):
+            self.text = text
+            self.calls = 0
+            self.url = ""
+
+        async def handle(self, reader, writer):
+            with contextlib.suppress(Exception):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = 0
+                    for line in head.decode("latin-1").split("\r\n"):
+                        if line.lower().startswith("content-length:"):
+                            length = int(line.split(":", 1)[1])
+                    if length:
+                        await reader.readexactly(length)
+                    self.calls += 1
+                    body = json.dumps({
+                        "id": f"canned-{self.calls}", "object": "chat.completion",
+                        "created": int(time.time()), "model": "smollm2-135m",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": self.text}}],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 12,
+                                  "total_tokens": 62}}).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+                                 + body)
+                    await writer.drain()
+            writer.close()
+
+    async def make(text: str) -> Canned:
+        c = Canned(text)
+        server = await asyncio.start_server(c.handle, "127.0.0.1", 0)
+        servers.append(server)
+        c.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        return c
+
+    yield make
+    for s in servers:
+        s.close()
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@ import json
 import time
 
 import pytest
+from tipsml import guard as G
 from tipsml import prompts
 from tipsml import subjects as S
+from tipsml.context import assemble
 from tipsml.generation import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, gen_key
 from tipsml.llm import FALLBACK_TIPS
 
@@ -23,12 +25,15 @@ MODEL = "openai/smollm2-135m"
 
 
 async def seed(redis_client, user, arm, version="v1", model=MODEL, tips=("Seeded tip one.",),
-               prompt_hash=None):
+               prompt_hash=None, guard=G.GUARD_ID):
+    """Candidates as a refresh writes them (the refresh guards them; these are trusted)."""
     key = cand_key(user, arm, version, model)
     h = prompt_hash or prompts.REGISTRY[version].hash
     for t in tips:
-        await redis_client.lpush(key, json.dumps({"tip": t, "model": model, "prompt_hash": h,
-                                                  "overlong": False, "ts": time.time()}))
+        entry = {"tip": t, "model": model, "prompt_hash": h, "overlong": False, "ts": time.time()}
+        if guard is not None:
+            entry["guard"] = guard
+        await redis_client.lpush(key, json.dumps(entry))
     await redis_client.expire(key, 600)
     return key
 
@@ -61,6 +66,54 @@ async def test_stale_candidate_of_an_edited_prompt_is_not_served(nc, redis_clien
         r = await gen_request({"user_id": uid, "arm": "prioritize"})
         assert r["ok"] and r["source"] == "fallback"
         assert w.value("generator_cache_requests_total", result="miss") == 1
+
+
+@pytest.mark.parametrize("guard", [None, "0ldgu4rd0000"])
+async def test_candidate_written_under_other_guard_rules_is_not_served(nc, redis_client, guard,
+                                                                      generator_worker, uid,
+                                                                      gen_request):
+    await seed(redis_client, uid, "focus_block", tips=["As an AI, I cached this before."],
+               guard=guard)
+    async with generator_worker(generator_deadline_s=0.5) as w:
+        r = await gen_request({"user_id": uid, "arm": "focus_block"})
+        assert r["ok"] and r["source"] == "fallback" and "As an AI" not in r["tip"]
+        assert w.value("generator_cache_requests_total", result="miss") == 1
+
+
+async def test_rejected_llm_answers_are_counted_and_the_fallback_names_the_task(
+        nc, canned_llm, generator_worker, uid, gen_request):
+    """The LLM answers, but with meta text: the guard rejects every attempt, the reply is
+    a fallback from the library naming the user's most urgent task."""
+    llm = await canned_llm("As an AI assistant, I think you should write the report now.")
+    ctx = {"hour_of_day": 9, "day_of_week": 1,
+           "tasks": [{"title": "Write quarterly report", "priority": 4, "overdue": True}]}
+    async with generator_worker(llm_api_base=llm.url, generator_deadline_s=3.0,
+                                generator_miss_attempts=2) as w:
+        r = await gen_request({"user_id": uid, "arm": "focus_block", "context": ctx,
+                                "prompt_version": "v2-mentor"}, timeout=5)
+        assert r["ok"] and r["source"] == "fallback" and r["model"] == "fallback"
+        assert r["fallback_reason"] == "bad_output:meta"
+        assert "Write quarterly report" in r["tip"]
+        assert G.bind(assemble(ctx, None), "focus_block").check(r["tip"]).ok
+        assert llm.calls == 2  # both attempts fitted in the deadline
+        assert w.value("generator_rejected_total", reason="meta",
+                       prompt_version="v2-mentor") == 2
+        assert w.value("generator_candidates_generated_total", prompt_version="v2-mentor") == 2
+        assert w.value("generator_fallback_total", reason="bad_output") == 1
+
+
+async def test_a_passing_llm_answer_is_served(nc, canned_llm, generator_worker, uid, gen_request):
+    llm = await canned_llm("Give the quarterly report the next 25 minutes with your inbox closed.")
+    ctx = {"hour_of_day": 9, "day_of_week": 1,
+           "tasks": [{"title": "Write quarterly report", "priority": 4, "overdue": True}]}
+    async with generator_worker(llm_api_base=llm.url, generator_deadline_s=3.0) as w:
+        r = await gen_request({"user_id": uid, "arm": "focus_block", "context": ctx},
+                              timeout=5)
+        assert r["ok"] and r["source"] == "llm", r
+        assert r["tip"] == "Give the quarterly report the next 25 minutes with your inbox closed."
+        assert llm.calls == 1
+        assert w.value("generator_candidates_generated_total", prompt_version="v1") == 1
+        assert w.value("generator_rejected_total", reason="meta", prompt_version="v1") == 0
 
 
 @pytest.mark.parametrize("payload,code", [

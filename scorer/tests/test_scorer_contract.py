@@ -32,7 +32,7 @@ async def test_score_reply_has_contract_fields(nc, scorer_service, uid):
     assert r["request_id"] == "r1"
 
 
-@pytest.mark.parametrize("policy,fv", [("egreedy-v1", "ctx7-v1"), ("egreedy-v2", "ctx7+prof5-v1"),
+@pytest.mark.parametrize("policy,fv", [("egreedy-v1", "ctx7-v1"), ("egreedy-v2", "ctx7+prof5-v2"),
                                        ("linucb", "ctx7-v1"), ("thompson", "ctx7-v1")])
 async def test_each_policy_serves(nc, scorer_service, uid, policy, fv):
     r = await score(nc, {"user_id": uid, "policy": policy, "arms": ["x", "y"]})

@@ -110,3 +110,97 @@ def test_profile_features_fallbacks_and_dims():
     assert x7.shape == (7,) and x12.shape == (12,)
     assert x7[3] == 1.0 and x7[5] == 0.5 and x7[6] == 1.0  # mean over tasks with a priority
     assert x12[10] == pytest.approx(-1.0)  # 12 h away from the preferred hour
+
+
+# ---------------------------------------------------------------- Thompson: exact propensity
+
+def _draws(mean, sd, n, seed):
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(len(mean))
+    for _ in range(n // 250_000):
+        d = mean + sd * rng.standard_normal((250_000, len(mean)))
+        counts += np.bincount(d.argmax(axis=1), minlength=len(mean))
+    return counts / counts.sum()
+
+
+@pytest.mark.parametrize("mean,sd", [
+    ([0.31, 0.25, 0.40, 0.28, 0.35], [0.05, 0.10, 0.03, 0.20, 0.08]),   # typical
+    ([0.30, 0.31, 0.20, 0.50, 0.00], [0.30, 0.003, 0.05, 0.30, 0.001]),  # widths 300× apart
+    ([0.30] * 5, [0.1] * 5),                                              # exact tie: 1/5 each
+    ([0.30] * 5, [0.001, 0.1, 0.2, 0.3, 0.01]),                           # same mean, widths differ
+    ([0.1, 0.9], [0.2, 0.3]),                                             # K=2 has a closed form
+])
+def test_thompson_probs_match_a_million_draws(mean, sd):
+    """Tolerance 0.002 absolute per arm: the 10⁶-draw reference has sd ≤ 0.0005."""
+    from tipsml.bandits import thompson_probs
+
+    mean, sd = np.array(mean), np.array(sd)
+    p = thompson_probs(mean, sd)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12) and (p >= 0).all()
+    np.testing.assert_allclose(p, _draws(mean, sd, 1_000_000, 7), atol=0.002, rtol=0)
+    if len(mean) == 2:  # P(a1 > a0) = Φ((μ1 − μ0)/√(σ0² + σ1²))
+        import math
+
+        z = (mean[1] - mean[0]) / math.hypot(*sd)
+        assert p[1] == pytest.approx(0.5 * math.erfc(-z / math.sqrt(2)), abs=1e-4)
+
+
+def test_norm_cdf_against_math_erfc():
+    import math
+
+    from tipsml.bandits import norm_cdf
+
+    z = np.linspace(-9, 9, 3601)
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in z])
+    assert np.abs(norm_cdf(z) - want).max() < 1e-7
+
+
+def test_thompson_choice_states_the_exact_propensity():
+    from dataclasses import replace
+
+    from tipsml.bandits import thompson_probs
+
+    rng = np.random.default_rng(8)
+    dim = 7
+    blobs = [pack(v) for v in _run_sm(_sequence(rng, 40, dim), dim, 1.0)]
+    pol = Policy("thompson", "thompson", FS_CTX, v=0.5)
+    x = rng.normal(size=dim)
+    _, b, ainv = pol.stack(blobs)
+    u = ainv @ x
+    mean = np.einsum("kd,kd->k", u, b)
+    sd = 0.5 * np.sqrt(np.einsum("kd,d->k", u, x))
+    want = thompson_probs(mean, sd)
+    np.testing.assert_allclose(pol.selection_probs(ARMS, blobs, x), want, rtol=0, atol=0)
+    g = np.random.default_rng(9)
+    for _ in range(50):
+        c = pol.choose(ARMS, blobs, x, g)
+        assert c.propensity == pytest.approx(want[c.index], abs=1e-15)
+    # the former estimate is still there, under its own policy version
+    mc = replace(pol, propensity="mc")
+    assert mc.version != pol.version and "p=exact" in pol.version and "m=256" in mc.version
+    assert 0 < mc.choose(ARMS, blobs, x, g).propensity <= 1
+
+
+def test_update_id_changes_with_lambda_and_features_only():
+    from dataclasses import replace
+
+    from tipsml.features import FS_CTX_PROFILE_V2
+
+    pol = Policy("egreedy-v1", "egreedy", FS_CTX)
+    assert replace(pol, epsilon=0.3).update_id == pol.update_id  # ε does not enter the update
+    assert replace(pol, lam=2.0).update_id != pol.update_id
+    assert replace(pol, features=FS_CTX_PROFILE_V2).update_id != pol.update_id
+
+
+def test_dwell_log_encoding_is_versioned_and_not_tiny():
+    from tipsml.features import FS_CTX_PROFILE_V2
+
+    assert FS_CTX_PROFILE_V2.version != FS_CTX_PROFILE.version
+    ctx = Context(hour_of_day=9, day_of_week=1)
+    for dwell_ms in (4000, 9000, 20000):  # the simulator's personas: 0.007-0.033 linear
+        p = {"mean_dwell_ms": dwell_ms}
+        lin = build_vector(FS_CTX_PROFILE, ctx, p)[9]
+        log = build_vector(FS_CTX_PROFILE_V2, ctx, p)[9]
+        assert lin < 0.04 and 0.2 < log < 0.5
+    assert build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 10_000_000})[9] == pytest.approx(1.0)
+    assert build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 0})[9] == 0.0

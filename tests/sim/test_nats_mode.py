@@ -29,7 +29,7 @@ async def nats_run(nc, scorer_service, feedback_service, uid):
     ep = make_episode(11, USERS, ROUNDS)
     stats = LiveStats()
     traces = await run_nats(nc, ep, COHORTS, run_id=f"t{uid}", stats=stats, settle=True,
-                            concurrency=8)
+                            concurrency=8, client="explicit")
     return ep, traces, stats, f"t{uid}"
 
 
@@ -98,3 +98,25 @@ async def test_ope_reads_the_decisions_log(nats_run, nc):
     assert shadow.n == USERS * ROUNDS and shadow.x.shape[1] == 12
     for k in ("ips", "snips", "dr"):
         assert 0 <= est[k]["value"] <= 1 and est[k]["lo"] < est[k]["hi"]
+
+
+async def test_realistic_client_sends_nothing_for_ignored_tips(nc, scorer_service,
+                                                               feedback_service):
+    """A real app cannot know a tip was ignored: the realistic client publishes only the
+    reactions it can see (the service's default reward covers the silence)."""
+    import uuid
+
+    ep = make_episode(12, 20, 3)
+    stats = LiveStats()
+    run_id = "r" + uuid.uuid4().hex[:8]
+    js = nc.jetstream()
+    before = (await js.stream_info("FEEDBACK")).state.messages
+    traces = await run_nats(nc, ep, ["egreedy-v1"], run_id=run_id, stats=stats, settle=True,
+                            concurrency=8, client="realistic")
+    tr = traces["egreedy-v1"]
+    ignored = int((tr.reaction == 3).sum())  # REACTIONS.index("ignored")
+    assert ignored > 0 and stats.silent == ignored
+    assert stats.feedback == tr.reaction.size - ignored
+    after = (await js.stream_info("FEEDBACK")).state.messages
+    assert after - before == stats.feedback
+    assert tr.meta["client"] == "realistic"

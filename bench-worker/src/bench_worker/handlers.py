@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
+from tipsml.natsutil import reply_is_inbox
+
 log = logging.getLogger("bench_worker")
 
 
@@ -33,6 +35,11 @@ class Handlers:
         self.m.latency.labels("bench.cell").observe(time.perf_counter() - t0)
 
     async def _request(self, msg, subject: str, fn) -> str:
+        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
+            self.m.refused.labels(subject, "refused_reply").inc()
+            log.warning("refused %s whose reply subject is not an inbox: %r", subject,
+                        (msg.reply or "")[:80])
+            return "refused_reply"
         t0 = time.perf_counter()
         code = await fn(msg)
         self.m.latency.labels(subject).observe(time.perf_counter() - t0)

@@ -20,7 +20,7 @@ from tipsml import metrics as M
 from tipsml import subjects as S
 from tipsml.bench.service import BenchService, Counters
 from tipsml.bench.tracking import Tracker, default_tracking_uri
-from tipsml.natsutil import connect, ensure_consumer, ensure_streams
+from tipsml.natsutil import connect, prepare_jetstream
 from tipsml.service import package_version, start_service
 from tipsml.worker import announce, run_service, stop_event
 
@@ -42,6 +42,10 @@ class BenchMetrics:
         self.cell_s = Histogram("bench_cell_duration_seconds", "generate + judge + log per cell",
                                 buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r)
         self.busy = Gauge("bench_cells_in_progress", "cells being worked on", registry=r)
+        self.refused = Counter("bench_requests_refused_total",
+                               "requests refused unanswered, by subject and reason "
+                               "(refused_reply: the reply subject is not an inbox)",
+                               ["subject", "reason"], registry=r)
 
 
 def consumer_specs(settings: BenchSettings) -> tuple[S.ConsumerSpec, S.ConsumerSpec]:
@@ -79,10 +83,9 @@ async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
     redis = aioredis.from_url(settings.redis_url)
     nc = await connect(settings, "bench-worker")
     js = nc.jetstream()
-    await ensure_streams(js, ["BENCH", "BENCH_STATUS", "DEADLETTER"])
     jobs_spec, cells_spec = consumer_specs(settings)
-    for spec in (jobs_spec, cells_spec):
-        await ensure_consumer(js, spec)
+    await prepare_jetstream(js, settings, ["BENCH", "BENCH_STATUS", "DEADLETTER"],
+                            [jobs_spec, cells_spec])
     svc = BenchService(settings, nc, redis, tracker,
                        Counters(jobs=m.jobs, cells=m.cells, cell_s=m.cell_s, busy=m.busy))
     h = Handlers(svc, m)

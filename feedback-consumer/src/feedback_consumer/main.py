@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tipsml import metrics as M
 from tipsml.feedback import FeedbackProcessor
-from tipsml.natsutil import connect, ensure_consumer, ensure_streams
+from tipsml.natsutil import connect, prepare_jetstream
 from tipsml.state import StateStore
 from tipsml.worker import announce, run_service, stop_event
 
@@ -63,9 +63,9 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
                                 record_grace_s=settings.reward_record_grace_s)
     nc = await connect(settings, "feedback-consumer")
     js = nc.jetstream()
-    await ensure_streams(js)
     spec = settings.consumer_spec()
-    await ensure_consumer(js, spec)
+    await prepare_jetstream(js, settings, ["FEEDBACK", "DEADLETTER"], [spec],
+                            provision_all_streams=True)
     sub = await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
     proc = FeedbackProcessor(store, js, max_deliver=spec.max_deliver, backoff_s=spec.backoff_s,
                              missing_grace_s=settings.feedback_missing_grace_s)

@@ -10,7 +10,7 @@ import time
 from tipsml import subjects as S
 from tipsml.contract import ContractError, ErrorCode, GenerateRequest, Signal, error_bytes, parse
 from tipsml.generation import Generator, TransientError
-from tipsml.natsutil import publish_dead_letter
+from tipsml.natsutil import publish_dead_letter, reply_is_inbox
 from tipsml.service import respond
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ class Handlers:
 
     # ---------------------------------------------------------------- tips.generate
     async def generate(self, msg) -> str:
+        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
+            self.m.requests.labels(S.TIPS_GENERATE, "refused_reply").inc()
+            log.warning("refused tips.generate whose reply subject is not an inbox: %r",
+                        (msg.reply or "")[:80])
+            return "refused_reply"
         t0 = time.perf_counter()
         code, source, out, outcome = "ok", "none", None, None
         try:

@@ -20,7 +20,7 @@ from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.generation import GenConfig, Generator
 from tipsml.llm import LLMClient, litellm_module
-from tipsml.natsutil import connect, ensure_consumer, ensure_streams
+from tipsml.natsutil import connect, ensure_or_check_consumer, prepare_jetstream
 from tipsml.service import package_version, start_service
 from tipsml.worker import announce, run_service, stop_event
 
@@ -62,6 +62,13 @@ class GeneratorMetrics:
         self.candidates = Counter("generator_candidates_written_total",
                                   "pre-generated candidates written to the cache",
                                   ["prompt_version"], registry=r)
+        self.generated = Counter("generator_candidates_generated_total",
+                                 "LLM candidates screened by the guard (cache refresh and "
+                                 "cache miss)", ["prompt_version"], registry=r)
+        self.rejected = Counter("generator_rejected_total",
+                                "LLM candidates not served: the guard's primary reason, or "
+                                "below_min_score (passed, ranked under the bar)",
+                                ["reason", "prompt_version"], registry=r)
         self.signals = Counter("generator_signals_total", "signals by outcome", ["outcome"],
                                registry=r)
         self.refresh = Counter("generator_refresh_generations_total",
@@ -91,7 +98,7 @@ async def _signal_loop(js, h: Handlers, settings: GeneratorSettings, stop: async
     while not stop.is_set():
         try:
             if psub is None:
-                await ensure_consumer(js, spec)
+                await ensure_or_check_consumer(js, spec, settings)
                 psub = await js.pull_subscribe_bind(consumer=spec.durable, stream=spec.stream)
         except Exception as e:  # noqa: BLE001 - NATS down or reconnecting: try again shortly
             log.warning("signal consumer bind failed: %r", e)
@@ -146,7 +153,8 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     gen = Generator(GenConfig.from_settings(settings), r, llm, m)
     nc = await connect(settings, "generator")
     js = nc.jetstream()
-    await ensure_streams(js)
+    await prepare_jetstream(js, settings, ["SIGNALS", "DEADLETTER"],
+                            provision_all_streams=True)
     h = Handlers(gen, m, settings, js)
     # NATS Services API (ADR-32): discoverable as tips-generator; a task per request
     svc = await start_service(

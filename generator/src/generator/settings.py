@@ -13,6 +13,9 @@
 | ``GENERATOR_DEADLINE_S`` | ``1.5`` | cache miss: LLM answer within this, else the fallback tip |
 | ``GENERATOR_MAX_TOKENS`` | ``48`` | completion budget of one tip |
 | ``GENERATOR_TEMPERATURE`` | ``0.7`` | sampling temperature |
+| ``GENERATOR_CANDIDATES`` / ``GENERATOR_KEEP`` | ``3`` / ``2`` | a refresh generates this many candidates per (arm, version, model) and keeps at most the best ``KEEP`` that pass the guard |
+| ``GENERATOR_MIN_SCORE`` | ``6`` | a candidate that passes the guard is kept only if the ranker scores it at least this (``tipsml.guard.Bound.score``) |
+| ``GENERATOR_MISS_ATTEMPTS`` | ``2`` | LLM answers a cache miss may try within its deadline (a second only with half the deadline left) |
 | ``GENERATOR_CACHE_ENABLED`` | ``true`` | serve pre-generated candidates |
 | ``GENERATOR_CACHE_MAX`` / ``GENERATOR_CACHE_TTL_S`` | ``4`` / ``21600`` | candidates kept per (user, arm, version, model) and their TTL |
 | ``GENERATOR_REFRESH_MIN_INTERVAL_S`` | ``30`` | at most one signal-driven refresh per user per interval (0: every signal) |
@@ -44,6 +47,10 @@ class GeneratorSettings(BaseServiceSettings):
     generator_max_tokens: int = 48
     generator_temperature: float = 0.7
     generator_max_tip_chars: int = 240
+    generator_candidates: int = Field(default=3, ge=1, le=16)
+    generator_keep: int = Field(default=2, ge=1, le=16)
+    generator_miss_attempts: int = Field(default=2, ge=1, le=4)
+    generator_min_score: float = 6.0
     generator_cache_enabled: bool = True
     generator_cache_max: int = 4
     generator_cache_ttl_s: int = 6 * 3600

@@ -10,8 +10,10 @@ import orjson
 
 import redis.exceptions
 
+from tipsml.metrics import Children
 from tipsml.contract import (ContractError, ErrorCode, ResetRequest, ScoreRequest, StatsRequest,
                              error_bytes, parse)
+from tipsml.natsutil import reply_is_inbox
 from tipsml.service import respond
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,19 @@ class Handlers:
         self.writer = writer
         self.m = metrics
         self.settings = settings
+        # label children cached: the hot path does several lookups per decision
+        self._latency = Children(metrics.latency)
+        self._requests = Children(metrics.requests)
+        self._decisions = Children(metrics.decisions)
+        self._explored = Children(metrics.explored)
+        self._agreement = Children(metrics.agreement)
 
     async def _respond(self, msg, subject: str, fn) -> str:
+        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
+            self._requests(subject, "refused_reply").inc()
+            log.warning("refused %s whose reply subject is not an inbox: %r", subject,
+                        (msg.reply or "")[:80])
+            return "refused_reply"
         t0 = time.perf_counter()
         code = "ok"
         try:
@@ -51,8 +64,8 @@ class Handlers:
                 code = "reply_failed"
         else:
             code = await respond(msg, out, code)  # error replies also get ADR-32 headers
-        self.m.latency.labels(subject).observe(time.perf_counter() - t0)
-        self.m.requests.labels(subject, code).inc()
+        self._latency(subject).observe(time.perf_counter() - t0)
+        self._requests(subject, code).inc()
         return code  # the outcome, for $SRV.STATS (tipsml.service)
 
     async def score(self, msg) -> str:
@@ -65,14 +78,14 @@ class Handlers:
                 self.m.profile_fallbacks.labels(why).inc()
         res = await self.scorer.score(req)
         r = res.reply
-        self.m.decisions.labels(r["policy"], r["arm"], "live").inc()
+        self._decisions(r["policy"], r["arm"], "live").inc()
         if r["explored"]:
-            self.m.explored.labels(r["policy"]).inc()
+            self._explored(r["policy"]).inc()
         if r["fallback"]:
             self.m.fallbacks.labels("state_store").inc()
         for s in r["shadow"]:
-            self.m.decisions.labels(s["policy"], s["arm"], "shadow").inc()
-            self.m.agreement.labels(s["policy"], "true" if s["arm"] == r["arm"] else "false").inc()
+            self._decisions(s["policy"], s["arm"], "shadow").inc()
+            self._agreement(s["policy"], "true" if s["arm"] == r["arm"] else "false").inc()
         await self.writer.submit(res.record, res.log)  # waits only when the writer is behind
         return _dumps(r)
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tipsml import metrics as M
 from tipsml import subjects as S
 from tipsml.decisionlog import DecisionLogWriter
-from tipsml.natsutil import connect, ensure_streams
+from tipsml.natsutil import connect, prepare_jetstream
 from tipsml.scoring import Scorer
 from tipsml.service import package_version, start_service
 from tipsml.state import StateStore
@@ -73,7 +73,7 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
                                 record_grace_s=settings.reward_record_grace_s)
     nc = await connect(settings, "scorer")
     js = nc.jetstream()
-    await ensure_streams(js)
+    await prepare_jetstream(js, settings, ["DECISIONS"], provision_all_streams=True)
     scorer = Scorer(settings, store)
     try:
         await store.warm(settings.redis_read_inflight + 1)

@@ -95,8 +95,9 @@ class PromptContext:
     def part_of_day(self) -> str:
         return part_of_day(self.hour_of_day)
 
-    def render(self) -> str:
-        """The context block of the user message (titles delimited as data)."""
+    def render(self, habits: bool = True) -> str:
+        """The context block of the user message (titles delimited as data); ``habits``:
+        include the profile line (completion rate, preferred hour)."""
         lines = [f"Time: {self.day_name} {self.hour_of_day:02d}:00 ({self.part_of_day})."]
         if self.n_tasks:
             more = self.n_tasks - len(self.tasks)
@@ -105,13 +106,13 @@ class PromptContext:
         else:
             lines.append("Open tasks: none listed.")
         p = self.profile
-        habits = []
+        hab: list[str] = []
         if p.get("completion_rate") is not None:
-            habits.append(f"completes {round(100 * p['completion_rate'])}% of suggested tips")
+            hab.append(f"completes {round(100 * p['completion_rate'])}% of suggested tips")
         if p.get("preferred_hour") is not None:
-            habits.append(f"works best around {int(p['preferred_hour']):02d}:00")
-        if habits:
-            lines.append("User habits: " + "; ".join(habits) + ".")
+            hab.append(f"works best around {int(p['preferred_hour']):02d}:00")
+        if hab and habits:
+            lines.append("User habits: " + "; ".join(hab) + ".")
         if self.recent_signals:
             lines.append("Recent activity: " + ", ".join(self.recent_signals) + ".")
         lines.append("<tasks>")

@@ -15,7 +15,8 @@ are up:
   are decisions dropped, and each one is counted.
 
 Records and publishes of a batch go out concurrently; a batch is at most ``batch``
-decisions (one Redis pipeline, publishes pipelined with their acks awaited together).
+decisions (one Redis pipeline, publishes pipelined with their acks awaited together),
+and up to ``inflight`` batches are out at once.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 class DecisionLogWriter:
     def __init__(self, store, js, *, maxsize: int = 20000, batch: int = 256,
                  high_water: int = 2000, backpressure_max_s: float = 1.0,
-                 lag_warn_s: float = 2.0, metrics=None):
+                 lag_warn_s: float = 2.0, inflight: int = 4, metrics=None):
         self.store = store
         self.js = js
         self.maxsize = maxsize
@@ -43,6 +44,7 @@ class DecisionLogWriter:
         self.high_water = min(high_water, maxsize)
         self.backpressure_max_s = backpressure_max_s
         self.lag_warn_s = lag_warn_s
+        self.inflight = max(1, inflight)
         self.m = metrics
         self.q: collections.deque = collections.deque()
         self._wake = asyncio.Event()
@@ -54,6 +56,8 @@ class DecisionLogWriter:
         self._stopping = False
         self._last_warn = 0.0
         self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._unfinished = 0  # decisions taken from the queue, not yet written
         self.written = 0
         self.lost = 0
 
@@ -87,19 +91,42 @@ class DecisionLogWriter:
         return True
 
     async def _run(self) -> None:
+        # up to `inflight` batches out at once: a slow ack or pipeline (a busy nats-server
+        # or Redis) does not hold the batches behind it
+        sem = asyncio.Semaphore(self.inflight)
+        running = self._running
         while True:
             if not self.q:
-                self._idle.set()
+                if not running:
+                    self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            await sem.acquire()
+            if not self.q:
+                sem.release()
                 continue
             n = min(self.batch, len(self.q))
             items = [self.q.popleft() for _ in range(n)]
             if len(self.q) < self.high_water // 2:
                 self._caught_up.set()
+            self._unfinished += n
+            t = asyncio.create_task(self._batch(items, sem))
+            running.add(t)
+            t.add_done_callback(lambda t: (running.discard(t), self._check_idle(running)))
+
+    def _check_idle(self, running) -> None:
+        if not self.q and not running:
+            self._idle.set()
+
+    async def _batch(self, items, sem: asyncio.Semaphore) -> None:
+        try:
             await asyncio.gather(self._write_records(items), self._publish_all(items))
-            self.written += n
+            self.written += len(items)
             self._report(items[0][0])
+        finally:
+            self._unfinished -= len(items)
+            sem.release()
 
     def _report(self, oldest_t: float) -> None:
         lag = time.monotonic() - oldest_t
@@ -131,11 +158,7 @@ class DecisionLogWriter:
                 if self.m:
                     self.m.errors.labels("redis").inc(len(records))
                 self._warn(f"decision records not written yet ({len(records)}): {e!r}; retrying")
-                if self._stopping:
-                    self.lost += len(records)
-                    log.error("shutting down: %d decision records not written", len(records))
-                    return
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # at shutdown, drain()'s deadline ends this
                 delay = min(delay * 2, 1.0)
 
     async def _publish_all(self, items) -> None:
@@ -196,13 +219,14 @@ class DecisionLogWriter:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
-            left = len(self.q)
+            left = len(self.q) + self._unfinished
             self.lost += left
             log.error("decision log not fully drained at shutdown: %d decisions not written",
                       left)
-        if self._task:
-            self._task.cancel()
+        for t in [*self._running, *([self._task] if self._task else [])]:
+            t.cancel()
+        for t in [*self._running, *([self._task] if self._task else [])]:
             try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - counted above
                 pass

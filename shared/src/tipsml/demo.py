@@ -7,10 +7,13 @@
 3. plays simulated traffic through NATS: persona users in four cohorts, one per policy
    (egreedy-v1, egreedy-v2, linucb, thompson); every decision is a real ``tips.score``,
    every reaction a real ``feedback.>`` event applied by the feedback consumer; one tip
-   in a while is written by the generator;
+   in a while is written by the generator; the client is realistic (an ignored tip sends
+   nothing: the feedback consumer applies its default reward when the decision's reward
+   window, ``--reward-window-s`` here, closes);
 4. shows a live view (requests/s, p99 latency, reward per policy) and ends with a report:
    reward per policy, an off-policy estimate from the DECISIONS log, the promotion
-   gate's verdict, and where the plots and MLflow runs are.
+   gate's verdict, a model card per policy in the local MLflow model registry, and
+   where the plots and MLflow runs are.
 
 Ctrl-C stops the traffic and everything started here, cleanly (twice: at once).
 
@@ -121,8 +124,13 @@ async def demo(args) -> int:
     _say(f"== tips ML demo ({run_id}) ==")
     _say("starting nats-server (JetStream) + redis-server" + ("" if args.no_llm else
          " + local LLM server") + " ...")
+    # the prompt version whose tips pass the guard most often with the embedded 135M
+    # model (bench/results/guard_report.json); DEFAULT_PROMPT_VERSION overrides it
+    pv = os.environ.get("DEFAULT_PROMPT_VERSION") or "v4-grounded"
     svc = Services(embedded=True, llm=not args.no_llm,
-                   workers=CORE_WORKERS + OPTIONAL_WORKERS, log_dir=str(OUT_DIR / "logs"))
+                   workers=CORE_WORKERS + OPTIONAL_WORKERS, log_dir=str(OUT_DIR / "logs"),
+                   worker_env={"REWARD_WINDOW_S": str(args.reward_window_s),
+                               "DEFAULT_PROMPT_VERSION": pv})
     t_start = time.monotonic()
     try:
         await svc.__aenter__()
@@ -159,7 +167,8 @@ async def demo(args) -> int:
             traces = await run_nats(svc.nc, ep, POLICIES, run_id=run_id, settle=False,
                                     rate=args.rate, concurrency=16,
                                     deadline=time.monotonic() + args.seconds, stats=stats,
-                                    stop=stop, generate_every=5 if has_gen else 0)
+                                    stop=stop, generate_every=5 if has_gen else 0,
+                                    client=args.client)
         finally:
             view_stop.set()
             await vt
@@ -213,7 +222,8 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
     # OPE from this run's own DECISIONS log: egreedy-v2 as a shadow of the egreedy-v1 cohort
     try:
         d = await load_from_nats(svc.nc.jetstream(), "egreedy-v2", "egreedy-v1",
-                                 user_prefix=f"{run_id}-egreedy-v1-")
+                                 user_prefix=f"{run_id}-egreedy-v1-",
+                                 window_s=args.reward_window_s)
         est = evaluate(d)
         rep["ope"] = {k: est[k] for k in ("ips", "snips", "dr")}
         _say(f"\noff-policy estimate of egreedy-v2 from the egreedy-v1 cohort's DECISIONS log "
@@ -226,14 +236,17 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
         _say(f"\nOPE: skipped ({e})")
     # the promotion gate (in-process, paired seeds)
     if not args.no_gate and not stop.is_set():
-        from .gate import gate, summary
-
-        _say(f"\npromotion gate egreedy-v2 vs egreedy-v1 (in-process, {args.gate_seeds} paired "
-             f"seeds × {args.gate_users} users × {args.gate_rounds} rounds) ...")
-        g = gate("egreedy-v2", "egreedy-v1", users=args.gate_users, rounds=args.gate_rounds,
-                 seeds=range(args.gate_seeds))
+        _say(f"\npromotion gate egreedy-v2 vs egreedy-v1 and model cards of {', '.join(POLICIES)} "
+             f"(in-process, realistic client, {args.gate_seeds} paired seeds × "
+             f"{args.gate_users} users × {args.gate_rounds} rounds) ...")
+        g, cards = await asyncio.to_thread(_gate_and_cards, args)
         rep["gate"] = {k: g[k] for k in ("verdict", "diff", "why", "relative_lift_pct")}
+        rep["cards"] = cards
+        from .gate import card_lines, summary
+
         _say("  " + summary(g))
+        for line in card_lines(cards):
+            _say("  " + line)
     full = Path("bench/results/gate_egreedy-v2_vs_egreedy-v1.json")
     if full.exists():
         _say(f"  full-size gate result: {full}")
@@ -256,6 +269,24 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
     return rep
 
 
+def _gate_and_cards(args):
+    """Every demo policy on paired seeds (in-process): the gate's verdict for egreedy-v2 vs
+    egreedy-v1 from that sweep, and one model card per policy version."""
+    from .gate import gate_from_rows, offline_metrics, verdict_entry, write_cards
+    from .sim.runner import SimConfig, run_rows
+
+    cfg = SimConfig(policies=tuple(POLICIES), users=args.gate_users, rounds=args.gate_rounds,
+                    seeds=tuple(range(args.gate_seeds)))
+    rows = run_rows(cfg)
+    g = gate_from_rows(rows, cfg, "egreedy-v2", "egreedy-v1", "egreedy-v2", "egreedy-v1")
+    v = verdict_entry(g)
+    cards = []
+    for p in POLICIES:
+        cards += write_cards([(p, offline_metrics(rows, p, cfg))],
+                             v if p in ("egreedy-v1", "egreedy-v2") else None)
+    return g, cards
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tipsml.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-gate", action="store_true")
     ap.add_argument("--gate-seeds", type=int, default=6)
     ap.add_argument("--gate-users", type=int, default=100)
-    ap.add_argument("--gate-rounds", type=int, default=200)
+    ap.add_argument("--gate-rounds", type=int, default=300)
+    ap.add_argument("--client", choices=["realistic", "explicit"], default="realistic",
+                    help="realistic: ignored tips send nothing (default); explicit: the former sim")
+    ap.add_argument("--reward-window-s", type=int, default=5,
+                    help="REWARD_WINDOW_S of the demo's workers (short: the demo lasts a minute)")
     args = ap.parse_args(argv)
     try:
         return asyncio.run(demo(args))

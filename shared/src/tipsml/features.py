@@ -14,10 +14,22 @@ Vectors:
 * ``context_vector`` — D=7: bias, sin/cos of the hour, weekend flag,
   task load (log-scaled), overdue share, mean priority.
 * ``profile_vector`` — 5 dims: completion rate, dismiss rate, mean dwell
-  clipped at 10 min (scaled to [0, 1]), preferred-hour alignment as a cosine,
-  log tip volume (scaled).
-* ``FEATURE_SETS`` — which policy uses which vector (egreedy-v1/linucb/thompson: D=7,
-  egreedy-v2: D=12).
+  clipped at 10 min, preferred-hour alignment as a cosine, log tip volume (scaled).
+  The dwell has two encodings, versioned with the feature set:
+
+  - ``ctx7+prof5-v1`` (linucb-v2, thompson-v2): ``dwell_ms / 600 000`` — linear in
+    [0, 1], but real dwells are seconds, so it is 0.007–0.033 for every persona of the
+    simulator: a ridge model (λ = 1) shrinks a coefficient on a feature that small to
+    nothing, i.e. the dwell is as good as absent;
+  - ``ctx7+prof5-v2`` (egreedy-v2): ``log1p(dwell_s) / log1p(600)`` — the same clip at
+    10 min, logarithmic, so seconds to minutes span ~0.2–0.5 and a within-user change
+    (the simulator's strain moves dwell by ×e^{±0.35}) moves it by ~0.05, the scale of
+    the other profile features. Changing an encoding is a new feature version: the
+    policy's update id changes with it (decisions scored with the other version are
+    refused by the reward update, see :func:`tipsml.bandits.update_id`), and its state
+    should start afresh (``tips.reset``) when a policy switches version.
+* ``FS_*`` — which policy uses which vector (egreedy-v1/linucb/thompson: D=7,
+  egreedy-v2: D=12 with v2 profile encoding, linucb-v2/thompson-v2: D=12 with v1).
 """
 
 from __future__ import annotations
@@ -78,8 +90,11 @@ DWELL_CLIP_MS = 600_000.0  # 10 minutes
 TIP_VOLUME_SCALE = math.log1p(1000.0)
 TASK_LOAD_SCALE = math.log1p(20.0)
 
+DWELL_LOG_SCALE = math.log1p(DWELL_CLIP_MS / 1000.0)  # log1p(600 s)
+
 FEATURE_VERSION_CTX = "ctx7-v1"
 FEATURE_VERSION_CTX_PROFILE = "ctx7+prof5-v1"
+FEATURE_VERSION_CTX_PROFILE_V2 = "ctx7+prof5-v2"  # log-scaled dwell
 
 
 def _num(v: Any) -> float | None:
@@ -137,9 +152,14 @@ def context_vector(hour: int, dow: int, tasks: list | None) -> np.ndarray:
     )
 
 
-def profile_vector(profile: dict | None, hour: int) -> np.ndarray:
+def profile_vector(profile: dict | None, hour: int, encoding: int = 1) -> np.ndarray:
+    """The 5 profile features; ``encoding`` 1 (linear dwell) or 2 (log dwell), see above."""
     p = resolve_profile(profile)
-    dwell = min(max(float(p["mean_dwell_ms"]), 0.0), DWELL_CLIP_MS) / DWELL_CLIP_MS
+    dwell_ms = min(max(float(p["mean_dwell_ms"]), 0.0), DWELL_CLIP_MS)
+    if encoding == 2:
+        dwell = math.log1p(dwell_ms / 1000.0) / DWELL_LOG_SCALE
+    else:
+        dwell = dwell_ms / DWELL_CLIP_MS
     ph = p["preferred_hour"]
     align = 0.0 if ph is None else math.cos(2.0 * math.pi * (hour - ph) / 24.0)
     vol = min(math.log1p(max(float(p["tip_volume"]), 0.0)) / TIP_VOLUME_SCALE, 1.5)
@@ -152,10 +172,27 @@ class FeatureSet:
     dim: int
     version: str
     uses_profile: bool
+    profile_encoding: int = 1  # 1: linear dwell, 2: log dwell (profile_vector)
 
 
 FS_CTX = FeatureSet("ctx7", CONTEXT_DIM, FEATURE_VERSION_CTX, False)
 FS_CTX_PROFILE = FeatureSet("ctx7+prof5", CONTEXT_DIM + PROFILE_DIM, FEATURE_VERSION_CTX_PROFILE, True)
+FS_CTX_PROFILE_V2 = FeatureSet("ctx7+prof5", CONTEXT_DIM + PROFILE_DIM,
+                               FEATURE_VERSION_CTX_PROFILE_V2, True, profile_encoding=2)
+FEATURE_NAMES = {
+    "ctx7": ("bias", "sin_hour", "cos_hour", "weekend", "task_load_log", "overdue_share",
+             "mean_priority"),
+    "prof5": ("completion_rate", "dismiss_rate", "mean_dwell", "preferred_hour_cos",
+              "tip_volume_log"),
+}
+
+
+def feature_names(fs: FeatureSet) -> list[str]:
+    names = list(FEATURE_NAMES["ctx7"])
+    if fs.uses_profile:
+        names += list(FEATURE_NAMES["prof5"])
+        names[CONTEXT_DIM + 2] = "mean_dwell_log" if fs.profile_encoding == 2 else "mean_dwell_linear"
+    return names
 
 
 def build_vector(fs: FeatureSet, context: Any, profile: dict | None,
@@ -163,5 +200,5 @@ def build_vector(fs: FeatureSet, context: Any, profile: dict | None,
     hour, dow = resolve_time(context, now)
     x = context_vector(hour, dow, getattr(context, "tasks", None) if context is not None else None)
     if fs.uses_profile:
-        x = np.concatenate([x, profile_vector(profile, hour)])
+        x = np.concatenate([x, profile_vector(profile, hour, fs.profile_encoding)])
     return x

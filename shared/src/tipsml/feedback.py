@@ -12,7 +12,10 @@ claim on event_id + join to the decision + Sherman–Morrison update) → ack.
   The grace is a time window, not a count of deliveries: the delays are spread so the
   ``max_deliver - 1``-th delivery comes after the grace (see :meth:`pending_delay`);
 * expired decision, user mismatch, duplicate event, second reward for a decision:
-  counted and acked, state untouched.
+  counted and acked, state untouched;
+* decision scored with other hyper-parameters (ridge λ, feature version) than this
+  consumer's for one of its learners: ``hyper_mismatch`` — logged as an error, counted,
+  dead-lettered unclaimed (replayable once the settings agree), state untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    kind: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | invalid | retry | dead_lettered
+    kind: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | hyper_mismatch | invalid | retry | dead_lettered
     policy: str = ""
     arm: str = ""
     reaction: str = ""
@@ -76,6 +79,14 @@ class FeedbackProcessor:
         if res.outcome == "pending":
             await msg.nak(delay=self.pending_delay(delivered, self._age_s(msg)))
             return Outcome("pending")
+        if res.outcome == "hyper_mismatch":
+            # scored with other hyper-parameters than this updater's: refuse, loudly; park it
+            # in the DLQ (no claim was made) so a replay applies it once the config is fixed
+            log.error("reward REFUSED (hyper_mismatch) event %s decision %s: %s",
+                      fb.event_id, fb.decision_id, res.detail)
+            await self._dead_letter(msg, f"hyper_mismatch: {res.detail}", delivered)
+            return Outcome("hyper_mismatch", res.policy, res.arm, fb.reaction or "explicit",
+                           reward, fb.prompt_version or res.prompt_version)
         await msg.ack()
         return Outcome(res.outcome, res.policy, res.arm, fb.reaction or "explicit", reward,
                        fb.prompt_version or res.prompt_version)

@@ -7,7 +7,8 @@ Redis keys (``{u}`` user, ``{a}`` arm, ``{v}`` prompt version, ``{m}`` model str
   it while more than one is left (the last one stays until a refresh replaces it, so a
   user who asks faster than the refresh sees a repeat rather than a miss).
   A candidate whose ``prompt_hash`` is not the current hash of its version is ignored:
-  an edited prompt never serves tips written by its old text.
+  an edited prompt never serves tips written by its old text; likewise a candidate whose
+  ``guard`` is not the current :data:`tipsml.guard.GUARD_ID` (written under other rules).
 * ``tips:genctx:{u}`` the user's last request context + profile features (JSON), used
   by the refresh; ``tips:sig:{u}`` the user's recent signal kinds (list, bounded);
   ``tips:gencombo:{u}`` set of ``version\\x1fmodel`` pairs the user was served (the
@@ -21,6 +22,12 @@ Redis keys (``{u}`` user, ``{a}`` arm, ``{v}`` prompt version, ``{m}`` model str
 
 The request path is one pipelined Redis round trip on a cache hit (take + recent
 signals), the reply, then the bookkeeping writes in the background.
+
+Every generated candidate goes through the guard (:mod:`tipsml.guard`) before it is
+cached or served; a refresh generates ``candidates`` per (arm, version, model), keeps
+the best ``keep`` that pass (ranked by :meth:`tipsml.guard.Bound.score`), and a request
+whose LLM answer is rejected gets a tip of the curated fallback library
+(:mod:`tipsml.fallbacks`), itself guarded.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import prompts
+from . import fallbacks, prompts
+from . import guard as G
 from .context import assemble
 from .contract import Context, ContractError, ErrorCode, GenerateRequest, Signal
-from .llm import STOP_SEQUENCES, LLMClient, LLMError, Tip, fallback_tip, postprocess
+from .llm import STOP_SEQUENCES, LLMClient, LLMError, postprocess
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ ARM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 EXPOSURES_STREAM = "tips:exposures"
 PV_SERVED_KEY = "tips:pv:served"
 SIGNALS_KEPT = 20
+BELOW_BAR = "below_min_score"  # passed the guard, ranked under GENERATOR_MIN_SCORE
 
 # KEYS[1] candidate list. Returns {entry, remaining} or nil.
 TAKE_LUA = r"""
@@ -103,6 +112,10 @@ class GenConfig:
     max_tokens: int = 48
     temperature: float = 0.7
     max_tip_chars: int = 240
+    candidates: int = 3           # generated per (arm, version, model) and refresh ...
+    keep: int = 2                 # ... of which at most this many (the best that pass) kept
+    miss_attempts: int = 2        # LLM calls a cache miss may make within its deadline
+    min_score: float = 6.0        # a passing candidate must also rank at least this high
     refresh_min_interval_s: float = 30.0
     refill_on_miss: bool = True
     redis_timeout_s: float = 0.05
@@ -127,6 +140,10 @@ class GenConfig:
             max_tokens=g("generator_max_tokens", cls.max_tokens),
             temperature=g("generator_temperature", cls.temperature),
             max_tip_chars=g("generator_max_tip_chars", cls.max_tip_chars),
+            candidates=g("generator_candidates", cls.candidates),
+            keep=g("generator_keep", cls.keep),
+            miss_attempts=g("generator_miss_attempts", cls.miss_attempts),
+            min_score=g("generator_min_score", cls.min_score),
             refresh_min_interval_s=g("generator_refresh_min_interval_s",
                                      cls.refresh_min_interval_s),
             refill_on_miss=g("generator_refill_on_miss", True),
@@ -149,8 +166,39 @@ class RefreshResult:
     written: int = 0
     skipped_full: int = 0
     failed: int = 0
-    bad_output: int = 0
+    bad_output: int = 0          # candidates the guard rejected or under the ranker's bar
+    generated: int = 0           # candidates screened
+    rejected: dict[str, int] = field(default_factory=dict)  # primary reason -> count
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """One LLM completion after clean-up and the guard."""
+
+    text: str
+    raw: str
+    overlong: bool
+    verdict: G.Verdict
+
+
+def screen(bound: G.Bound, raw: str, truncated: bool = False,
+           max_chars: int = G.MAX_CHARS) -> Screened:
+    """Post-process a raw completion and judge it with the guard."""
+    tp = postprocess(raw, max_chars, truncated=truncated)
+    v = bound.check(tp.text, raw)
+    if v.ok and not tp.ok:  # the clean-up refused it (e.g. an injected instruction)
+        why = "echo" if tp.reason == "unsafe" else "length"
+        v = G.Verdict(False, (why,), {why: f"postprocess: {tp.reason}"})
+    return Screened(tp.text, raw or "", tp.overlong, v)
+
+
+def select(bound: G.Bound, screened: list[Screened], keep: int,
+           min_score: float = 0.0) -> list[G.Ranked]:
+    """The best ``keep`` candidates that passed the guard and score at least
+    ``min_score`` (:meth:`tipsml.guard.Bound.score`), best first."""
+    ok = [(s.text, s.overlong, s.raw) for s in screened if s.verdict.ok]
+    return [c for c in G.rank(bound, ok) if c.score >= min_score][:max(0, keep)]
 
 
 class Generator:
@@ -217,38 +265,45 @@ class Generator:
             if self.m:
                 self.m.redis_errors.labels("cache_read").inc()
         source, reason, llm_res, overlong = "cache", None, None, False
-        if entry is not None and entry.get("prompt_hash") == pv.hash and entry.get("tip"):
+        if (entry is not None and entry.get("prompt_hash") == pv.hash and entry.get("tip")
+                and entry.get("guard") == G.GUARD_ID):
             tip, used_model = entry["tip"], entry.get("model", model)
             overlong = bool(entry.get("overlong"))
         else:
-            if entry is not None:  # stale candidate of an edited prompt
+            if entry is not None:  # stale candidate of an edited prompt or other rules
                 remaining = 0
             ctx = assemble(req.context, req.profile_features, signals)
-            left = self.cfg.deadline_s - (time.perf_counter() - t0)
+            bound = G.bind(ctx, arm, pv)
             self._fg += 1
             try:
-                llm_res = await self.llm.complete(
-                    pv.render(ctx, arm), model=model, max_tokens=self.cfg.max_tokens,
-                    temperature=self.cfg.temperature, timeout=max(0.05, left),
-                    stop=STOP_SEQUENCES)
-                self._observe_llm("request", llm_res)
-                tp = postprocess(llm_res.text, self.cfg.max_tip_chars,
-                                 truncated=llm_res.finish_reason == "length")
-                if tp.ok and ctx.echoes_tasks(tp.text):
-                    tp = Tip(tp.text, tp.overlong, False, "echo")
-                if tp.ok:
-                    source, tip, used_model, overlong = "llm", tp.text, model, tp.overlong
-                else:
-                    reason = f"bad_output:{tp.reason}"
-            except LLMError as e:
-                reason = e.kind
-                if self.m:
-                    self.m.llm_errors.labels(model, e.kind).inc()
+                for attempt in range(max(1, self.cfg.miss_attempts)):
+                    left = self.cfg.deadline_s - (time.perf_counter() - t0)
+                    if attempt and left < self.cfg.deadline_s / 2:
+                        break  # no time for another answer: the fallback serves
+                    try:
+                        llm_res = await self.llm.complete(
+                            pv.render(ctx, arm), model=model, max_tokens=self.cfg.max_tokens,
+                            temperature=self.cfg.temperature, timeout=max(0.05, left),
+                            stop=STOP_SEQUENCES)
+                    except LLMError as e:
+                        if self.m:
+                            self.m.llm_errors.labels(model, e.kind).inc()
+                        reason = reason or e.kind
+                        break
+                    self._observe_llm("request", llm_res)
+                    sc = screen(bound, llm_res.text, llm_res.finish_reason == "length",
+                                self.cfg.max_tip_chars)
+                    if self._count_screened(pv.version, sc, bound):
+                        source, tip, used_model, overlong = "llm", sc.text, model, sc.overlong
+                        reason = None
+                        break
+                    reason = f"bad_output:{sc.verdict.reason or BELOW_BAR}"
             finally:
                 self._fg -= 1
-            if reason is not None:
+            if source != "llm":
+                reason = reason or "bad_output:none"
                 source, used_model = "fallback", "fallback"
-                tip = fallback_tip(arm, req.user_id)
+                tip = fallbacks.pick(arm, ctx, req.user_id, bound)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         reply = {"ok": True, "tip": tip, "prompt_version": pv.version, "prompt_hash": pv.hash,
                  "model": used_model, "source": source, "latency_ms": round(latency_ms, 3),
@@ -339,7 +394,8 @@ class Generator:
     async def refresh(self, user_id: str, arms: list[str] | None = None,
                       combos: list[tuple[str, str]] | None = None, progress=None,
                       only_below: int | None = None) -> RefreshResult:
-        """Write one fresh candidate per (arm, version, model) for ``user_id``.
+        """Refresh ``user_id``'s candidates: per (arm, version, model), generate
+        ``candidates``, guard them, keep the best ``keep`` that pass.
 
         ``only_below``: skip a list already holding that many candidates.
         ``progress``: async callable invoked before each LLM call (JetStream in_progress).
@@ -356,6 +412,7 @@ class Generator:
         arms = arms or list(self.cfg.arms)
         for version, model in combos:
             pv = prompts.REGISTRY[version]
+            down = False
             for arm in arms:
                 key = cand_key(user_id, arm, version, model)
                 if only_below is not None:
@@ -365,43 +422,58 @@ class Generator:
                             continue
                     except Exception as e:  # noqa: BLE001
                         raise TransientError(f"redis: {e}") from None
-                if progress is not None:
-                    await progress()
-                while self._fg:  # requests waiting on the LLM go first
-                    await asyncio.sleep(0.02)
-                async with self._bg:
+                bound = G.bind(ctx, arm, pv)
+                screened: list[Screened] = []
+                for _ in range(max(1, self.cfg.candidates)):
+                    if progress is not None:
+                        await progress()
+                    while self._fg:  # requests waiting on the LLM go first
+                        await asyncio.sleep(0.02)
+                    async with self._bg:
+                        try:
+                            out = await self.llm.complete(
+                                pv.render(ctx, arm), model=model,
+                                max_tokens=self.cfg.max_tokens,
+                                temperature=self.cfg.temperature,
+                                timeout=self.cfg.refresh_timeout_s, stop=STOP_SEQUENCES)
+                        except LLMError as e:
+                            res.failed += 1
+                            res.errors.append(e.kind)
+                            if self.m:
+                                self.m.llm_errors.labels(model, e.kind).inc()
+                            if e.kind in ("timeout", "unavailable", "circuit_open"):
+                                down = True  # the server is down: do not burn the rest
+                                break
+                            continue
+                    self._observe_llm("refresh", out)
+                    sc = screen(bound, out.text, out.finish_reason == "length",
+                                self.cfg.max_tip_chars)
+                    res.generated += 1
+                    if not self._count_screened(version, sc, bound):
+                        res.bad_output += 1
+                        r = sc.verdict.reason or BELOW_BAR
+                        res.rejected[r] = res.rejected.get(r, 0) + 1
+                    screened.append(sc)
+                kept = select(bound, screened, self.cfg.keep, self.cfg.min_score)
+                if kept:
+                    now = round(time.time(), 3)
                     try:
-                        out = await self.llm.complete(
-                            pv.render(ctx, arm), model=model, max_tokens=self.cfg.max_tokens,
-                            temperature=self.cfg.temperature,
-                            timeout=self.cfg.refresh_timeout_s, stop=STOP_SEQUENCES)
-                    except LLMError as e:
-                        res.failed += 1
-                        res.errors.append(e.kind)
-                        if self.m:
-                            self.m.llm_errors.labels(model, e.kind).inc()
-                        if e.kind in ("timeout", "unavailable", "circuit_open"):
-                            break  # the server is down: do not burn the other arms
-                        continue
-                self._observe_llm("refresh", out)
-                tp = postprocess(out.text, self.cfg.max_tip_chars,
-                                 truncated=out.finish_reason == "length")
-                if not tp.ok or ctx.echoes_tasks(tp.text):
-                    res.bad_output += 1
-                    continue
-                entry = json.dumps({"tip": tp.text, "model": model, "prompt_hash": pv.hash,
-                                    "overlong": tp.overlong, "ts": round(time.time(), 3)})
-                try:
-                    pipe = self.r.pipeline(transaction=True)
-                    pipe.lpush(key, entry)
-                    pipe.ltrim(key, 0, self.cfg.cache_max - 1)
-                    pipe.expire(key, self.cfg.cache_ttl_s)
-                    await pipe.execute()
-                except Exception as e:  # noqa: BLE001
-                    raise TransientError(f"redis: {type(e).__name__}: {e}") from None
-                res.written += 1
-                if self.m:
-                    self.m.candidates.labels(version).inc()
+                        pipe = self.r.pipeline(transaction=True)
+                        for c in reversed(kept):  # the best ends up first (served first)
+                            pipe.lpush(key, json.dumps(
+                                {"tip": c.text, "model": model, "prompt_hash": pv.hash,
+                                 "guard": G.GUARD_ID, "score": c.score,
+                                 "overlong": c.overlong, "ts": now}))
+                        pipe.ltrim(key, 0, self.cfg.cache_max - 1)
+                        pipe.expire(key, self.cfg.cache_ttl_s)
+                        await pipe.execute()
+                    except Exception as e:  # noqa: BLE001
+                        raise TransientError(f"redis: {type(e).__name__}: {e}") from None
+                    res.written += len(kept)
+                    if self.m:
+                        self.m.candidates.labels(version).inc(len(kept))
+                if down:
+                    break
         if res.written == 0 and res.failed and not res.skipped_full:
             raise TransientError(f"llm: {', '.join(sorted(set(res.errors)))}")
         return res
@@ -488,6 +560,18 @@ class Generator:
             _done, pending = await asyncio.wait(set(self._bg_tasks), timeout=timeout)
             for t in pending:
                 t.cancel()
+
+    def _count_screened(self, version: str, sc: Screened, bound: G.Bound) -> bool:
+        """Count a screened candidate; True when it may be served (passes the guard and
+        the ranker's bar). Below the bar counts as reason ``below_min_score``."""
+        ok = sc.verdict.ok and bound.score(sc.text) >= self.cfg.min_score
+        if self.m:
+            self.m.generated.labels(version).inc()
+            if not sc.verdict.ok:
+                self.m.rejected.labels(sc.verdict.reason, version).inc()
+            elif not ok:
+                self.m.rejected.labels(BELOW_BAR, version).inc()
+        return ok
 
     def _observe_llm(self, purpose: str, r) -> None:
         if not self.m:

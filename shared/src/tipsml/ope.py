@@ -209,8 +209,24 @@ async def _read_stream(js, stream: str, subject: str, batch: int = 1000) -> list
 
 
 async def load_from_nats(js, target: str, logging_policy: str | None = None,
-                         missing: str = "drop", user_prefix: str | None = None) -> Logged:
-    """Served decisions (optionally of one live policy) joined with their first reward."""
+                         missing: str = "default", user_prefix: str | None = None,
+                         window_s: float | None = None,
+                         default_reward: float | None = 0.0) -> Logged:
+    """Served decisions (optionally of one live policy) joined with their first reward.
+
+    A decision without a feedback event (``missing``): ``default`` (the default) — if its
+    reward window (``window_s``, default ``REWARD_WINDOW_S``) has closed, the reward the
+    service applied then (``default_reward``, ``DEFAULT_REWARD``: 0.0; ``None`` = the
+    service applies none, so it is dropped), otherwise dropped (still open); ``drop`` —
+    dropped, which with a real app (ignored tips send nothing) keeps only reacted-to tips
+    and biases every estimate upward; ``zero`` — reward 0."""
+    import time as _time
+
+    if window_s is None:
+        from .settings import BaseServiceSettings
+
+        window_s = float(BaseServiceSettings().reward_window_s)
+    now = _time.time()
     from .rewards import reward_of
 
     dec = await _read_stream(js, "DECISIONS", "decisions.>")
@@ -235,17 +251,25 @@ async def load_from_nats(js, target: str, logging_policy: str | None = None,
         if e.get("policy") == target:
             tgt[e["decision_id"]] = e
     rows = []
-    skipped = {"no_target_entry": 0, "no_reward": 0}
+    skipped = {"no_target_entry": 0, "no_reward": 0, "window_open": 0}
+    defaults = 0
     for did, e in served.items():
         t = tgt.get(did)
         if t is None:
             skipped["no_target_entry"] += 1
             continue
         if did not in reward:
-            if missing == "drop":
+            if missing == "drop" or (missing == "default" and default_reward is None):
                 skipped["no_reward"] += 1
                 continue
-            r = 0.0
+            if missing == "default":
+                if float(e.get("ts", now)) + window_s > now:
+                    skipped["window_open"] += 1
+                    continue
+                r = float(default_reward)
+                defaults += 1
+            else:
+                r = 0.0
         else:
             r = reward[did]
         rows.append((e, t, r))
@@ -266,6 +290,7 @@ async def load_from_nats(js, target: str, logging_policy: str | None = None,
     det = any(pol.startswith("linucb") for pol in lp)
     return Logged(arms, a, p, r, pi, x, groups,
                   {"logging_policies": sorted(lp), "target": target, "skipped": skipped,
+                   "default_rewards": defaults, "missing": missing,
                    "support_ok": not det,
                    "warning": "LinUCB logging is deterministic: no support, estimates biased"
                    if det else None})
@@ -274,7 +299,7 @@ async def load_from_nats(js, target: str, logging_policy: str | None = None,
 # ---------------------------------------------------------------- validation in the simulator
 
 def validate_pair(logging_policy: str, target: str, *, users: int = 200, warmup: int = 100,
-                  rounds: int = 100, seed: int = 0) -> dict:
+                  rounds: int = 100, seed: int = 0, overrides: dict | None = None) -> dict:
     """Train ``target`` for ``warmup`` rounds and freeze it; log ``rounds`` more rounds under
     ``logging_policy`` (learning online from scratch); estimate the frozen target offline;
     then run it online on the same rounds (same users and contexts, its own randomness)."""
@@ -282,8 +307,13 @@ def validate_pair(logging_policy: str, target: str, *, users: int = 200, warmup:
     from .sim.runner import policies_from_env
     from .sim.world import make_episode
 
+    from dataclasses import replace
+
     reg = policies_from_env([logging_policy, target])
     L, T = reg[logging_policy], reg[target]
+    if overrides:  # e.g. {"propensity": "mc"} for the Thompson before/after comparison
+        L = replace(L, **{k: v for k, v in overrides.items() if hasattr(L, k)})
+        T = replace(T, **{k: v for k, v in overrides.items() if hasattr(T, k)})
     ep = make_episode(seed, users, warmup + rounds)
     warm, test = ep.slice(0, warmup), ep.slice(warmup, warmup + rounds)
     trained = run_policy(warm, T, policy_rng(seed, 101)).state
@@ -291,7 +321,7 @@ def validate_pair(logging_policy: str, target: str, *, users: int = 200, warmup:
     online = run_policy(test, T, policy_rng(seed, 103), learn=False, init_state=trained)
     # offline: the frozen target's action distribution at every logged context
     book = StateBook(T, test.arms, trained)
-    X = test.features(T.features.uses_profile)
+    X = test.features(T.features)
     U, R, K = test.n_users, test.rounds, len(test.arms)
     pi = np.zeros((U, R, K))
     prng = np.random.default_rng([seed, 104])
@@ -307,6 +337,7 @@ def validate_pair(logging_policy: str, target: str, *, users: int = 200, warmup:
     est = evaluate(d)
     online_v = online.mean_reward
     row = {"logging": logging_policy, "target": target, "seed": seed, "users": users,
+           "logging_version": L.version, "target_version": T.version,
            "warmup": warmup, "rounds": rounds, "n": d.n,
            "logged_reward": float(logged.reward.mean()), "online_reward": online_v,
            "online_expected": float(online.expected.mean()), "true_value": true_value,
@@ -369,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("estimate", help="estimate a policy from the DECISIONS log (NATS_URL)")
     e.add_argument("--target", required=True)
     e.add_argument("--logging", default=None, help="only decisions served by this policy")
-    e.add_argument("--missing", choices=["drop", "zero"], default="drop",
-                   help="decisions without feedback: drop them or count reward 0")
+    e.add_argument("--missing", choices=["default", "drop", "zero"], default="default",
+                   help="decisions without feedback: the service's default reward once their "
+                        "window closed (default; still open: dropped), drop them, or reward 0")
     e.add_argument("--user-prefix", default=None)
     v = sub.add_parser("validate", help="OPE vs online in the simulator, several pairs")
     v.add_argument("--users", type=int, default=200)
@@ -443,6 +475,14 @@ def _plot(rows, path):
     plt.close(fig)
 
 
+def _default_reward_env() -> float | None:
+    """``DEFAULT_REWARD`` as the feedback consumer reads it (0.0; ``off``/``none``: none)."""
+    import os
+
+    v = os.environ.get("DEFAULT_REWARD", "0.0").strip().lower()
+    return None if v in ("off", "none", "") else float(v)
+
+
 async def _estimate_cli(args) -> int:
     import nats
 
@@ -452,7 +492,7 @@ async def _estimate_cli(args) -> int:
     nc = await nats.connect(**s.nats_connect_kwargs())
     try:
         d = await load_from_nats(nc.jetstream(), args.target, args.logging, args.missing,
-                                 args.user_prefix)
+                                 args.user_prefix, default_reward=_default_reward_env())
     except ValueError as e:
         print(str(e), file=sys.stderr)
         return 1

@@ -69,12 +69,15 @@ class PromptVersion:
         "Tip kind: {arm} — write {guidance}.\n{context}\nWrite the tip now."
     )
     examples: tuple[tuple[str, str], ...] = ()
+    show_habits: bool = True  # the profile line in the context block
     hash: str = field(init=False)
 
     def __post_init__(self):
-        blob = json.dumps({"system": self.system, "user": self.user_template,
-                           "examples": [list(e) for e in self.examples]},
-                          sort_keys=True, ensure_ascii=False)
+        content = {"system": self.system, "user": self.user_template,
+                   "examples": [list(e) for e in self.examples]}
+        if not self.show_habits:  # (only when set, so older versions keep their hash)
+            content["habits"] = False
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
         object.__setattr__(self, "hash", hashlib.sha256(blob.encode()).hexdigest()[:12])
 
     @property
@@ -84,7 +87,7 @@ class PromptVersion:
 
     def user_message(self, ctx: PromptContext, arm: str) -> str:
         return self.user_template.format(arm=arm, guidance=arm_guidance(arm),
-                                         context=ctx.render())
+                                         context=ctx.render(habits=self.show_habits))
 
     def render(self, ctx: PromptContext, arm: str) -> list[dict]:
         """Chat messages for ``arm`` in context ``ctx`` (system, few-shot pairs, user)."""
@@ -141,6 +144,51 @@ _VERSIONS = (
         ),
     ),
 )
+
+# v4: written after reading what SmolLM2-135M does with v1-v3 (issue 14). A short
+# system text, the request last, no habits line (its percentages came back as invented
+# statistics), and one example per tip kind whose answers name the example's task, use
+# no number but minutes, and are one sentence in the second person.
+_V4_USER = "{context}\nTip kind: {guidance}. One sentence for this person."
+_V4_EXAMPLES = (
+    (("Time: Tuesday 09:00 (morning).\nOpen tasks: 2, overdue: 1.\n<tasks>\n"
+      "- \"Draft grant proposal\" (priority 4/4, overdue)\n- \"Call the plumber\" "
+      "(priority 2/4)\n</tasks>\nTip kind: " + ARM_GUIDANCE["focus_block"]
+      + ". One sentence for this person."),
+     ("Silence your phone and give the grant proposal the next 25 minutes with nothing "
+     "else open.")),
+    (("Time: Thursday 15:00 (afternoon).\nOpen tasks: 1, overdue: 0.\n<tasks>\n"
+      "- \"Fix website contact form\" (priority 3/4)\n</tasks>\nTip kind: "
+      + ARM_GUIDANCE["break_reminder"] + ". One sentence for this person."),
+     ("Stand up, stretch and drink a glass of water before you go back to the contact "
+     "form.")),
+    (("Time: Monday 11:00 (morning).\nOpen tasks: 1, overdue: 0.\n<tasks>\n"
+      "- \"Plan team offsite\" (priority 3/4, due friday)\n</tasks>\nTip kind: "
+      + ARM_GUIDANCE["task_breakdown"] + ". One sentence for this person."),
+     "Break the team offsite into small steps and do the first one now: pick a date."),
+    (("Time: Wednesday 14:00 (afternoon).\nOpen tasks: 2, overdue: 1.\n<tasks>\n"
+      "- \"Submit expense claims\" (priority 4/4, overdue)\n- \"Update website photos\" "
+      "(priority 1/4)\n</tasks>\nTip kind: " + ARM_GUIDANCE["prioritize"]
+      + ". One sentence for this person."),
+     ("Do the overdue expense claims first and let the website photos wait until they are "
+     "done.")),
+    (("Time: Monday 19:00 (evening).\nOpen tasks: 1, overdue: 0.\n<tasks>\n"
+      "- \"Prepare workshop agenda\" (priority 3/4, due tomorrow)\n</tasks>\nTip kind: "
+      + ARM_GUIDANCE["plan_tomorrow"] + ". One sentence for this person."),
+     ("Before you stop tonight, write down the first step of the workshop agenda so "
+     "tomorrow starts with it.")),
+)
+_VERSIONS = (*_VERSIONS, PromptVersion(
+    version="v4-grounded",
+    description="short system text, one example per tip kind naming its task, no habits line",
+    system=(
+        "You give one short, friendly tip to a person who uses a to-do app. The tip is one "
+        "sentence that tells them what to do next and names one of their tasks. Use no "
+        "numbers except a number of minutes.\n" + DATA_RULE),
+    user_template=_V4_USER,
+    examples=_V4_EXAMPLES,
+    show_habits=False,
+))
 
 REGISTRY: dict[str, PromptVersion] = {p.version: p for p in _VERSIONS}
 

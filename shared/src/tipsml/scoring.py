@@ -191,6 +191,7 @@ class Scorer:
             "ts": ts, "learners": learners,
             "vectors": {p.name: (k, xs[p.name]) for p, k in zip(pols, skeys) if p.name in learners},
             "pulls_key": pulls_key(live.name, req.user_id, live.global_model),
+            "hyper": {p.name: p.update_id for p in pols if p.name in learners},
         }
         try:
             blobs = await self._load(skeys, arms)

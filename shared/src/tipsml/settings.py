@@ -17,23 +17,48 @@ every process.
 | ``EPSILON`` | ``0.1`` | exploration rate of the egreedy policies |
 | ``LINUCB_ALPHA`` | ``0.5`` | LinUCB exploration width |
 | ``THOMPSON_V`` | ``0.3`` | posterior scale of linear Thompson sampling |
-| ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws used to state Thompson's propensity |
+| ``THOMPSON_PROPENSITY`` | ``exact`` | Thompson's propensity: ``exact`` (quadrature of P(argmax)) or ``mc`` (``THOMPSON_SAMPLES`` draws; the former estimate, kept for comparison) |
+| ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws of ``THOMPSON_PROPENSITY=mc`` |
 | ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model |
 | ``REWARD_WINDOW_S`` | ``86400`` | how long a decision can still be rewarded |
 | ``REQUEST_TIMEOUT_S`` | ``2.0`` | timeout of every outgoing request |
 | ``METRICS_PORT`` | ``0`` (worker default) | Prometheus HTTP port; 0 picks a free port, -1 disables |
 | ``METRICS_ADDR`` | ``127.0.0.1`` | address the metrics server binds (``0.0.0.0`` in containers) |
-| ``ADMIN_TOKEN`` | unset | when set, admin requests (``tips.reset``, ``bench.run``) must carry header ``Tips-Admin-Token`` with it (on top of the NATS permissions in deploy/) |
+| ``ADMIN_TOKEN`` | unset | when set, admin requests (``tips.reset``, ``bench.run``) must carry header ``Tips-Admin-Token`` with it (on top of the NATS permissions in deploy/); required when ``TIPS_ENV=production`` |
+| ``NATS_INBOX_PREFIX`` | ``_INBOX_<NATS_USER>`` (``_INBOX`` without a user) | prefix of this client's reply inboxes; deploy/nats/nats-server.conf lets each user subscribe to its own prefix only |
+| ``NATS_TLS_CA`` | unset | CA file to verify the NATS server's certificate (TLS on the client port); required in production |
+| ``NATS_PROVISION`` | ``true`` (dev), ``false`` (production) | create/update the streams and this worker's durables at start; off: only check that they exist (``python -m tipsml.provision`` creates them as admin) |
+| ``TIPS_ENV`` | ``dev`` | ``production``: refuse to start with an empty or placeholder (``change-me…``) secret, without ``ADMIN_TOKEN``, without TLS to NATS |
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
 from typing import Annotated
+from urllib.parse import urlsplit
 
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]  # ``a,b,c`` (or a JSON list) in the environment
+
+PLACEHOLDER_PREFIX = "change-me"
+MIN_SECRET_LEN = 16
+
+
+class InsecureSettingsError(ValueError):
+    """A production worker was configured with a missing, empty or placeholder secret."""
+
+
+def secret_problem(name: str, value: str | None) -> str | None:
+    """Why ``value`` is not acceptable as the production secret ``name`` (None: it is)."""
+    if not value:
+        return f"{name} is empty or unset"
+    if value.lower().startswith(PLACEHOLDER_PREFIX):
+        return f"{name} is still the placeholder from .env.example ({value[:9]}…)"
+    if len(value) < MIN_SECRET_LEN:
+        return f"{name} is shorter than {MIN_SECRET_LEN} characters"
+    return None
+
 
 DEFAULT_ARMS = ("focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow")
 
@@ -66,6 +91,7 @@ class BaseServiceSettings(BaseSettings):
     linucb_alpha: float = 0.5
     thompson_v: float = 0.3
     thompson_samples: int = 256
+    thompson_propensity: str = "exact"
     ridge_lambda: float = 1.0
     reward_window_s: int = 86400
     # a decision record (and its due entry) outlives its window by this much, so the
@@ -76,11 +102,22 @@ class BaseServiceSettings(BaseSettings):
     metrics_addr: str = "127.0.0.1"
     admin_token: str | None = None
     log_level: str = "INFO"
+    nats_inbox_prefix: str | None = None
+    nats_tls_ca: str | None = None
+    nats_provision: bool | None = None
+    tips_env: str = "dev"
 
     @field_validator("arms", "shadow_policies", "global_policies", mode="before")
     @classmethod
     def _csv(cls, v):
         return _split(v)
+
+    @field_validator("thompson_propensity")
+    @classmethod
+    def _tprop(cls, v: str) -> str:
+        if v not in ("exact", "mc"):
+            raise ValueError("THOMPSON_PROPENSITY must be exact or mc")
+        return v
 
     @field_validator("epsilon")
     @classmethod
@@ -89,9 +126,55 @@ class BaseServiceSettings(BaseSettings):
             raise ValueError("EPSILON must be in [0, 1]")
         return v
 
+    @property
+    def production(self) -> bool:
+        return self.tips_env.strip().lower() in ("production", "prod")
+
+    @property
+    def provision(self) -> bool:
+        """Whether this worker creates/updates streams and its durables itself."""
+        return (not self.production) if self.nats_provision is None else self.nats_provision
+
+    @property
+    def inbox_prefix(self) -> str:
+        if self.nats_inbox_prefix:
+            return self.nats_inbox_prefix
+        from .natsutil import inbox_prefix_for
+
+        return inbox_prefix_for(self.nats_user)
+
+    def production_problems(self) -> list[str]:
+        """Everything that makes these settings unfit for production (empty: fit)."""
+        out = [p for p in (secret_problem("NATS_PASSWORD", self.nats_password),
+                           secret_problem("ADMIN_TOKEN", self.admin_token)) if p]
+        if not self.nats_user:
+            out.append("NATS_USER is unset")
+        redis_pw = urlsplit(self.redis_url).password
+        p = secret_problem("the password in REDIS_URL", redis_pw)
+        if p:
+            out.append(p)
+        if not (self.nats_tls_ca or all(u.strip().startswith("tls://")
+                                        for u in self.nats_url.split(",") if u.strip())):
+            out.append("NATS_TLS_CA is unset (TLS to NATS is required)")
+        return out
+
+    @model_validator(mode="after")
+    def _production_secrets(self):
+        if self.production:
+            problems = self.production_problems()
+            if problems:
+                raise InsecureSettingsError(
+                    "refusing to start with TIPS_ENV=production: " + "; ".join(problems))
+        return self
+
     def nats_connect_kwargs(self) -> dict:
-        kw: dict = {"servers": [s.strip() for s in self.nats_url.split(",") if s.strip()]}
+        kw: dict = {"servers": [s.strip() for s in self.nats_url.split(",") if s.strip()],
+                    "inbox_prefix": self.inbox_prefix}
         if self.nats_user:
             kw["user"] = self.nats_user
             kw["password"] = self.nats_password or ""
+        if self.nats_tls_ca:
+            import ssl
+
+            kw["tls"] = ssl.create_default_context(cafile=self.nats_tls_ca)
         return kw

@@ -72,7 +72,10 @@ def generation_key(decision_id: str) -> str:
 # ARGV[5] '1' to claim a missing decision as expired, '0' to answer 'pending' (no claim):
 #         the scorer writes the decision record just after replying, so a very early
 #         reaction can arrive first; the consumer retries it for a grace period.
-# returns {outcome, policy, arm, prompt_version}
+# ARGV[6..] (any position from 6, recognised by their prefix) 'hp:<policy>=<update id>':
+#         the updater's hyper-parameters (tipsml.bandits.update_id) — a mismatch with the
+#         decision's 'hp:<policy>' fields answers 'hyper_mismatch' (no claim, no change).
+# returns {outcome, policy, arm, prompt_version[, detail]}
 APPLY_REWARD_LUA = r"""
 local pv = redis.call('HGET', KEYS[3], 'prompt_version') or ''
 local prev = redis.call('GET', KEYS[1])
@@ -90,6 +93,24 @@ end
 if d[4] then
   redis.call('SET', KEYS[1], 'already_rewarded', 'EX', ARGV[2])
   return {'already_rewarded', d[5], d[2], pv}
+end
+-- one set of hyper-parameters per policy: ARGV entries 'hp:<policy>=<update id>' are the
+-- updater's; every learner whose decision-time id ('hp:<policy>' field) differs is refused
+-- before anything changes, with no claim (fixed config + DLQ replay can still apply it)
+local hp = {}
+local any_hp = false
+for i = 6, #ARGV do
+  local hpol, hval = string.match(ARGV[i], '^hp:([^=]+)=(.*)$')
+  if hpol then hp[hpol] = hval; any_hp = true end
+end
+if any_hp then
+  for p in string.gmatch(d[3], '[^,]+') do
+    local got = redis.call('HGET', KEYS[2], 'hp:' .. p)
+    if got and got ~= hp[p] then
+      return {'hyper_mismatch', d[5], d[2], pv,
+              p .. ': scored with ' .. got .. ', updater has ' .. (hp[p] or 'no such policy')}
+    end
+  end
 end
 local r = tonumber(ARGV[1])
 local lam = tonumber(ARGV[3])
@@ -150,23 +171,31 @@ return out
 
 @dataclass(frozen=True)
 class ApplyResult:
-    outcome: str  # applied | duplicate | expired | pending | mismatch | already_rewarded
+    outcome: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | hyper_mismatch
     policy: str   # deciding policy (for duplicate: the first outcome)
     arm: str
     prompt_version: str
+    detail: str = ""  # hyper_mismatch: which learner, decision-time vs updater id
 
 
 class StateStore:
     """Async facade over Redis for the scorer and the feedback consumer."""
 
     def __init__(self, redis: aioredis.Redis, reward_window_s: int = 86400, lam: float = 1.0,
-                 record_grace_s: float = 3600.0):
+                 record_grace_s: float = 3600.0, hyper: dict[str, str] | None = None):
         self.r = redis
         self.reward_window_s = reward_window_s
         # a decision record outlives its window by this much, so the default reward can
         # still find it when the sweeping consumer was down for a while
         self.record_grace_s = record_grace_s
         self.lam = lam
+        # the updater's hyper-parameters per policy (default: every registered policy
+        # with this λ); sent with every reward so the Lua script can refuse a mismatch
+        if hyper is None:
+            from .bandits import POLICY_KINDS, update_id
+
+            hyper = {name: update_id(fs.version, lam) for name, (_, fs) in POLICY_KINDS.items()}
+        self.hyper_args = [f"hp:{p}={v}" for p, v in sorted(hyper.items())]
         self._apply = redis.register_script(APPLY_REWARD_LUA)
         self._load = redis.register_script(LOAD_MANY_LUA)
 
@@ -224,6 +253,8 @@ class StateStore:
             for p, (skey, x) in rec["vectors"].items():
                 fields[f"skey:{p}"] = skey
                 fields[f"x:{p}"] = np.asarray(x, dtype="<f8").tobytes()
+            for p, hp in rec.get("hyper", {}).items():  # update id per learner (bandits.update_id)
+                fields[f"hp:{p}"] = hp
             pipe.hset(dkey, mapping=fields)
             pipe.expire(dkey, int(self.reward_window_s + self.record_grace_s))
             pipe.zadd(due_key(due_shard(rec["decision_id"])),
@@ -238,10 +269,10 @@ class StateStore:
         res = await self._apply(
             keys=[event_key(event_id), decision_key(decision_id), generation_key(decision_id)],
             args=[repr(float(reward)), self.reward_window_s * 2, repr(self.lam), user_id,
-                  "1" if claim_missing else "0"],
+                  "1" if claim_missing else "0", *self.hyper_args],
         )
         vals = [v.decode() if isinstance(v, bytes) else (v or "") for v in res]
-        return ApplyResult(*vals[:4])
+        return ApplyResult(*vals[:5])
 
     async def due(self, shard: int, now: float, limit: int) -> list[tuple[str, str, bytes]]:
         """Decisions of a shard whose window has closed: (decision_id, user_id, member)."""

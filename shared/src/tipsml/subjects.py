@@ -1,8 +1,10 @@
 """Subjects, streams and durable-consumer configs: defined once, here.
 
-Every stream is created idempotently at start-up by :func:`tipsml.natsutil.ensure_streams`;
-every durable states ack_wait / max_deliver / backoff / max_ack_pending, and
-``ensure_consumer`` updates an existing durable whose config drifted.
+Every stream and durable is created idempotently by :mod:`tipsml.provision` (production:
+the admin user, before the workers start) or by the workers themselves at start-up in dev
+(:func:`tipsml.natsutil.prepare_jetstream`); every durable states ack_wait / max_deliver /
+backoff / max_ack_pending, and ``ensure_consumer`` updates an existing durable whose config
+drifted.
 """
 
 from __future__ import annotations
@@ -183,3 +185,8 @@ BENCH_CELLS_CONSUMER = ConsumerSpec(
     backoff_s=(),  # redeliveries after a crash wait ack_wait; failures nak with a delay
     max_ack_pending=64,
 )
+
+
+# every durable, in the order the provisioning step (tipsml.provision) creates them
+CONSUMERS: tuple[ConsumerSpec, ...] = (SIGNALS_CONSUMER, FEEDBACK_CONSUMER, BENCH_JOBS_CONSUMER,
+                                       BENCH_CELLS_CONSUMER)

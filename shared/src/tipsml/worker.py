@@ -60,6 +60,13 @@ def run_main(coro_fn) -> None:
 def run_service(settings_cls, serve) -> None:
     """The entry point of every worker: settings from the environment, logging, uvloop,
     GC tuning, then ``serve(settings)`` until SIGINT/SIGTERM."""
-    settings = settings_cls()
+    from pydantic import ValidationError
+
+    try:
+        settings = settings_cls()
+    except ValidationError as e:  # a clear line, not a traceback (e.g. placeholder secrets)
+        msgs = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+        print(f"{settings_cls.__name__}: {msgs}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     setup_logging(settings.log_level)
     run_main(lambda: serve(settings))

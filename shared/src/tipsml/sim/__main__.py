@@ -6,6 +6,12 @@ Examples::
     python -m tipsml.sim --mode nats --users 20 --rounds 15 --seeds 2   # through the real workers
     python -m tipsml.sim --policies egreedy-v1,egreedy-v2 --seeds 0-4 --out bench/results/sim_small
 
+Feedback (``--client``): ``realistic`` (default) — ignored tips send nothing, as with a
+real app; the service's default reward (``--default-reward``, 0.0; ``none`` = off) is
+applied when a decision's window closes (``--window`` rounds; in NATS mode the feedback
+consumer's ``DEFAULT_REWARD`` / ``REWARD_WINDOW_S`` decide). ``explicit`` — the former
+simulator, which sent ``feedback.ignored`` for every ignored tip.
+
 NATS mode uses the stack at ``NATS_URL`` (workers already running) or, when unset,
 starts an embedded nats-server + redis-server and spawns the scorer and the feedback
 consumer. Policy hyper-parameters come from the same env as the scorer (``EPSILON``,
@@ -53,6 +59,16 @@ def add_world_args(ap: argparse.ArgumentParser, users: int, rounds: int, seeds: 
     ap.add_argument("--tips-per-day", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0, help="processes (in-process mode)")
     ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument("--client", choices=["realistic", "explicit"], default="realistic",
+                    help="realistic: ignored tips send nothing (default); explicit: the former sim")
+    ap.add_argument("--default-reward", type=default_reward_arg, default=0.0,
+                    help="reward applied when a window closes without a reaction; none = off")
+    ap.add_argument("--window", type=int, default=1,
+                    help="reward window in rounds (in-process; NATS mode: REWARD_WINDOW_S)")
+
+
+def default_reward_arg(v: str) -> float | None:
+    return None if v.strip().lower() in ("none", "off", "") else float(v)
 
 
 class Progress:
@@ -90,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SimConfig(policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
                     users=args.users, rounds=args.rounds, seeds=args.seeds,
                     personas=tuple(args.personas.split(",")), tips_per_day=args.tips_per_day,
-                    mode=args.mode, workers=args.workers)
+                    mode=args.mode, workers=args.workers, client=args.client,
+                    default_reward=args.default_reward, window=args.window)
     if args.mode == "inproc":
         prog = Progress(len(cfg.seeds) * len(cfg.policies), "policy × seed runs")
     else:

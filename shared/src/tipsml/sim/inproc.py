@@ -5,6 +5,21 @@ Per user and policy it keeps exactly what Redis keeps (one packed arm vector per
 scorer would build, and applies each reward with :func:`sherman_morrison_update` — the
 numpy reference of the Lua script the feedback consumer runs. Rewards apply before the
 user's next round, as in NATS mode (which waits for the consumer between rounds).
+
+How reactions reach the learner (:class:`FeedbackModel`):
+
+* ``realistic`` (the default) — the app sends what it can know: completed, accepted,
+  dismissed. An *ignored* tip sends nothing. When the decision's reward window closes
+  (``window`` rounds later: the default reward of round t applies before round
+  t + window) the service applies ``default_reward`` (``DEFAULT_REWARD``, 0.0 = the
+  table's ``ignored``) exactly once, as the feedback consumer does; ``None`` turns it off,
+  and then an ignored tip is never learned from.
+* ``explicit`` — the former simulator: a ``feedback.ignored`` event at once for every
+  ignored tip, which no real app can send.
+
+With ``window=1`` and ``default_reward=0.0`` the realistic client learns exactly what the
+explicit one does (same updates, same order), so the figures are unchanged by it; longer
+windows delay the default reward, and no default reward biases the learner.
 """
 
 from __future__ import annotations
@@ -18,6 +33,31 @@ from ..rewards import REWARD_TABLE
 from .world import REACTIONS, Episode
 
 GLOBAL = "*global*"
+
+
+@dataclass(frozen=True)
+class FeedbackModel:
+    client: str = "realistic"           # realistic | explicit
+    default_reward: float | None = 0.0  # realistic: applied at window close; None = off
+    window: int = 1                     # realistic: reward window in rounds (≥ 1)
+
+    def __post_init__(self):
+        if self.client not in ("realistic", "explicit"):
+            raise ValueError(f"client must be realistic or explicit, not {self.client!r}")
+        if self.window < 1:
+            raise ValueError("window must be at least 1 round")
+
+    @property
+    def label(self) -> str:
+        if self.client == "explicit":
+            return "explicit ignored"
+        if self.default_reward is None:
+            return "realistic, no default reward"
+        return f"realistic, default reward {self.default_reward:g} at window close ({self.window} round{'s' if self.window > 1 else ''})"
+
+
+EXPLICIT = FeedbackModel("explicit")
+REALISTIC = FeedbackModel()
 
 
 @dataclass
@@ -80,18 +120,27 @@ class StateBook:
 
 
 def run_policy(ep: Episode, policy: Policy, rng: np.random.Generator, *, learn: bool = True,
-               init_state: dict | None = None, progress=None) -> Trace:
-    """Play ``policy`` on the episode; ``learn=False`` freezes it at ``init_state``."""
+               init_state: dict | None = None, progress=None,
+               feedback: FeedbackModel = REALISTIC) -> Trace:
+    """Play ``policy`` on the episode; ``learn=False`` freezes it at ``init_state``.
+    ``feedback`` says which rewards reach the learner and when (see the module doc)."""
     U, T = ep.n_users, ep.rounds
     arms = list(ep.arms)
     book = StateBook(policy, ep.arms, init_state)
-    X = ep.features(policy.features.uses_profile)
+    X = ep.features(policy.features)
     arm = np.zeros((U, T), dtype=np.int64)
     prop = np.zeros((U, T))
     rew = np.zeros((U, T))
     react = np.zeros((U, T), dtype=np.int64)
     rmap = np.array([REWARD_TABLE[r] for r in REACTIONS])
+    silent = feedback.client == "realistic"
+    dflt = feedback.default_reward
+    pending: dict[int, list] = {}  # round at which the window closes -> [(user, arm, x)]
+    counts = {"reactions": 0, "defaults": 0, "silent": 0}
     for t in range(T):
+        for uid, a, x in pending.pop(t, ()):  # windows closing now: the default reward
+            book.update(uid, a, x, dflt)
+            counts["defaults"] += 1
         for u in range(U):
             uid = ep.user_ids[u]
             x = X[u, t]
@@ -100,12 +149,22 @@ def run_policy(ep: Episode, policy: Policy, rng: np.random.Generator, *, learn: 
             ri = REACTIONS.index(reaction)
             r = float(rmap[ri])
             arm[u, t], prop[u, t], rew[u, t], react[u, t] = c.index, c.propensity, r, ri
-            if learn:
+            if not learn:
+                continue
+            if silent and reaction == "ignored":  # the app sends nothing
+                if dflt is None:
+                    counts["silent"] += 1
+                else:
+                    pending.setdefault(t + feedback.window, []).append((uid, c.index, x))
+            else:
                 book.update(uid, c.index, x, r)
+                counts["reactions"] += 1
         if progress is not None:
             progress(U)
     exp = np.take_along_axis(ep.expected, arm[:, :, None], axis=2)[:, :, 0]
-    return Trace(policy.name, ep.seed, arm, prop, rew, exp, ep.oracle(), react, book.d)
+    counts["open_at_end"] = sum(len(v) for v in pending.values())
+    return Trace(policy.name, ep.seed, arm, prop, rew, exp, ep.oracle(), react, book.d,
+                 meta={"feedback": feedback.label, "updates": counts})
 
 
 def policy_rng(seed: int, stream: int) -> np.random.Generator:
@@ -121,7 +180,7 @@ def replay(ep: Episode, policy: Policy, arms: np.ndarray) -> tuple[np.ndarray, S
     """
     U, T = arms.shape
     book = StateBook(policy, ep.arms)
-    X = ep.features(policy.features.uses_profile)
+    X = ep.features(policy.features)
     prop = np.zeros((U, T))
     rng = np.random.default_rng(0)
     for u in range(U):

@@ -8,7 +8,11 @@ Per round, for every (policy cohort, user):
    the decision record is in Redis, so the reward can always be joined;
 3. draw the reaction from the hidden model (same uniform as in-process mode);
 4. publish ``{event_id, decision_id, user_id, reaction, dwell_ms, ts}`` on
-   ``feedback.<reaction>`` with ``Nats-Msg-Id: <event_id>`` (JetStream, FEEDBACK);
+   ``feedback.<reaction>`` with ``Nats-Msg-Id: <event_id>`` (JetStream, FEEDBACK) —
+   except, with the realistic client (``client="realistic"``, the default), for an
+   *ignored* tip: a real app cannot know a tip was ignored, so nothing is sent and the
+   feedback consumer's default reward (``DEFAULT_REWARD`` when ``REWARD_WINDOW_S``
+   closes) is what the learner gets; ``client="explicit"`` is the former simulator;
 5. before the next round, wait until the durable ``feedback-consumer`` has acked
    everything up to the last feedback published (consumer info: ack floor), so a
    user's next decision sees the previous reward — the in-process semantics.
@@ -44,6 +48,7 @@ class LiveStats:
     errors: int = 0
     fallbacks: int = 0
     feedback: int = 0
+    silent: int = 0  # ignored tips of the realistic client: nothing published
     unconfirmed: int = 0
     unsettled_rounds: int = 0
     round: int = 0
@@ -100,14 +105,17 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                    settle_timeout: float = 15.0, deadline: float | None = None,
                    stats: LiveStats | None = None, progress=None,
                    generate_every: int = 0, stop: asyncio.Event | None = None,
-                   rate: float | None = None) -> dict[str, Trace]:
+                   rate: float | None = None, client: str = "realistic") -> dict[str, Trace]:
     """Play every cohort on ``ep`` through NATS. A cohort is a policy name or a
     ``(label, policy)`` pair (two cohorts may run the same policy under different labels).
 
     ``deadline`` (monotonic) / ``stop`` end the run after the current round; the traces
     then hold only the rounds played (``Trace.meta['rounds']``). ``rate`` paces the
     ``tips.score`` requests (per second) so a demo stays within what the box sustains.
+    ``client``: ``realistic`` (ignored tips send nothing) or ``explicit`` (see above).
     """
+    if client not in ("realistic", "explicit"):
+        raise ValueError(f"client must be realistic or explicit, not {client!r}")
     js = nc.jetstream()
     cohorts = [(c, c) if isinstance(c, str) else tuple(c) for c in cohorts]
     policies = [lab for lab, _ in cohorts]
@@ -195,6 +203,11 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
         r = REWARD_TABLE[reaction]
         o["rew"][u, t] = r
         o["react"][u, t] = REACTIONS.index(reaction)
+        stats.reward_sum[p] = stats.reward_sum.get(p, 0.0) + r
+        stats.reward_n[p] = stats.reward_n.get(p, 0) + 1
+        if client == "realistic" and reaction == "ignored":
+            stats.silent += 1  # the app sends nothing; the service's default reward applies
+            return
         did = o["did"][u][t]
         ev = f"{did}:fb"
         body = {"event_id": ev, "decision_id": did, "user_id": uids[p][u], "reaction": reaction,
@@ -204,8 +217,6 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                                    headers={"Nats-Msg-Id": ev}, timeout=timeout * 2)
         last_seq = max(last_seq, ack.seq)
         stats.feedback += 1
-        stats.reward_sum[p] = stats.reward_sum.get(p, 0.0) + r
-        stats.reward_n[p] = stats.reward_n.get(p, 0) + 1
 
     try:
         for t in range(T):
@@ -247,7 +258,7 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                                  axis=2)[:, :, 0]
         tr = Trace(policy_of[p], ep.seed, a, o["prop"][:, :rounds_done], o["rew"][:, :rounds_done], exp,
                    ep.oracle()[:, :rounds_done], o["react"][:, :rounds_done])
-        tr.meta = {"label": p, "fallback": o["fb"][:, :rounds_done], "user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
+        tr.meta = {"label": p, "client": client, "fallback": o["fb"][:, :rounds_done], "user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
                     "rounds": rounds_done, "run_id": run_id}
         traces[p] = tr
     return traces

@@ -43,6 +43,7 @@ def regret_table(res: dict) -> str:
     lines = [
         f"{cfg['users']} users × {cfg['rounds']} rounds × {len(cfg['seeds'])} seeds, "
         f"personas: {', '.join(cfg['personas'])}; mode: {cfg['mode']}; "
+        f"feedback: {res.get('feedback', 'explicit ignored')}; "
         f"95% t-intervals over seeds. Oracle E[r] = {fmt_ci(res['oracle'])}, "
         f"uniform random E[r] = {fmt_ci(res['uniform'])}.",
         "",

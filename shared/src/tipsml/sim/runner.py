@@ -7,13 +7,14 @@ import functools
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from ..bandits import Policy, build_policies
+from ..features import FS_CTX_PROFILE
 from ..settings import BaseServiceSettings
-from .inproc import Trace, policy_rng, run_policy
+from .inproc import FeedbackModel, Trace, policy_rng, run_policy
 from .stats import curve_ci, mean_ci
 from .world import DEFAULT_PERSONAS, WorldConfig, make_episode
 
@@ -30,7 +31,15 @@ class SimConfig:
     tips_per_day: int = 3
     mode: str = "inproc"
     workers: int = 0  # processes for in-process mode (0: one per CPU, at most the jobs)
+    # how reactions reach the learner (in-process; NATS mode: the client part only, the
+    # default reward is the feedback consumer's DEFAULT_REWARD / REWARD_WINDOW_S)
+    client: str = "realistic"
+    default_reward: float | None = 0.0
+    window: int = 1
     extra: dict = field(default_factory=dict)
+
+    def feedback(self) -> FeedbackModel:
+        return FeedbackModel(self.client, self.default_reward, self.window)
 
     def world(self) -> WorldConfig:
         return WorldConfig(personas=tuple(self.personas), tips_per_day=self.tips_per_day)
@@ -41,9 +50,17 @@ class SimConfig:
         return d
 
 
+def sim_only_policies(reg: dict[str, Policy]) -> dict[str, Policy]:
+    """Variants that exist only in the simulator, for comparisons (never served)."""
+    return {"egreedy-v2@ctx7+prof5-v1": replace(reg["egreedy-v2"], name="egreedy-v2@ctx7+prof5-v1",
+                                                  features=FS_CTX_PROFILE)}
+
+
 def policies_from_env(names) -> dict[str, Policy]:
-    """The scorer's policy registry with the same settings (EPSILON, LINUCB_ALPHA, ... env)."""
+    """The scorer's policy registry with the same settings (EPSILON, LINUCB_ALPHA, ... env),
+    plus the simulator-only variants of :func:`sim_only_policies`."""
     reg = build_policies(BaseServiceSettings())
+    reg.update(sim_only_policies(reg))
     unknown = [n for n in names if n not in reg]
     if unknown:
         raise SystemExit(f"unknown policies {unknown}; known: {', '.join(sorted(reg))}")
@@ -55,45 +72,58 @@ def _episode(seed: int, users: int, rounds: int, world: WorldConfig):
     return make_episode(seed, users, rounds, world)
 
 
-def summarise_trace(tr: Trace) -> dict:
-    return {"policy": tr.policy, "seed": tr.seed, "mean_reward": tr.mean_reward,
-            "mean_expected": tr.mean_expected,
-            "oracle": float(tr.oracle.mean()),
-            "regret_curve": tr.regret_curve(),
-            "reward_by_round": tr.reward.mean(axis=0),
-            "user_mean_reward": tr.reward.mean(axis=1)}
+def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
+    out = {"policy": tr.policy, "seed": tr.seed, "mean_reward": tr.mean_reward,
+           "mean_expected": tr.mean_expected,
+           "oracle": float(tr.oracle.mean()),
+           "regret_curve": tr.regret_curve(),
+           "reward_by_round": tr.reward.mean(axis=0),
+           "user_mean_reward": tr.reward.mean(axis=1)}
+    if personas is not None:  # fairness: final regret per user, averaged per persona
+        user_regret = (tr.oracle - tr.expected).sum(axis=1)
+        user_oracle = tr.oracle.sum(axis=1)
+        out["persona_regret"] = {}
+        out["persona_regret_pct"] = {}
+        for name in sorted(set(personas)):
+            m = np.array([p == name for p in personas])
+            out["persona_regret"][name] = float(user_regret[m].mean())
+            out["persona_regret_pct"][name] = float(100 * user_regret[m].sum() / user_oracle[m].sum())
+    if tr.meta.get("updates"):
+        out["updates"] = tr.meta["updates"]
+    return out
 
 
 def _job(label: str, policy: str, stream: int, seed: int, users: int, rounds: int,
-         world: WorldConfig) -> dict:
+         world: WorldConfig, feedback: FeedbackModel | None = None) -> dict:
     reg = policies_from_env([policy])
     ep = _episode(seed, users, rounds, world)
-    tr = run_policy(ep, reg[policy], policy_rng(seed, stream))
-    out = summarise_trace(tr)
+    tr = run_policy(ep, reg[policy], policy_rng(seed, stream), feedback=feedback or FeedbackModel())
+    out = summarise_trace(tr, ep.personas)
     out["policy"] = label
     out["uniform"] = float(ep.expected.mean())
     return out
 
 
-def run_inproc(cfg: SimConfig, progress=None,
-               cohorts: list[tuple[str, str, int]] | None = None) -> list[dict]:
-    """Every (cohort, seed) in processes. A cohort is (label, policy, RNG stream); by
-    default one per policy. The world of a seed is the same for every cohort."""
+def run_inproc(cfg: SimConfig, progress=None, cohorts: list[tuple] | None = None) -> list[dict]:
+    """Every (cohort, seed) in processes. A cohort is (label, policy, RNG stream) or
+    (label, policy, RNG stream, FeedbackModel); by default one per policy, with the
+    config's feedback model. The world of a seed is the same for every cohort."""
     cohorts = cohorts or [(p, p, i) for i, p in enumerate(cfg.policies)]
     policies_from_env([c[1] for c in cohorts])
-    jobs = [(lab, pol, st, s) for s in cfg.seeds for lab, pol, st in cohorts]
+    fb = cfg.feedback()
+    jobs = [(c[0], c[1], c[2], c[3] if len(c) > 3 else fb, s) for s in cfg.seeds for c in cohorts]
     world = cfg.world()
     n = cfg.workers or min(os.cpu_count() or 1, len(jobs))
     out = []
     if n <= 1:
-        for lab, pol, st, s in jobs:
-            out.append(_job(lab, pol, st, s, cfg.users, cfg.rounds, world))
+        for lab, pol, st, f, s in jobs:
+            out.append(_job(lab, pol, st, s, cfg.users, cfg.rounds, world, f))
             if progress:
                 progress(1)
         return out
     with ProcessPoolExecutor(max_workers=n) as ex:
-        futs = [ex.submit(_job, lab, pol, st, s, cfg.users, cfg.rounds, world)
-                for lab, pol, st, s in jobs]
+        futs = [ex.submit(_job, lab, pol, st, s, cfg.users, cfg.rounds, world, f)
+                for lab, pol, st, f, s in jobs]
         for f in as_completed(futs):
             out.append(f.result())
             if progress:
@@ -111,9 +141,9 @@ async def run_nats_sweep(cfg: SimConfig, nc, progress=None, settle: bool = True,
     for s in cfg.seeds:
         ep = make_episode(s, cfg.users, cfg.rounds, cfg.world())
         traces = await run_nats(nc, ep, cohorts, progress=progress, settle=settle,
-                                stats=stats)
+                                stats=stats, client=cfg.client)
         for label, tr in traces.items():
-            d = summarise_trace(tr)
+            d = summarise_trace(tr, ep.personas)
             d["policy"] = label
             d["uniform"] = float(ep.expected.mean())
             out.append(d)
@@ -128,6 +158,8 @@ def aggregate(rows: list[dict], cfg: SimConfig) -> dict:
         by_seed.setdefault(r["seed"], r)
     res["oracle"] = mean_ci([by_seed[s]["oracle"] for s in sorted(by_seed)])
     res["uniform"] = mean_ci([by_seed[s]["uniform"] for s in sorted(by_seed)])
+    res["feedback"] = cfg.feedback().label if cfg.mode == "inproc" else (
+        f"{cfg.client} client through NATS (default reward: the feedback consumer's)")
     for p in cfg.policies:
         rs = sorted((r for r in rows if r["policy"] == p), key=lambda r: r["seed"])
         if not rs:
@@ -144,8 +176,27 @@ def aggregate(rows: list[dict], cfg: SimConfig) -> dict:
             "reward_by_seed": [r["mean_reward"] for r in rs],
             "expected_by_seed": [r["mean_expected"] for r in rs],
             "regret_curve": {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()},
+            "regret_at": regret_at(curves),
         }
+        if all("persona_regret" in r for r in rs):
+            res["policies"][p]["persona_regret"] = persona_regret(rs)
     return res
+
+
+CHECKPOINTS = (10, 30, 100, 300)
+
+
+def regret_at(curves: np.ndarray, rounds=CHECKPOINTS) -> dict:
+    """Cumulative regret per user after the given rounds (95% t-interval over seeds)."""
+    return {str(t): mean_ci(curves[:, t - 1]) for t in rounds if t <= curves.shape[1]}
+
+
+def persona_regret(rows: list[dict]) -> dict:
+    """Per persona: final regret per user and as % of the oracle's reward (CIs over seeds)."""
+    names = sorted(rows[0]["persona_regret"])
+    return {n: {"regret": mean_ci([r["persona_regret"][n] for r in rows]),
+                "regret_pct": mean_ci([r["persona_regret_pct"][n] for r in rows])}
+            for n in names}
 
 
 def run_rows(cfg: SimConfig, progress=None, cohorts=None) -> list[dict]:

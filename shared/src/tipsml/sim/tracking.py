@@ -32,6 +32,27 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _experiment_id(experiment: str, uri: str) -> str:
+    """The experiment's id, created (artifacts beside the sqlite store) when missing."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    root = os.environ.get("MLFLOW_ARTIFACT_ROOT")
+    if not root and uri.startswith("sqlite:///"):
+        root = str(Path(uri[len("sqlite:///"):]).parent.resolve() / "mlartifacts")
+    try:
+        return client.create_experiment(
+            experiment, artifact_location=Path(root).resolve().as_uri() if root else None)
+    except Exception:  # created meanwhile by another process
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def log_run(experiment: str, run_name: str, params: dict, metrics: dict,
             artifacts: list[str | Path] = (), tags: dict | None = None,
             series: dict[str, list[float]] | None = None, payload: dict | None = None) -> dict:
@@ -45,15 +66,7 @@ def log_run(experiment: str, run_name: str, params: dict, metrics: dict,
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            root = os.environ.get("MLFLOW_ARTIFACT_ROOT")
-            if not root and uri.startswith("sqlite:///"):
-                root = str(Path(uri[len("sqlite:///"):]).parent.resolve() / "mlartifacts")
-            exp_id = mlflow.create_experiment(
-                experiment, artifact_location=Path(root).resolve().as_uri() if root else None)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = _experiment_id(experiment, uri)
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
             mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict, tuple)) else v)
                                for k, v in params.items()})

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..features import FS_CTX, FS_CTX_PROFILE, context_vector, profile_vector
+from ..features import FS_CTX, FS_CTX_PROFILE, FeatureSet, context_vector, profile_vector
 from ..rewards import REWARD_TABLE
 from ..settings import DEFAULT_ARMS
 
@@ -169,7 +169,8 @@ class Episode:
     tasks: list[list[list[dict]]]  # [u][t] -> wire tasks
     profile: list[list[dict]]   # [u][t] -> profile_features (wire)
     x7: np.ndarray              # (U, T, 7)   features of the ctx7 policies
-    x12: np.ndarray             # (U, T, 12)  features of the ctx7+prof5 policies
+    x12: np.ndarray             # (U, T, 12)  ctx7+prof5-v1 (linear dwell)
+    x12n: np.ndarray            # (U, T, 12)  ctx7+prof5-v2 (log dwell)
     probs: np.ndarray           # (U, T, K, 4) reaction probabilities per arm
     expected: np.ndarray        # (U, T, K) expected reward per arm
     uniform: np.ndarray         # (U, T) the reaction draw (common random numbers)
@@ -184,8 +185,13 @@ class Episode:
     def rounds(self) -> int:
         return self.hour.shape[1]
 
-    def features(self, uses_profile: bool) -> np.ndarray:
-        return self.x12 if uses_profile else self.x7
+    def features(self, fs: FeatureSet | bool) -> np.ndarray:
+        """The vectors a policy with feature set ``fs`` sees (a bool: with profile or not, v1)."""
+        if isinstance(fs, bool):
+            return self.x12 if fs else self.x7
+        if not fs.uses_profile:
+            return self.x7
+        return self.x12n if fs.profile_encoding == 2 else self.x12
 
     def context(self, u: int, t: int) -> dict:
         return {"hour_of_day": int(self.hour[u, t]), "day_of_week": int(self.dow[u, t]),
@@ -201,7 +207,8 @@ class Episode:
         return Episode(self.seed, self.arms, self.user_ids, self.personas,
                        self.hour[:, t0:t1], self.dow[:, t0:t1],
                        [row[t0:t1] for row in self.tasks], [row[t0:t1] for row in self.profile],
-                       self.x7[:, t0:t1], self.x12[:, t0:t1], self.probs[:, t0:t1],
+                       self.x7[:, t0:t1], self.x12[:, t0:t1], self.x12n[:, t0:t1],
+                       self.probs[:, t0:t1],
                        self.expected[:, t0:t1], self.uniform[:, t0:t1], self.strain[:, t0:t1],
                        dict(self.extra))
 
@@ -239,6 +246,7 @@ def make_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig | None =
     probs = np.zeros((U, T, k, 4))
     x7 = np.zeros((U, T, FS_CTX.dim))
     x12 = np.zeros((U, T, FS_CTX_PROFILE.dim))
+    x12n = np.zeros((U, T, FS_CTX_PROFILE.dim))
     tasks_all: list[list[list[dict]]] = []
     prof_all: list[list[dict]] = []
     personas = [names[i % len(names)] for i in rng.permutation(U)]
@@ -297,6 +305,8 @@ def make_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig | None =
             x7[u, t] = xc
             x12[u, t, :FS_CTX.dim] = xc
             x12[u, t, FS_CTX.dim:] = profile_vector(prof, ht)
+            x12n[u, t, :FS_CTX.dim] = xc
+            x12n[u, t, FS_CTX.dim:] = profile_vector(prof, ht, 2)
             u_tasks.append(tl)
             u_prof.append(prof)
         hour[u], dow[u], strain_t[u] = h, wd, sd
@@ -316,5 +326,5 @@ def make_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig | None =
     expected = probs @ REACTION_REWARD
     uniform = np.random.default_rng([seed, 104729]).random((U, T))
     user_ids = [f"{user_prefix}-s{seed}-u{u}" for u in range(U)]
-    return Episode(seed, arms, user_ids, personas, hour, dow, tasks_all, prof_all, x7, x12,
+    return Episode(seed, arms, user_ids, personas, hour, dow, tasks_all, prof_all, x7, x12, x12n,
                    probs, expected, uniform, strain_t)
