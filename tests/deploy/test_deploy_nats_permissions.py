@@ -479,8 +479,10 @@ async def test_workers_register_their_services_and_clients_discover_them(
 
     worker, rec = await connect_as(user), await connect_as(asker)
 
+    marker = uuid.uuid4().hex
+
     async def ok(msg):
-        return await respond(msg, b'{"ok":true}')
+        return await respond(msg, json.dumps({"ok": True, "marker": marker}).encode())
 
     svc = await start_service(worker, name=service, version="0.1.0", description="perm test",
                               queue_group=endpoints[0].queue_group)
@@ -493,11 +495,16 @@ async def test_workers_register_their_services_and_clients_discover_them(
         assert {e["subject"] for e in infos[0]["endpoints"]} == {ep.subject for ep in endpoints}
         assert [p for p in await discover(rec, "PING") if p["id"] == svc.id]
         admin = await connect_as("admin")
-        for ep in endpoints:  # admin may call every endpoint, the worker user answers it
-            msg = await admin.request(ep.subject, b"{}", timeout=2)
-            assert json.loads(msg.data)["ok"] is True, ep.subject
+        for ep in endpoints:  # admin may call every endpoint, this worker user answers it
+            for _ in range(40):  # the session's real workers share the queue group
+                msg = await admin.request(ep.subject, b"{}", timeout=2)
+                if json.loads(msg.data).get("marker") == marker:
+                    break
+            else:
+                raise AssertionError(f"{ep.subject}: never answered by the test service")
         stats = [s for s in await discover(rec, "STATS", service) if s["id"] == svc.id]
-        assert sum(e["num_requests"] for e in stats[0]["endpoints"]) == len(endpoints)
+        assert all(e["num_requests"] >= 1 and e["num_errors"] == 0
+                   for e in stats[0]["endpoints"]), stats
         assert not worker.perm_errors and not rec.perm_errors
     finally:
         await svc.stop()
