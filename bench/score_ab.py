@@ -2,6 +2,8 @@
 
     git worktree add --detach /tmp/base <commit>
     python bench/score_ab.py --base /tmp/base --runs 3 --rates 500 1000 --duration 10
+    python bench/score_ab.py --base /tmp/base --runs 4 --cpu-rate 300 --duration 10 \
+        --out bench/results/score_ab_cpu.json   # scorer CPU time per decision
 
 Runs ``bench/score_bench.py`` alternately from the base checkout (its ``shared/src`` and
 ``scorer/src`` first on PYTHONPATH, so the scorer it starts is the base code) and from
@@ -33,8 +35,13 @@ def one(tree: Path, out: Path, args, base: bool) -> dict:
                                              str(tree / "scorer" / "src")])
     else:
         env.pop("PYTHONPATH", None)
-    cmd = [sys.executable, str(tree / "bench" / "score_bench.py"), "--rates",
-           *[str(r) for r in args.rates], "--duration", str(args.duration), "--out", str(out)]
+    cmd = [sys.executable, str(tree / "bench" / "score_bench.py"), "--duration",
+           str(args.duration), "--out", str(out)]
+    if args.cpu_rate:  # one rate, and the scorer's CPU time per decision (from /proc)
+        cmd += ["--sweep", "--sweep-start", str(args.cpu_rate), "--sweep-max",
+                str(args.cpu_rate), "--repeats", "1"]
+    else:
+        cmd += ["--rates", *[str(r) for r in args.rates]]
     print("+", ("PYTHONPATH=<base> " if base else "") + " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=tree, env=env, check=False)
     return json.loads(out.read_text()) if out.exists() else {}
@@ -56,6 +63,9 @@ def main() -> int:
     ap.add_argument("--rates", type=float, nargs="+", default=[500, 1000])
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "score_ab.json"))
+    ap.add_argument("--cpu-rate", type=float, default=None,
+                    help="instead of --rates: one rate per run (score_bench --sweep at that "
+                         "rate only) and the scorer's CPU microseconds per decision")
     ap.add_argument("--no-run", action="store_true",
                     help="summarise the per-run files of an earlier invocation")
     args = ap.parse_args()
@@ -79,7 +89,18 @@ def main() -> int:
         return r.stdout.strip() + ("+changes" if dirty.strip() else "")
 
     summary: dict = {}
-    for variant, results in raw.items():
+    if args.cpu_rate:
+        for variant, results in raw.items():
+            runs = [r["sweep"]["rates"][0]["runs"][0] for r in results
+                    if (r.get("sweep") or {}).get("rates")]
+            summary[variant] = {str(int(args.cpu_rate)): {
+                "scorer_cpu_us_per_decision": spread([x["scorer_cpu_us_per_decision"]
+                                                      for x in runs]),
+                "score_p50_ms": spread([x["score"]["p50_ms"] for x in runs]),
+                "score_p99_ms": spread([x["score"]["p99_ms"] for x in runs]),
+                "echo_p99_ms": spread([x["echo"]["p99_ms"] for x in runs]),
+                "errors": sum(x["score"]["errors"] for x in runs)}}
+    for variant, results in ([] if args.cpu_rate else raw.items()):
         for rate in args.rates:
             rows = [next((x for x in r.get("rates", []) if x["rate"] == rate), None)
                     for r in results]
@@ -91,7 +112,9 @@ def main() -> int:
                 "p99_ratio_to_echo": spread([x["p99_ratio_to_echo"] for x in rows]),
                 "errors": sum(x["score"]["errors"] for x in rows),
             }
-    out = {"what": "tips.score open-loop latency, base vs this checkout, alternating runs",
+    out = {"what": "tips.score open-loop latency, base vs this checkout, alternating runs"
+                   + (f"; scorer CPU per decision at {args.cpu_rate:g} req/s" if args.cpu_rate
+                      else ""),
            "base": {"path": str(base), "commit": commit(base)},
            "after": {"path": str(ROOT), "commit": commit(ROOT)},
            "runs": args.runs, "rates": args.rates, "duration_s": args.duration,
@@ -102,13 +125,14 @@ def main() -> int:
            "raw": raw}
     Path(args.out).resolve().write_text(json.dumps(out, indent=2))
     print(f"\n{'variant':<8} {'rate':>6} {'p50 ms':>22} {'p99 ms':>26} {'echo p99 ms':>24} "
-          f"{'errors':>6}")
+          f"{'errors':>6}" + ("  scorer CPU us/decision" if args.cpu_rate else ""))
     for variant, per in summary.items():
         for rate, f in per.items():
             def fmt(d):
                 return f"{d['median']} [{d['min']}, {d['max']}]"
             print(f"{variant:<8} {rate:>6} {fmt(f['score_p50_ms']):>22} "
-                  f"{fmt(f['score_p99_ms']):>26} {fmt(f['echo_p99_ms']):>24} {f['errors']:>6}")
+                  f"{fmt(f['score_p99_ms']):>26} {fmt(f['echo_p99_ms']):>24} {f['errors']:>6}"
+                  + (f"  {fmt(f['scorer_cpu_us_per_decision'])}" if args.cpu_rate else ""))
     print(f"written {args.out}")
     return 0
 
