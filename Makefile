@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[dev,bench,llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker
 
-.PHONY: setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down bench-score bench-generate guard-report bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
+.PHONY: setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down status asyncapi bench-score bench-generate guard-report bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
 $(STAMP): shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,14 +31,20 @@ test: setup  ## the whole suite against real servers started by the fixtures, th
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not llm and not slow"
 
-up: setup  ## stack in the background for other clients (state in .run/; streams and durables provisioned)
-	$(BIN)/python -m tipsml.launcher up --llm
+up: setup  ## the whole service in the background: servers (streams and durables provisioned) + 4 workers; SERVERS_ONLY=1: servers only
+	$(BIN)/python -m tipsml.launcher up --llm $(if $(SERVERS_ONLY),--servers-only,)
 
 provision: setup  ## streams and durables on NATS_URL as NATS_USER (admin), e.g. before production workers
 	$(BIN)/python -m tipsml.provision
 
-down:
+down:  ## stops the workers, then the servers
 	$(BIN)/python -m tipsml.launcher down
+
+status:  ## what runs: pids alive, ports, a tips.score probe
+	$(BIN)/python -m tipsml.launcher status
+
+asyncapi: setup  ## regenerate docs/asyncapi.yaml from the pydantic contract
+	$(BIN)/python -m tipsml.asyncapi --out docs/asyncapi.yaml
 
 up-cluster: setup  ## 3 nats-server nodes (JetStream cluster, R3) + Redis Cluster 3 masters/3 replicas; `make down` stops it
 	$(BIN)/python -m tipsml.launcher up --cluster
@@ -68,7 +74,7 @@ guard-report: setup  ## guard off vs on: rejections per reason, served tips pass
 bench-job: setup  ## 3 prompts x 4 scenarios x embedded model -> bench/results/bench_job.json
 	$(BIN)/python bench/bench_job.py
 
-bench-worker: setup  ## one bench worker on the `make up` stack (start as many as you like)
+bench-worker: setup  ## one more bench worker on the `make up` stack (`make up` starts one)
 	eval "$$($(BIN)/python -m tipsml.launcher env)" && $(BIN)/python -m bench_worker.main
 
 bench-run: setup  ## a bench job on the `make up` stack: live progress, then the leaderboard

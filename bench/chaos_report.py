@@ -24,54 +24,58 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FINDINGS = """## Findings (issue 7)
+HISTORY_NOTE = ("The bugs these suites found and the fixes are in the git history "
+                "(`git log -- tests/faults tests/fuzz bench/results/CHAOS.md`); this file only "
+                "holds what the run above measured.")
 
-Fixed (each found by a test here, fixed in its own commit, workers' suites rerun):
 
-1. `StateStore.from_url` used redis-py's default pool, which *raises* `MaxConnectionsError`
-   past 100 concurrent calls. The feedback consumer handles a 256-message batch at once:
-   ~60 % of a burst was nak'ed for nothing (154 events/s instead of ~3,000; with the real
-   backoff those events could reach the dead-letter subject). Now a blocking pool of 64.
-2. `tips.score` / `tips.generate` answered `internal` (OverflowError) for a profile feature
-   given as an integer beyond float range; it now uses the feature's fallback.
-3. `tips.stats` / `tips.reset` answered `internal` when Redis was down; now `unavailable`.
-
-Found here, fixed by their owners (the tests were strict xfails until then):
-
-4. **Rewards lost to a race**: the scorer writes the decision record *after* replying;
-   feedback reaching the consumer first was claimed `expired` for good — 27 % of 1,500
-   immediate reactions at load average 5, 77 of 89,293 (quiet) and 1,925 of 57,314
-   (loaded) in the soaks below, which ran before the fix. Fixed in d793256 (an unknown
-   decision is retried for `FEEDBACK_MISSING_GRACE_S`, 10 s, before it counts as expired);
-   `test_fault_race.py` now passes with 0 lost.
-5. `bench.leaderboard`: deeply nested JSON → `internal`, and no `MAX_PAYLOAD_BYTES` check.
-   Fixed in 39acc56.
-
-Raised by these runs and fixed afterwards:
-
-6. Scorer breaker: one Redis read over 25 ms opened a 1 s breaker for every request (36 %
-   fallbacks on a loaded machine with a healthy Redis). It now opens after 3 consecutive
-   failures, for 0.5 s (`REDIS_BREAKER_FAILURES`, `REDIS_BREAKER_S`).
-7. `tips.stats` / `tips.reset` during a Redis freeze waited out the 2 s socket timeout;
-   they are now bounded by `ADMIN_REDIS_TIMEOUT_S` (1 s) and answer `unavailable`.
-8. The generator's Redis client had the same 100-connection pool problem as finding 1:
-   now a blocking pool of 64.
-9. A user id `*global*` named the key of global-model policies; global models now live
-   under their own prefix (`tips:stg:<policy>`).
-
-Soak (`soak.json`, 10 minutes at 500 req/s, 30 % of decisions get feedback 0–2 s later),
-rerun after all the fixes above: 300,000 requests, p50 0.98 ms, p99 3.22 ms,
-p99.9 6.97 ms, worst 10 s window p99 6.87 ms, 0 errors, 0 fallbacks; 89,864 rewards
-published, 89,864 applied, 0 lost; RSS drift after warm-up scorer 0.7 MiB, consumer
-0.7 MiB (load average ≤ 1.45).
-Earlier runs, before the fixes (kept for comparison): quiet machine p99 9.0 ms with 77 of
-89,293 rewards lost to finding 4; loaded machine (load average 4.5–6.7, `soak_loaded.json`)
-p99 58.3 ms, 36 % fallbacks (finding 6), 1,925 rewards lost (finding 4).
-Worker RSS is flat (scorer +3–4 MiB, consumer +1–2 MiB after warm-up); Redis and
-nats-server grow with the data kept (decision records for the 24 h reward window —
-~440 MiB after 300k decisions — and the DECISIONS stream for 30 days; see the capacity
-notes in deploy/README.md).
-"""
+def summary(faults: list[dict], fuzz: list[dict], soaks: list[tuple[str, dict]]) -> list[str]:
+    """The findings of *this* run, every figure taken from its records (nothing fixed)."""
+    out = ["## Summary of this run", ""]
+    if faults:
+        lost = sum(int(r.get("rewards_lost") or 0) for r in faults)
+        doubled = sum(int(r.get("rewards_doubled") or 0) for r in faults)
+        failed = sum(int(r.get("requests_failed") or 0) for r in faults)
+        codes = sorted({c for r in faults for c in (r.get("failure_codes") or [])})
+        rec = [(r["recovered_s"], r["scenario"]) for r in faults
+               if isinstance(r.get("recovered_s"), (int, float))]
+        line = (f"- Faults: {len(faults)} scenario(s); rewards lost {lost}, double-applied "
+                f"{doubled}; {failed} request(s) failed"
+                + (f" (codes: {', '.join(codes)})" if codes else ""))
+        if rec:
+            worst = max(rec)
+            line += f"; slowest recovery {worst[0]:g} s ({worst[1]})"
+        out.append(line + ".")
+        bad = [r["scenario"] for r in faults
+               if (r.get("rewards_lost") or 0) or (r.get("rewards_doubled") or 0)]
+        if bad:
+            out.append(f"- **Rewards lost or doubled in**: {'; '.join(bad)}.")
+    else:
+        out.append("- Faults: no records in this run.")
+    if fuzz:
+        cases = sum(int(r.get("cases") or 0) for r in fuzz)
+        crashes = sum(int(r.get("crashes") or 0) for r in fuzz)
+        out.append(f"- Fuzz: {cases} case(s) over {len(fuzz)} subject(s), {crashes} crash(es)"
+                   + (": " + "; ".join(f"{r['scenario'][5:]} {r['crashes']}" for r in fuzz
+                                       if r.get("crashes")) if crashes else "") + ".")
+    for label, soak in soaks:
+        o, c, fb = soak.get("overall") or {}, soak.get("config") or {}, soak.get("feedback") or {}
+        drift = (soak.get("rss_mb") or {}).get("drift_after_warmup") or {}
+        m = soak.get("machine") or {}
+        rate = c.get("rate")
+        what = (f"{rate:.0f} req/s" if isinstance(rate, (int, float)) else "load") + (
+            f" for {c['duration']:.0f} s" if isinstance(c.get("duration"), (int, float)) else "")
+        out.append(
+            f"- Soak `{label}` ({what}): {soak.get('answered')} of {soak.get('sent')} answered, "
+            f"p50 {o.get('p50_ms')} ms, p99 {o.get('p99_ms')} ms, p99.9 {o.get('p999_ms')} ms, "
+            f"worst 10 s window p99 {o.get('worst_window_p99_ms')} ms, {o.get('errors')} errors, "
+            f"{o.get('fallbacks')} fallbacks; feedback published {fb.get('published')}, outcomes "
+            f"{json.dumps(fb.get('outcomes'))}, lost {fb.get('lost')}; RSS drift after "
+            "warm-up " + (", ".join(f"{k} {v} MiB" for k, v in drift.items() if v is not None)
+                          or "n/a")
+            + f" (max 1-min load average {m.get('loadavg_max_1m')}).")
+    out += ["", HISTORY_NOTE]
+    return out
 
 
 def run_suites(results: Path, short: bool, extra: list[str]) -> int:
@@ -95,7 +99,19 @@ def _fmt(v, unit=""):
     return f"{v}{unit}"
 
 
-def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> str:
+def _measured(rows: list[dict]) -> str:
+    ts = [r["ts"] for r in rows if isinstance(r.get("ts"), (int, float))]
+    if not ts:
+        return ""
+    f = "%Y-%m-%d %H:%M UTC"
+    return (f" Fault/fuzz records measured {time.strftime(f, time.gmtime(min(ts)))} – "
+            f"{time.strftime(f, time.gmtime(max(ts)))}.")
+
+
+def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool,
+           soaks: list[tuple[str, dict]] | None = None) -> str:
+    """CHAOS.md from the run's records. ``soak`` gets the detailed table; ``soaks`` (label,
+    data) are summarised (``soak`` among them when it is given)."""
     last: dict[str, dict] = {}
     for r in rows:  # a scenario measured twice (re-run): the last measurement
         last[r["scenario"]] = r
@@ -107,7 +123,8 @@ def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> 
            f"`bench/chaos_report.py{' --short' if short else ''}` (pytest exit code {rc}); "
            "every figure is measured against real nats-server (JetStream, file storage) and "
            "redis-server (AOF) with the workers as separate processes. Machine: "
-           f"{os.cpu_count()} cores, shared with other engineers' jobs."), "",
+           f"{os.cpu_count()} cores, shared with other engineers' jobs."
+           + _measured(rows)), "",
            "## Faults", "",
            ("| fault injected | requests | failed | failure codes | max failed latency | "
            "recovered | rewards lost | rewards double-applied | notes |"),
@@ -158,7 +175,9 @@ def render(rows: list[dict], soak: dict | None, rc: int | None, short: bool) -> 
             out.append(f"| RSS {k}: start / after warm-up / end (drift) | "
                        f"{rss['start'].get(k)} / {(rss['after_warmup'] or {}).get(k)} / "
                        f"{rss['end'].get(k)} MiB ({rss['drift_after_warmup'].get(k)}) |")
-    out += ["", FINDINGS]
+    if soaks is None:
+        soaks = [("soak.json", soak)] if soak else []
+    out += [""] + summary(faults, fuzz, soaks)
     return "\n".join(out) + "\n"
 
 
@@ -167,7 +186,12 @@ def main(argv=None) -> int:
     ap.add_argument("--short", action="store_true")
     ap.add_argument("--no-run", action="store_true")
     ap.add_argument("--out-dir")
-    ap.add_argument("--soak", default=str(ROOT / "bench" / "results" / "soak.json"))
+    ap.add_argument("--soak", default=str(ROOT / "bench" / "results" / "soak.json"),
+                    help="soak results shown in full")
+    ap.add_argument("--also-soak", nargs="*", default=[
+        str(ROOT / "bench" / "results" / "soak_loaded.json"),
+        str(ROOT / "bench" / "results" / "soak_bursty.json")],
+        help="other soak results, summarised when the file exists")
     ap.add_argument("pytest_args", nargs="*")
     args = ap.parse_args(argv)
     out_dir = Path(args.out_dir or (ROOT / "bench" / "results" / ("short" if args.short else "")))
@@ -185,10 +209,20 @@ def main(argv=None) -> int:
     soak = json.loads(soak_path.read_text()) if soak_path.exists() else None
     if soak:
         soak = {k: v for k, v in soak.items() if k not in ("samples",)}
+    soaks = [(soak_path.name, soak)] if soak else []
+    for extra in args.also_soak:
+        pth = Path(extra)
+        if pth.exists() and pth.resolve() != soak_path.resolve():
+            try:
+                data = json.loads(pth.read_text())
+            except ValueError:
+                continue
+            if isinstance(data, dict) and "overall" in data and "config" in data:
+                soaks.append((pth.name, {k: v for k, v in data.items() if k != "samples"}))
     (out_dir / "chaos.json").write_text(json.dumps(
         {"pytest_exit_code": rc, "short": args.short, "faults_and_fuzz": rows,
          "soak": soak}, indent=1))
-    (out_dir / "CHAOS.md").write_text(render(rows, soak, rc, args.short))
+    (out_dir / "CHAOS.md").write_text(render(rows, soak, rc, args.short, soaks))
     print(f"written {out_dir / 'chaos.json'} and {out_dir / 'CHAOS.md'}")
     return rc or 0
 

@@ -128,7 +128,7 @@ async def test_a_passing_llm_answer_is_served(nc, canned_llm, generator_worker, 
     ({"user_id": "u", "context": {"hour_of_day": 24}}, "invalid_request"),
     ({"user_id": "u", "context": {"tasks": "nope"}}, "invalid_request"),
     ({"user_id": "u", "context": {"tasks": [{"title": "x" * 501}]}}, "invalid_request"),
-    ({"user_id": "u", "profile_features": {"completion_rate": float("inf")}}, "invalid_request"),
+    ({"user_id": "u", "context": {"tasks": [{"title": "x", "priority": 5}]}}, "invalid_request"),
     ({"user_id": "u", "model": "bedrock/some-model"}, "invalid_request"),
     ({"user_id": "u", "prompt_version": "v9-nope"}, "unknown_prompt_version"),
     (b'{"user_id":"' + b"x" * 70000 + b'"}', "invalid_request"),
@@ -145,6 +145,20 @@ async def test_bad_requests_get_typed_errors_and_worker_keeps_serving(nc, genera
         ok = await gen_request({"user_id": "still-alive"})
         assert ok["ok"] is True
         assert w.value("generator_requests_total", subject=S.TIPS_GENERATE, code=code) == 1
+
+
+async def test_bad_profile_values_fall_back_and_are_counted(nc, generator_worker, uid,
+                                                             gen_request):
+    """DESIGN.md: a bad profile value uses the feature's fallback, never an error."""
+    payload = (b'{"user_id": "' + uid.encode() + b'", "arm": "focus_block", '
+               b'"profile_features": {"completion_rate": [0.5], "dismiss_rate": 1e400, '
+               b'"tip_volume": 1' + b"0" * 400 + b', "mean_dwell_ms": Infinity}}')
+    async with generator_worker(generator_deadline_s=0.3) as w:
+        r = await gen_request(payload)
+        assert r["ok"] is True, r
+        assert w.value("generator_profile_fallback_total", reason="wrong_type") == 1
+        assert w.value("generator_profile_fallback_total", reason="non_finite") == 2
+        assert w.value("generator_profile_fallback_total", reason="out_of_range") == 1
 
 
 async def test_unknown_prompt_version_lists_known_ones(nc, generator_worker, uid, gen_request):

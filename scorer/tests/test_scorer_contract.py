@@ -51,7 +51,8 @@ async def test_each_policy_serves(nc, scorer_service, uid, policy, fv):
     ({"user_id": "u", "arms": []}, "invalid_request"),
     ({"user_id": "u", "context": {"hour_of_day": 24}}, "invalid_request"),
     ({"user_id": "u", "context": {"day_of_week": -1}}, "invalid_request"),
-    ({"user_id": "u", "profile_features": {"completion_rate": float("nan")}}, "invalid_request"),
+    ({"user_id": "u", "context": {"tasks": [{"priority": 5}]}}, "invalid_request"),
+    ({"user_id": "u", "profile_features": [1, 2]}, "invalid_request"),
     ({"user_id": "u", "policy": "nope"}, "unknown_policy"),
     (b'{"user_id":"' + b"x" * 70000 + b'"}', "invalid_request"),
 ])
@@ -73,6 +74,62 @@ async def test_missing_profile_features_use_fallbacks(nc, scorer_service, uid):
     r = await score(nc, {"user_id": uid, "policy": "egreedy-v2",
                          "profile_features": {"completion_rate": "high", "unknown": 3}})
     assert r["ok"]
+
+
+async def _logged_features(nc, decision_id: str, policy: str) -> list[float]:
+    js = nc.jetstream()
+    psub = await js.pull_subscribe(f"decisions.{policy}", durable=None, stream="DECISIONS")
+    deadline = asyncio.get_running_loop().time() + 5
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            msgs = await psub.fetch(500, timeout=1)
+        except Exception:
+            continue
+        for m in msgs:
+            d = json.loads(m.data)
+            if d["decision_id"] == decision_id:
+                await psub.unsubscribe()
+                return d["features"]
+    raise AssertionError(f"decision {decision_id} not logged")
+
+
+@pytest.mark.parametrize("bad", [[0.5, 0.6], {"v": 0.5}, b"1e400", b"-1e400", b"NaN",
+                                 b"1" + b"0" * 400, "x" * 300, "high"])
+async def test_bad_profile_value_uses_the_fallback_not_an_error(nc, scorer_service, uid, bad):
+    """DESIGN.md: bad profile values use the feature's fallback, never an error. The
+    decision is built from exactly the vector of a request without that feature."""
+    good = {"dismiss_rate": 0.2, "mean_dwell_ms": 1234.0}
+    ctx = {"hour_of_day": 9, "day_of_week": 2}
+    if isinstance(bad, bytes):  # raw JSON tokens json.dumps cannot write
+        pf = json.dumps({**good, "completion_rate": "__BAD__"}).replace('"__BAD__"',
+                                                                        bad.decode())
+        payload = (b'{"user_id": "' + uid.encode() + b'", "policy": "egreedy-v2", "context": '
+                   + json.dumps(ctx).encode() + b', "profile_features": ' + pf.encode() + b"}")
+    else:
+        payload = {"user_id": uid, "policy": "egreedy-v2", "context": ctx,
+                   "profile_features": {**good, "completion_rate": bad}}
+    r = await score(nc, payload)
+    assert r["ok"] is True, r
+    ref = await score(nc, {"user_id": uid, "policy": "egreedy-v2", "context": ctx,
+                           "profile_features": good})
+    assert ref["ok"] is True
+    got = await _logged_features(nc, r["decision_id"], "egreedy-v2")
+    want = await _logged_features(nc, ref["decision_id"], "egreedy-v2")
+    assert got == want  # completion_rate took its fallback (0.3), the rest is unchanged
+
+
+def test_bad_profile_values_are_listed_for_the_metric():
+    from tipsml.contract import ScoreRequest, parse
+
+    raw = (b'{"user_id": "u", "profile_features": {"completion_rate": [1], "dismiss_rate": '
+           b'1e400, "tip_volume": 1' + b"0" * 400 + b', "mean_dwell_ms": 5, "x": "'
+           + b"y" * 300 + b'"}}')
+    req = parse(ScoreRequest, raw)
+    assert req.profile_fallbacks == {"completion_rate": "wrong_type",
+                                     "dismiss_rate": "non_finite",
+                                     "tip_volume": "out_of_range", "x": "too_long"}
+    assert req.profile_features["mean_dwell_ms"] == 5
+    assert req.profile_features["completion_rate"] is None
 
 
 async def test_stats_counts_pulls_and_reset_clears(nc, scorer_service, uid):

@@ -462,3 +462,49 @@ async def test_residual_pull_redirected_into_a_stream_is_not_stored(connect_as, 
     await asyncio.sleep(1.0)
     stored = (await ajs.stream_info("DECISIONS", subjects_filter=target)).state.messages
     assert stored == 0, f"{stored} pulled message(s) stored in DECISIONS under {target}"
+
+
+@pytest.mark.parametrize("user,service,endpoints,asker", [
+    ("scorer", "tips-scorer", S.SCORER_ENDPOINTS, "recommender"),
+    ("generator", "tips-generator", S.GENERATOR_ENDPOINTS, "recommender"),
+    ("bench", "tips-bench", S.BENCH_ENDPOINTS, "admin"),  # bench answers admin inboxes only
+])
+async def test_workers_register_their_services_and_clients_discover_them(
+        connect_as, user, service, endpoints, asker):
+    """Each worker user may run its NATS Services API service (the $SRV control subjects
+    and every endpoint of tipsml.subjects on its queue group); the roles it serves may ask
+    $SRV.PING / INFO / STATS (the bench worker replies to admin inboxes only)."""
+    from tipsml.client import discover
+    from tipsml.service import respond, start_service
+
+    worker, rec = await connect_as(user), await connect_as(asker)
+
+    marker = uuid.uuid4().hex
+
+    async def ok(msg):
+        return await respond(msg, json.dumps({"ok": True, "marker": marker}).encode())
+
+    svc = await start_service(worker, name=service, version="0.1.0", description="perm test",
+                              queue_group=endpoints[0].queue_group)
+    for ep in endpoints:
+        await svc.add_request_endpoint(ep.name, ep.subject, ok)
+    await worker.flush()
+    try:
+        infos = [i for i in await discover(rec, "INFO", service) if i["id"] == svc.id]
+        assert len(infos) == 1
+        assert {e["subject"] for e in infos[0]["endpoints"]} == {ep.subject for ep in endpoints}
+        assert [p for p in await discover(rec, "PING") if p["id"] == svc.id]
+        admin = await connect_as("admin")
+        for ep in endpoints:  # admin may call every endpoint, this worker user answers it
+            for _ in range(40):  # the session's real workers share the queue group
+                msg = await admin.request(ep.subject, b"{}", timeout=2)
+                if json.loads(msg.data).get("marker") == marker:
+                    break
+            else:
+                raise AssertionError(f"{ep.subject}: never answered by the test service")
+        stats = [s for s in await discover(rec, "STATS", service) if s["id"] == svc.id]
+        assert all(e["num_requests"] >= 1 and e["num_errors"] == 0
+                   for e in stats[0]["endpoints"]), stats
+        assert not worker.perm_errors and not rec.perm_errors
+    finally:
+        await svc.stop()

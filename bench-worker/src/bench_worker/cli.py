@@ -3,6 +3,8 @@
     python -m bench_worker.cli run --models openai/smollm2-135m --prompts v1,v2-mentor \
         --n-scenarios 4 --n-tips 2 [--experiment tip-bench] [--judge llm] [--seed 0]
     python -m bench_worker.cli leaderboard --experiment tip-bench [--job-id J] [--chart]
+    python -m bench_worker.cli experiments
+    python -m bench_worker.cli runs --experiment tip-bench [--job-id J] [--kind cell|all]
     python -m bench_worker.cli export --experiment tip-bench --out pending.json
     python -m bench_worker.cli apply scored.json
     python -m bench_worker.cli agreement --experiment tip-bench
@@ -196,6 +198,59 @@ def _cmd_leaderboard(a) -> int:
     return 0
 
 
+def _admin_request(subject: str, payload: dict) -> dict:
+    from tipsml.natsutil import connect, request_json
+
+    settings = BenchSettings()
+
+    async def go():
+        nc = await connect(settings, "bench-cli")
+        try:
+            hdr = {"Tips-Admin-Token": settings.admin_token} if settings.admin_token else None
+            return await request_json(nc, subject, payload,
+                                      timeout=settings.leaderboard_timeout_s, headers=hdr)
+        finally:
+            await nc.drain()
+
+    return asyncio.run(go())
+
+
+def _ms(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t / 1000)) if t else "-"
+
+
+def _cmd_experiments(a) -> int:
+    out = _admin_request(S.BENCH_EXPERIMENTS, {"limit": a.limit})
+    if a.json or not out.get("ok"):
+        print(json.dumps(out, indent=1))
+        return 0 if out.get("ok") else 1
+    print(f"{'experiment':<28} {'jobs':>5} {'cell runs':>9}  last update (UTC)")
+    for e in out["experiments"]:
+        print(f"{e['name']:<28} {e['n_jobs']:>5} {e['n_runs']:>9}  {_ms(e.get('last_update_ms'))}")
+    if not out["experiments"]:
+        print("(no experiments yet: `make bench-run`)")
+    return 0
+
+
+def _cmd_runs(a) -> int:
+    out = _admin_request(S.BENCH_RUNS, {"experiment": a.experiment, "job_id": a.job_id,
+                                        "kind": a.kind, "limit": a.limit})
+    if a.json or not out.get("ok"):
+        print(json.dumps(out, indent=1))
+        return 0 if out.get("ok") else 1
+    print(f"{'run id':<34} {'status':<9} {'kind':<11} {'job':<14} {'model':<26} "
+          f"{'prompt':<12} composite  started (UTC)")
+    for r in out["runs"]:
+        comp = r.get("metrics", {}).get("composite_mean")
+        print(f"{r['run_id']:<34} {r['status']:<9} {r.get('kind') or '-':<11} "
+              f"{(r.get('job_id') or '-')[:14]:<14} {(r.get('model') or '-')[:26]:<26} "
+              f"{(r.get('prompt') or '-')[:12]:<12} "
+              f"{'-' if comp is None else f'{comp:.2f}':>9}  {_ms(r.get('start_ms'))}")
+    if out.get("truncated"):
+        print(f"(first {a.limit} shown; --limit N for more)")
+    return 0
+
+
 def _tracker():
     from tipsml.bench.tracking import Tracker, default_tracking_uri
 
@@ -268,6 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--chart", action="store_true", help="log a PNG chart to MLflow")
     lb.add_argument("--agreement", action="store_true")
     lb.add_argument("--json", action="store_true")
+    xs = sub.add_parser("experiments", help="list bench experiments (bench.experiments)")
+    xs.add_argument("--limit", type=int, default=100)
+    xs.add_argument("--json", action="store_true")
+    rs = sub.add_parser("runs", help="list the runs of an experiment (bench.runs)")
+    rs.add_argument("--experiment", default="tip-bench")
+    rs.add_argument("--job-id", default=None)
+    rs.add_argument("--kind", default="cell", choices=["cell", "leaderboard", "agreement", "all"])
+    rs.add_argument("--limit", type=int, default=200)
+    rs.add_argument("--json", action="store_true")
     ex = sub.add_parser("export", help="pending candidates as JSON for a human judge")
     ex.add_argument("--experiment", default="tip-bench")
     ex.add_argument("--job-id", default=None)
@@ -279,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ag.add_argument("--experiment", default="tip-bench")
     ag.add_argument("--job-id", default=None)
     a = ap.parse_args(argv)
-    return {"run": _cmd_run, "leaderboard": _cmd_leaderboard, "export": _cmd_export,
+    return {"run": _cmd_run, "leaderboard": _cmd_leaderboard, "experiments": _cmd_experiments,
+            "runs": _cmd_runs, "export": _cmd_export,
             "apply": _cmd_apply, "agreement": _cmd_agreement}[a.cmd](a)
 
 

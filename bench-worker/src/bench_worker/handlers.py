@@ -34,15 +34,25 @@ class Handlers:
             await _nak(msg, 10.0)
         self.m.latency.labels("bench.cell").observe(time.perf_counter() - t0)
 
-    async def leaderboard(self, msg) -> None:
+    async def _request(self, msg, subject: str, fn) -> str:
         if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
-            self.m.refused.labels("bench.leaderboard", "refused_reply").inc()
-            log.warning("refused bench.leaderboard whose reply subject is not an inbox: %r",
+            self.m.refused.labels(subject, "refused_reply").inc()
+            log.warning("refused %s whose reply subject is not an inbox: %r", subject,
                         (msg.reply or "")[:80])
-            return
+            return "refused_reply"
         t0 = time.perf_counter()
-        await self.svc.handle_leaderboard(msg)
-        self.m.latency.labels("bench.leaderboard").observe(time.perf_counter() - t0)
+        code = await fn(msg)
+        self.m.latency.labels(subject).observe(time.perf_counter() - t0)
+        return code  # the outcome, for $SRV.STATS (tipsml.service)
+
+    async def leaderboard(self, msg) -> str:
+        return await self._request(msg, "bench.leaderboard", self.svc.handle_leaderboard)
+
+    async def experiments(self, msg) -> str:
+        return await self._request(msg, "bench.experiments", self.svc.handle_experiments)
+
+    async def runs(self, msg) -> str:
+        return await self._request(msg, "bench.runs", self.svc.handle_runs)
 
 
 async def _nak(msg, delay: float) -> None:

@@ -1,6 +1,7 @@
 """Bench worker: takes ``bench.run`` jobs and ``bench.cell.>`` cells from the BENCH work
 queue (pull consumers ``bench-jobs`` / ``bench-cells``: any number of workers share them)
-and answers ``bench.leaderboard`` (queue group ``bench-worker``).
+and answers ``bench.leaderboard``, ``bench.experiments``, ``bench.runs`` (queue group
+``bench-worker``; NATS Services API name ``tips-bench``).
 
 One cell at a time per worker (a cell is a model's generations + judging; running two
 at once would load two models). Graceful stop: the cell in hand finishes (or, if killed,
@@ -20,6 +21,7 @@ from tipsml import subjects as S
 from tipsml.bench.service import BenchService, Counters
 from tipsml.bench.tracking import Tracker, default_tracking_uri
 from tipsml.natsutil import connect, prepare_jetstream
+from tipsml.service import package_version, start_service
 from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
@@ -89,14 +91,15 @@ async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
     h = Handlers(svc, m)
     jobs_sub = await js.pull_subscribe_bind(jobs_spec.durable, stream=jobs_spec.stream)
     cells_sub = await js.pull_subscribe_bind(cells_spec.durable, stream=cells_spec.stream)
-    lb_tasks: set[asyncio.Task] = set()
-
-    async def on_leaderboard(msg):
-        t = asyncio.create_task(h.leaderboard(msg))
-        lb_tasks.add(t)
-        t.add_done_callback(lb_tasks.discard)
-
-    lb_sub = await nc.subscribe(S.BENCH_LEADERBOARD, queue=S.Q_BENCH, cb=on_leaderboard)
+    # NATS Services API (ADR-32): the request-reply verbs, discoverable as tips-bench
+    srv = await start_service(
+        nc, name="tips-bench", version=package_version("tips-bench-worker"),
+        queue_group=S.Q_BENCH, description="model x prompt x scenario experiments, leaderboards",
+        metadata={"tracking_uri": uri, "worker_id": svc.worker_id,
+                  "jobs": f"{S.BENCH_RUN} (JetStream BENCH)", "asyncapi": "docs/asyncapi.yaml"})
+    for ep in S.BENCH_ENDPOINTS:
+        await srv.add_request_endpoint(ep.name, ep.subject, getattr(h, ep.name),
+                                       metadata=ep.metadata())
     await nc.flush()
     stop = stop or stop_event()
     loops = [asyncio.create_task(_pull_loop(jobs_sub, h.job, stop)),
@@ -105,10 +108,10 @@ async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
     if ready:
         ready.set()
     await stop.wait()
-    await lb_sub.unsubscribe()
+    await srv.stop_endpoints()
     await asyncio.wait(loops, timeout=settings.llm_timeout_s)
-    if lb_tasks:
-        await asyncio.wait(lb_tasks, timeout=5)
+    await srv.wait_idle(5)
+    await srv.stop()
     for sub in (jobs_sub, cells_sub):
         try:
             await sub.unsubscribe()

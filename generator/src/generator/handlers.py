@@ -11,6 +11,7 @@ from tipsml import subjects as S
 from tipsml.contract import ContractError, ErrorCode, GenerateRequest, Signal, error_bytes, parse
 from tipsml.generation import Generator, TransientError
 from tipsml.natsutil import publish_dead_letter, reply_is_inbox
+from tipsml.service import respond
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,18 @@ class Handlers:
         self.spec = S.SIGNALS_CONSUMER
 
     # ---------------------------------------------------------------- tips.generate
-    async def generate(self, msg) -> None:
+    async def generate(self, msg) -> str:
         if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
             self.m.requests.labels(S.TIPS_GENERATE, "refused_reply").inc()
             log.warning("refused tips.generate whose reply subject is not an inbox: %r",
                         (msg.reply or "")[:80])
-            return
+            return "refused_reply"
         t0 = time.perf_counter()
         code, source, out, outcome = "ok", "none", None, None
         try:
             req = parse(GenerateRequest, msg.data)
+            for why in req.profile_fallbacks.values():  # bad values use the fallback
+                self.m.profile_fallbacks.labels(why).inc()
             outcome = await self.gen.generate(req)
             source = outcome.reply["source"]
             out = _dumps(outcome.reply)
@@ -48,16 +51,13 @@ class Handlers:
             log.exception("internal error on tips.generate")
             code = "internal"
             out = error_bytes(ErrorCode.internal, type(e).__name__)
-        if msg.reply:
-            try:
-                await msg.respond(out)
-            except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
-                code = "reply_failed"
+        code = await respond(msg, out, code)  # error replies also get ADR-32 headers
         self.m.latency.labels(S.TIPS_GENERATE, source).observe(time.perf_counter() - t0)
         self.m.requests.labels(S.TIPS_GENERATE, code).inc()
         if outcome is not None:
             self._count(outcome)
             self.gen.spawn(self._after(outcome))
+        return code  # the outcome, for $SRV.STATS (tipsml.service)
 
     def _count(self, o) -> None:
         r = o.reply

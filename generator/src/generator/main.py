@@ -21,6 +21,7 @@ from tipsml.generation import GenConfig, Generator
 from tipsml.llm import LLMClient, litellm_module
 from tipsml.natsutil import connect, ensure_or_check_consumer, prepare_jetstream
 from tipsml.state import connect_redis
+from tipsml.service import package_version, start_service
 from tipsml.worker import announce, run_service, stop_event
 
 from .handlers import Handlers
@@ -46,6 +47,10 @@ class GeneratorMetrics:
                              ["result"], registry=r)
         self.fallbacks = Counter("generator_fallback_total", "fallback tips served, by reason",
                                  ["reason"], registry=r)
+        self.profile_fallbacks = Counter(
+            "generator_profile_fallback_total",
+            "profile feature values unusable (wrong type, non-finite, too long): fallback used",
+            ["reason"], registry=r)
         self.overlong = Counter("generator_overlong_total", "tips cut because the model ran long",
                                 ["source"], registry=r)
         self.llm_latency = Histogram("generator_llm_latency_seconds", "LLM call latency",
@@ -152,14 +157,15 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     await prepare_jetstream(js, settings, ["SIGNALS", "DEADLETTER"],
                             provision_all_streams=True)
     h = Handlers(gen, m, settings, js)
-    req_tasks: set[asyncio.Task] = set()
-
-    async def on_generate(msg):
-        t = asyncio.create_task(h.generate(msg))
-        req_tasks.add(t)
-        t.add_done_callback(req_tasks.discard)
-
-    sub = await nc.subscribe(S.TIPS_GENERATE, queue=S.Q_GENERATOR, cb=on_generate)
+    # NATS Services API (ADR-32): discoverable as tips-generator; a task per request
+    svc = await start_service(
+        nc, name="tips-generator", version=package_version("tips-generator"),
+        queue_group=S.Q_GENERATOR, description="writes tips with a local LLM; cached candidates",
+        metadata={"model": settings.llm_model or "", "prompt_versions": ",".join(prompts.known()),
+                  "contract": "tipsml.contract", "asyncapi": "docs/asyncapi.yaml"})
+    for ep in S.GENERATOR_ENDPOINTS:
+        await svc.add_request_endpoint(ep.name, ep.subject, getattr(h, ep.name),
+                                       metadata=ep.metadata())
     await nc.flush()
     stop = stop or stop_event()
     sig_task = asyncio.create_task(_signal_loop(js, h, settings, stop, m))
@@ -170,14 +176,14 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     if ready:
         ready.set()
     await stop.wait()
-    await sub.unsubscribe()
-    if req_tasks:
-        await asyncio.wait(req_tasks, timeout=5)
+    await svc.stop_endpoints()
+    await svc.wait_idle(5)
     try:
         await asyncio.wait_for(sig_task, timeout=15)
     except TimeoutError:
         sig_task.cancel()
     await gen.drain(timeout=5)
+    await svc.stop()
     await nc.drain()
     await r.aclose()
 

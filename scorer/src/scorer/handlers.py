@@ -14,6 +14,7 @@ from tipsml.metrics import Children
 from tipsml.contract import (ContractError, ErrorCode, ResetRequest, ScoreRequest, StatsRequest,
                              error_bytes, parse)
 from tipsml.natsutil import reply_is_inbox
+from tipsml.service import respond
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,12 @@ class Handlers:
         self._explored = Children(metrics.explored)
         self._agreement = Children(metrics.agreement)
 
-    async def _respond(self, msg, subject: str, fn) -> None:
+    async def _respond(self, msg, subject: str, fn) -> str:
         if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
             self._requests(subject, "refused_reply").inc()
             log.warning("refused %s whose reply subject is not an inbox: %r", subject,
                         (msg.reply or "")[:80])
-            return
+            return "refused_reply"
         t0 = time.perf_counter()
         code = "ok"
         try:
@@ -56,19 +57,25 @@ class Handlers:
             log.exception("internal error on %s", subject)
             code = "internal"
             out = error_bytes(ErrorCode.internal, f"{type(e).__name__}")
-        if msg.reply:
+        if code == "ok" and msg.reply:  # the hot path: a plain reply, as before
             try:
                 await msg.respond(out)
             except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
                 code = "reply_failed"
+        else:
+            code = await respond(msg, out, code)  # error replies also get ADR-32 headers
         self._latency(subject).observe(time.perf_counter() - t0)
         self._requests(subject, code).inc()
+        return code  # the outcome, for $SRV.STATS (tipsml.service)
 
-    async def score(self, msg) -> None:
-        await self._respond(msg, "tips.score", self._score)
+    async def score(self, msg) -> str:
+        return await self._respond(msg, "tips.score", self._score)
 
     async def _score(self, msg) -> bytes:
         req = parse(ScoreRequest, msg.data)
+        if req.profile_fallbacks:  # bad values use the feature's fallback, never an error
+            for why in req.profile_fallbacks.values():
+                self.m.profile_fallbacks.labels(why).inc()
         res = await self.scorer.score(req)
         r = res.reply
         self._decisions(r["policy"], r["arm"], "live").inc()
@@ -82,16 +89,16 @@ class Handlers:
         await self.writer.submit(res.record, res.log)  # waits only when the writer is behind
         return _dumps(r)
 
-    async def stats(self, msg) -> None:
-        await self._respond(msg, "tips.stats", self._stats)
+    async def stats(self, msg) -> str:
+        return await self._respond(msg, "tips.stats", self._stats)
 
     async def _stats(self, msg) -> bytes:
         req = parse(StatsRequest, msg.data)
         return _dumps(await asyncio.wait_for(self.scorer.stats(req.user_id, req.policy),
                                              self.settings.admin_redis_timeout_s))
 
-    async def reset(self, msg) -> None:
-        await self._respond(msg, "tips.reset", self._reset)
+    async def reset(self, msg) -> str:
+        return await self._respond(msg, "tips.reset", self._reset)
 
     async def _reset(self, msg) -> bytes:
         token = self.settings.admin_token

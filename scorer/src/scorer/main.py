@@ -1,8 +1,8 @@
 """Scorer worker: ``tips.score`` / ``tips.stats`` / ``tips.reset`` on the ``scorer`` queue group.
 
-Raw nats-py on the hot path (FastStream's per-message overhead costs the 5 ms
-budget, see bench/score_bench.py); each message is handled in its own task so
-one slow Redis call never queues the others.
+Raw nats-py on the hot path (see bench/score_bench.py); each message is handled in its
+own task so one slow Redis call never queues the others. Registered with the NATS
+Services API as ``tips-scorer`` (tipsml.service): ``$SRV.PING/INFO/STATS`` find it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tipsml import subjects as S
 from tipsml.decisionlog import DecisionLogWriter
 from tipsml.natsutil import connect, prepare_jetstream
 from tipsml.scoring import Scorer
+from tipsml.service import package_version, start_service
 from tipsml.state import StateStore
 from tipsml.worker import announce, run_service, stop_event
 
@@ -25,6 +26,7 @@ from .handlers import Handlers
 from .settings import ScorerSettings
 
 log = logging.getLogger("scorer")
+SERVICE_NAME = "tips-scorer"
 
 
 class ScorerMetrics:
@@ -43,6 +45,10 @@ class ScorerMetrics:
                                  registry=r)
         self.fallbacks = Counter("scorer_fallback_total", "uniform fallback decisions", ["reason"],
                                  registry=r)
+        self.profile_fallbacks = Counter(
+            "scorer_profile_fallback_total",
+            "profile feature values unusable (wrong type, non-finite, too long): fallback used",
+            ["reason"], registry=r)
         self.dropped = Counter("scorer_decision_log_dropped_total",
                                "decisions not logged because the writer queue was full",
                                registry=r)
@@ -80,20 +86,17 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
                                high_water=settings.decision_queue_high_water, metrics=m)
     writer.start()
     h = Handlers(scorer, writer, m, settings)
-    tasks: set[asyncio.Task] = set()
-
-    def spawn(fn):
-        async def cb(msg):
-            t = asyncio.create_task(fn(msg))
-            tasks.add(t)
-            t.add_done_callback(tasks.discard)
-        return cb
-
-    subs = [
-        await nc.subscribe(S.TIPS_SCORE, queue=S.Q_SCORER, cb=spawn(h.score)),
-        await nc.subscribe(S.TIPS_STATS, queue=S.Q_SCORER, cb=spawn(h.stats)),
-        await nc.subscribe(S.TIPS_RESET, queue=S.Q_SCORER, cb=spawn(h.reset)),
-    ]
+    # NATS Services API (ADR-32): discoverable as tips-scorer; queue group and a task
+    # per message as before, the outcome of every request counted for $SRV.STATS
+    svc = await start_service(
+        nc, name=SERVICE_NAME, version=package_version("tips-scorer"), queue_group=S.Q_SCORER,
+        description="picks a tip kind (arm) per request with the user's bandit state",
+        metadata={"policy": settings.default_policy,
+                  "shadow": ",".join(settings.shadow_policies),
+                  "contract": "tipsml.contract", "asyncapi": "docs/asyncapi.yaml"})
+    for ep in S.SCORER_ENDPOINTS:
+        await svc.add_request_endpoint(ep.name, ep.subject, getattr(h, ep.name),
+                                       metadata=ep.metadata())
     await nc.flush()
     announce("scorer", metrics_port=port, policy=settings.default_policy,
              shadow=settings.shadow_policies)
@@ -109,14 +112,10 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
     def left(share: float) -> float:
         return max(0.1, min(share, deadline - time.monotonic()))
 
-    for s in subs:
-        try:
-            await s.unsubscribe()
-        except Exception:  # noqa: BLE001 - connection already gone
-            pass
-    if tasks:
-        await asyncio.wait(tasks, timeout=left(2.0))
+    await svc.stop_endpoints()
+    await svc.wait_idle(left(2.0))
     await writer.drain(timeout=left(settings.shutdown_timeout_s - 2.0))
+    await svc.stop()
     try:
         await asyncio.wait_for(nc.drain(), left(1.0))
     except Exception:  # noqa: BLE001 - drain timed out: close hard

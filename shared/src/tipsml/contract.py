@@ -11,7 +11,8 @@ import math
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 # ---- limits (declared once, enforced by the models below and by the workers) ----
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -66,11 +67,17 @@ class _Model(BaseModel):
 Id = Field(min_length=1, max_length=MAX_ID_LEN)
 
 
+MIN_PRIORITY, MAX_PRIORITY = 0, 4
+
+
 class Task(_Model):
     id: str | int | None = None
     title: str = Field(default="", max_length=MAX_TITLE_LEN)
     due: str | None = Field(default=None, max_length=64)
-    priority: int | None = Field(default=None, ge=0, le=4)
+    priority: int | None = Field(
+        default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY,
+        description=f"task priority, an integer {MIN_PRIORITY}..{MAX_PRIORITY} (higher is more "
+                    f"urgent); anything else, e.g. 5, is refused with invalid_request")
     overdue: bool | None = None
 
 
@@ -81,21 +88,66 @@ class Context(_Model):
 
 
 ProfileValue = float | int | bool | str | None
+MAX_PROFILE_STR_LEN = 256
+
+
+def _profile_value_problem(x: Any) -> str | None:
+    """Why a profile value cannot be used (None when it can): the value then goes to the
+    feature's declared fallback (tipsml.features), never to an error reply."""
+    if x is None or isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        try:
+            float(x)
+        except OverflowError:
+            return "out_of_range"
+        return None
+    if isinstance(x, float):
+        return None if math.isfinite(x) else "non_finite"
+    if isinstance(x, str):
+        return None if len(x) <= MAX_PROFILE_STR_LEN else "too_long"
+    return "wrong_type"  # a list, an object
 
 
 def _check_profile(v: dict | None) -> dict | None:
+    """Structural limits only (how many features, how long a name): a bad *value* is not
+    an error, see :class:`_ProfileCarrier`."""
     if v is None:
         return None
     if len(v) > MAX_PROFILE_FEATURES:
         raise ValueError(f"at most {MAX_PROFILE_FEATURES} profile features")
-    for k, x in v.items():
+    for k in v:
         if len(k) > 64:
             raise ValueError("profile feature names are at most 64 characters")
-        if isinstance(x, float) and not math.isfinite(x):
-            raise ValueError(f"profile feature {k!r} must be finite")
-        if isinstance(x, str) and len(x) > 256:
-            raise ValueError(f"profile feature {k!r} is too long")
     return v
+
+
+class _ProfileCarrier(_Model):
+    """Requests with ``profile_features``. The contract: a missing, null, ill-typed or
+    out-of-range profile value uses the feature's fallback, never an error. Values no
+    feature could use (a list, an object, a non-finite or beyond-float number such as
+    1e400, a string over 256 characters) are replaced by null here — so they fall back —
+    and listed in ``profile_fallbacks`` (feature → reason) for the workers' metrics."""
+
+    profile_features: dict[str, Any] | None = None
+    _profile_fallbacks: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    _pf = field_validator("profile_features")(lambda cls, v: _check_profile(v))
+
+    @model_validator(mode="after")
+    def _clean_profile(self):
+        pf = self.profile_features
+        if pf:
+            for k, x in pf.items():
+                why = _profile_value_problem(x)
+                if why:
+                    pf[k] = None
+                    self._profile_fallbacks[k] = why
+        return self
+
+    @property
+    def profile_fallbacks(self) -> dict[str, str]:
+        return self._profile_fallbacks
 
 
 def _check_arms(v: list[str] | None) -> list[str] | None:
@@ -111,15 +163,13 @@ def _check_arms(v: list[str] | None) -> list[str] | None:
     return v
 
 
-class ScoreRequest(_Model):
+class ScoreRequest(_ProfileCarrier):
     user_id: str = Id
     policy: str | None = Field(default=None, max_length=64)
     arms: list[str] | None = Field(default=None, max_length=MAX_ARMS)
     context: Context | None = None
-    profile_features: dict[str, ProfileValue] | None = None
     request_id: str | None = Field(default=None, max_length=MAX_ID_LEN)
 
-    _pf = field_validator("profile_features")(lambda cls, v: _check_profile(v))
     _arms = field_validator("arms")(lambda cls, v: _check_arms(v))
 
 
@@ -144,6 +194,134 @@ class ScoreReply(BaseModel):
     request_id: str | None = None
 
 
+class _Reply(BaseModel):
+    """Replies keep fields this version does not know (the contract adds fields freely)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorBody(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class ErrorReply(_Reply):
+    """Every failed request: ``{"ok": false, "error": {"code", "message"}}``."""
+
+    ok: Literal[False] = False
+    error: ErrorBody
+
+
+class ArmStats(_Reply):
+    pulls: int = 0
+    updates: int = 0
+    reward_sum: float = 0.0
+    reward_mean: float | None = None
+
+
+class PolicyStats(_Reply):
+    global_model: bool = False
+    version: str | None = None
+    arms: dict[str, ArmStats] = Field(default_factory=dict)
+
+
+class StatsReply(_Reply):
+    ok: Literal[True] = True
+    user_id: str
+    policy: str
+    arms: dict[str, ArmStats] = Field(default_factory=dict)
+    policies: dict[str, PolicyStats] = Field(default_factory=dict)
+
+
+class ResetReply(_Reply):
+    ok: Literal[True] = True
+    user_id: str
+    reset_policies: list[str] = Field(default_factory=list)
+    skipped_global: list[str] = Field(default_factory=list)
+    keys_deleted: int = 0
+
+
+class GenerateReply(_Reply):
+    ok: Literal[True] = True
+    tip: str
+    prompt_version: str
+    prompt_hash: str | None = None
+    model: str
+    source: Literal["cache", "llm", "fallback"]
+    latency_ms: float
+    arm: str | None = None
+    overlong: bool = False
+    fallback_reason: str | None = None
+    request_id: str | None = None
+    decision_id: str | None = None
+
+
+class LeaderboardRequest(_Model):
+    experiment: str = Field(min_length=1, max_length=100)
+    job_id: str | None = Field(default=None, max_length=MAX_ID_LEN)
+    judge: Literal["auto", "llm", "human"] = "auto"
+    chart: bool = False
+    agreement: bool = False
+
+
+class LeaderboardReply(_Reply):
+    ok: Literal[True] = True
+    experiment: str
+    job_id: str | None = None
+    rubric: str | None = None
+    judge: str | None = None
+    rows: list[dict[str, Any]] = Field(default_factory=list)
+    comparison: dict[str, Any] | None = None
+    n_runs: int = 0
+
+
+class ExperimentsRequest(_Model):
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class ExperimentSummary(_Reply):
+    name: str
+    experiment_id: str
+    n_runs: int
+    n_jobs: int
+    created_ms: int | None = None
+    last_update_ms: int | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ExperimentsReply(_Reply):
+    ok: Literal[True] = True
+    experiments: list[ExperimentSummary] = Field(default_factory=list)
+
+
+class RunsRequest(_Model):
+    experiment: str = Field(min_length=1, max_length=100)
+    job_id: str | None = Field(default=None, max_length=MAX_ID_LEN)
+    kind: Literal["cell", "leaderboard", "agreement", "all"] = "cell"
+    limit: int = Field(default=200, ge=1, le=5000)
+
+
+class RunSummary(_Reply):
+    run_id: str
+    run_name: str | None = None
+    status: str
+    kind: str | None = None
+    job_id: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    scenario: str | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class RunsReply(_Reply):
+    ok: Literal[True] = True
+    experiment: str
+    runs: list[RunSummary] = Field(default_factory=list)
+    truncated: bool = False
+
+
 class StatsRequest(_Model):
     user_id: str = Id
     policy: str | None = Field(default=None, max_length=64)
@@ -153,17 +331,14 @@ class ResetRequest(StatsRequest):
     pass
 
 
-class GenerateRequest(_Model):
+class GenerateRequest(_ProfileCarrier):
     user_id: str = Id
     arm: str | None = Field(default=None, max_length=MAX_ARM_LEN)
     context: Context | None = None
-    profile_features: dict[str, ProfileValue] | None = None
     prompt_version: str | None = Field(default=None, max_length=64)
     model: str | None = Field(default=None, max_length=200)
     request_id: str | None = Field(default=None, max_length=MAX_ID_LEN)
     decision_id: str | None = Field(default=None, max_length=MAX_ID_LEN)
-
-    _pf = field_validator("profile_features")(lambda cls, v: _check_profile(v))
 
 
 class Signal(_Model):
@@ -191,6 +366,48 @@ class Feedback(_Model):
         if self.reaction is None and self.reward is None:
             raise ValueError("feedback needs a reaction or an explicit reward")
         return self
+
+
+class DecisionLogEntry(_Reply):
+    """One entry of the ``DECISIONS`` stream (``decisions.<policy>``), served and shadow
+    decisions alike; header ``Nats-Msg-Id: <decision_id>:<policy>``."""
+
+    decision_id: str
+    user_id: str
+    policy: str
+    policy_version: str
+    served: bool
+    live_policy: str
+    arm: str
+    propensity: float
+    explored: bool
+    arms: list[str]
+    scores: dict[str, float]
+    features: list[float]
+    feature_version: str
+    hour_of_day: int
+    day_of_week: int
+    served_arm: str
+    ts: float
+    request_id: str | None = None
+    fallback: bool = False
+
+
+class BenchStatusEvent(_Reply):
+    """Progress of a bench job on ``bench.status.<job_id>`` (stream ``BENCH_STATUS``)."""
+
+    job_id: str
+    event: Literal["accepted", "cell_started", "cell_done", "cell_failed", "error", "done"]
+    ts: float
+    worker: str
+    experiment: str | None = None
+    done: int | None = None
+    failed: int | None = None
+    total: int | None = None
+    eta_s: float | None = None
+    error: ErrorBody | None = None
+    retrying: bool | None = None
+    leaderboard: dict[str, Any] | None = None
 
 
 def parse(model: type[BaseModel], data: bytes):

@@ -14,11 +14,17 @@ all use it.
 
 CLI::
 
-    python -m tipsml.launcher up [--llm]   # background stack (streams and durables
-                                           # provisioned); state in .run/stack.json
+    python -m tipsml.launcher up [--llm] [--servers-only]  # the whole service in the background
+                                           # (streams and durables provisioned)
     python -m tipsml.launcher up --cluster # 3 NATS nodes + Redis Cluster 3+3 (tipsml.cluster)
-    python -m tipsml.launcher down
+    python -m tipsml.launcher status       # what runs: pids alive, ports, a tips.score probe
+    python -m tipsml.launcher down         # stops the workers, then the servers
     python -m tipsml.launcher env          # export lines for the running stack
+
+``up`` starts the servers and then the four workers (scorer, generator, feedback
+consumer, bench worker), all detached (they outlive the command), logs and pids under
+``.run/`` (``.run/stack.json``, ``.run/logs/<worker>.log``); it returns only when every
+worker printed its ready line and a ``tips.score`` request answers ``ok``.
 """
 
 from __future__ import annotations
@@ -203,7 +209,7 @@ class EmbeddedStack:
             if self.llm:
                 self.start_llm()
         except BaseException:
-            self.stop()
+            self.stop(force=True)  # a half-started detached stack is not left behind
             raise
         return self
 
@@ -262,8 +268,8 @@ class EmbeddedStack:
         self.stop_one(name, sig)
         {"nats": self.start_nats, "redis": self.start_redis}[name](port)
 
-    def stop(self) -> None:
-        if self.detach:
+    def stop(self, force: bool = False) -> None:
+        if self.detach and not force:
             return
         for name in list(self.procs)[::-1]:
             self.stop_one(name)
@@ -309,6 +315,136 @@ def provision_stack(nats_url: str) -> dict:
     return asyncio.run(go())
 
 
+# the workers `up` starts, in start order (`down` stops them in reverse, before the servers)
+WORKERS: dict[str, str] = {
+    "scorer": "scorer.main",
+    "generator": "generator.main",
+    "feedback-consumer": "feedback_consumer.main",
+    "bench-worker": "bench_worker.main",
+}
+PROBE_USER = "tipsml-launcher-probe"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own child that exited) is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def spawn_detached_worker(name: str, module: str, env: dict[str, str], log_dir: Path) -> dict:
+    """``python -m <module>`` in its own session, detached (it outlives this process);
+    stdout (its ready line) and stderr go to ``<log_dir>/<name>.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    fh = open(log, "ab")
+    offset = fh.tell()  # an earlier run's ready line further up does not count
+    full_env = {**os.environ, "METRICS_PORT": "0", **env}
+    p = subprocess.Popen([sys.executable, "-m", module], stdout=fh, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
+                         preexec_fn=child_preexec(detach=True))
+    fh.close()
+    return {"pid": p.pid, "module": module, "log": str(log), "offset": offset, "_popen": p}
+
+
+def _ready_line(log: Path, offset: int = 0) -> dict | None:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines()[::-1]:
+        if line.startswith("{") and '"ready"' in line:
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def probe_score(nats_url: str, timeout: float = 2.0) -> dict:
+    """One ``tips.score`` request (user ``tipsml-launcher-probe``); the reply as a dict, or
+    a contract error dict when nothing answers."""
+    import asyncio
+
+    async def go() -> dict:
+        import nats
+
+        from .natsutil import request_json
+
+        try:
+            nc = await nats.connect(nats_url, connect_timeout=timeout, max_reconnect_attempts=0,
+                                    allow_reconnect=False)
+        except Exception as e:  # noqa: BLE001 - reported as unavailable
+            return {"ok": False, "error": {"code": "unavailable",
+                                           "message": f"NATS not reachable: {e!r}"}}
+        try:
+            t0 = time.perf_counter()
+            out = await request_json(nc, "tips.score", {"user_id": PROBE_USER,
+                                                         "request_id": "launcher-probe"},
+                                     timeout=timeout)
+            out["_round_trip_ms"] = (time.perf_counter() - t0) * 1000
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def wait_workers(workers: dict[str, dict], nats_url: str, timeout: float) -> None:
+    """Until every worker printed its ready line and ``tips.score`` answers ``ok``."""
+    deadline = time.monotonic() + timeout
+    pending = dict(workers)
+    while pending:
+        for name, w in list(pending.items()):
+            if not _alive(w["pid"]) or (w.get("_popen") and w["_popen"].poll() is not None):
+                tail = Path(w["log"]).read_text(errors="replace")[-2000:]
+                raise LauncherError(f"worker {name} exited while starting:\n{tail}")
+            info = _ready_line(Path(w["log"]), w.get("offset", 0))
+            if info is not None:
+                w["ready"] = {k: v for k, v in info.items() if k != "ready"}
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            raise LauncherError(f"workers not ready within {timeout}s: {', '.join(pending)} "
+                                f"(logs in {RUN_DIR / 'logs'})")
+        if pending:
+            time.sleep(0.1)
+    last: dict = {}
+    while time.monotonic() < deadline:
+        last = probe_score(nats_url)
+        if last.get("ok"):
+            return
+        time.sleep(0.2)
+    raise LauncherError(f"tips.score does not answer: {last.get('error')}")
+
+
+def _stop_pid(pid: int, timeout: float = 10.0) -> str:
+    if not _alive(pid):
+        return "not running"
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "not running"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return "stopped"
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "stopped"
+    return f"killed (no exit within {timeout:.0f}s of SIGTERM)"
+
+
 def _cmd_up(args) -> int:
     state = RUN_DIR / "stack.json"
     if state.exists():
@@ -323,11 +459,32 @@ def _cmd_up(args) -> int:
     else:
         st = EmbeddedStack(llm=args.llm, workdir=(RUN_DIR / "data").resolve(), detach=True)
     st.start()
-    state.write_text(json.dumps(st.describe(), indent=2))
+    info = st.describe()
+    info["workers"] = {}
+    state.write_text(json.dumps(info, indent=2))  # `down` can stop what started so far
     print(f"# provisioned: {provision_stack(st.nats_url)}")
+    if not args.servers_only:
+        env = st.env()
+        workers: dict[str, dict] = {}
+        try:
+            for name, module in WORKERS.items():
+                workers[name] = spawn_detached_worker(name, module, env,
+                                                      (RUN_DIR / "logs").resolve())
+                info["workers"] = {n: {k: v for k, v in w.items() if not k.startswith("_")}
+                                   for n, w in workers.items()}
+                state.write_text(json.dumps(info, indent=2))
+            wait_workers(workers, st.nats_url, args.timeout)
+        except (LauncherError, KeyboardInterrupt) as e:
+            print(f"make up failed: {e}", file=sys.stderr)
+            _cmd_down(args)
+            return 1
+        info["workers"] = {n: {k: v for k, v in w.items() if not k.startswith("_")}
+                           for n, w in workers.items()}
+        state.write_text(json.dumps(info, indent=2))
     for k, v in st.env().items():
         print(f"{k}={v}")
-    print(f"# stack up; pids and ports in {state}; `make down` stops it")
+    what = "servers" if args.servers_only else "servers + " + ", ".join(WORKERS)
+    print(f"# up: {what}; pids, ports, logs in {state}; `make status`, `make down`")
     return 0
 
 
@@ -337,22 +494,52 @@ def _cmd_down(_args) -> int:
         print("no stack is up", file=sys.stderr)
         return 0
     info = json.loads(state.read_text())
-    for name, pid in info.get("pids", {}).items():
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        print(f"stopped {name} (pid {pid})")
+    for name, w in reversed(list(info.get("workers", {}).items())):
+        print(f"{name} (pid {w['pid']}): {_stop_pid(w['pid'], 12.0)}")
+    for name, pid in reversed(list(info.get("pids", {}).items())):
+        print(f"{name} (pid {pid}): {_stop_pid(pid, 5.0)}")
     state.unlink()
     return 0
+
+
+def _cmd_status(_args) -> int:
+    """What runs: every pid alive or not, ports, a ``tips.score`` probe. Exit 0 only when
+    everything recorded runs and the probe answers ok."""
+    state = RUN_DIR / "stack.json"
+    if not state.exists():
+        print("no stack is up (`make up` starts one)")
+        return 3
+    info = json.loads(state.read_text())
+    healthy = True
+    print(f"{'process':<18} {'pid':>7}  {'state':<8} where")
+    for name, pid in info.get("pids", {}).items():
+        up = _alive(pid)
+        healthy &= up
+        port = info.get("ports", {}).get(name)
+        print(f"{name:<18} {pid:>7}  {'running' if up else 'DEAD':<8} 127.0.0.1:{port}")
+    for name, w in info.get("workers", {}).items():
+        up = _alive(w["pid"])
+        healthy &= up
+        mport = (w.get("ready") or {}).get("metrics_port")
+        where = f"metrics http://127.0.0.1:{mport}/metrics" if mport else ""
+        print(f"{name:<18} {w['pid']:>7}  {'running' if up else 'DEAD':<8} {where}  "
+              f"log {w['log']}")
+    for k, v in info.get("env", {}).items():
+        print(f"{k}={v}")
+    if info.get("nats_monitor"):
+        print(f"NATS monitoring: {info['nats_monitor']}")
+    nats_url = info.get("env", {}).get("NATS_URL")
+    if nats_url and info.get("workers"):
+        r = probe_score(nats_url)
+        if r.get("ok"):
+            print(f"tips.score probe: ok (arm {r.get('arm')}, policy {r.get('policy')}, "
+                  f"{r['_round_trip_ms']:.1f} ms round trip)")
+        else:
+            healthy = False
+            print(f"tips.score probe: FAILED {r.get('error')}")
+    elif not info.get("workers"):
+        print("servers only (started with --servers-only): no workers to probe")
+    return 0 if healthy else 1
 
 
 def _cmd_env(_args) -> int:
@@ -368,14 +555,21 @@ def _cmd_env(_args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tipsml.launcher")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="start the embedded stack in the background")
+    up = sub.add_parser("up", help="start the whole service (servers + workers) in the "
+                                   "background")
     up.add_argument("--llm", action="store_true", help="also start the embedded LLM server")
     up.add_argument("--cluster", action="store_true",
                     help="3 nats-server nodes (JetStream cluster) + Redis Cluster 3 masters/3 replicas")
-    sub.add_parser("down", help="stop the background stack")
+    up.add_argument("--servers-only", action="store_true",
+                    help="only NATS, Redis (and the LLM): no workers")
+    up.add_argument("--timeout", type=float, default=180.0,
+                    help="seconds to wait for the workers and a tips.score answer")
+    sub.add_parser("down", help="stop the workers, then the servers")
+    sub.add_parser("status", help="what runs: pids, ports, a tips.score probe")
     sub.add_parser("env", help="print export lines for the background stack")
     args = ap.parse_args(argv)
-    return {"up": _cmd_up, "down": _cmd_down, "env": _cmd_env}[args.cmd](args)
+    return {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status,
+            "env": _cmd_env}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ TIPS_STATS = "tips.stats"
 TIPS_RESET = "tips.reset"
 TIPS_GENERATE = "tips.generate"
 BENCH_LEADERBOARD = "bench.leaderboard"
+BENCH_EXPERIMENTS = "bench.experiments"
+BENCH_RUNS = "bench.runs"
 
 # JetStream subjects
 SIGNALS = "signals.>"
@@ -40,6 +42,53 @@ Q_GENERATOR = "generator"
 Q_BENCH = "bench-worker"
 
 DAY_NS = 86_400 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """One request-reply endpoint: registered with the NATS Services API by its worker
+    (tipsml.service) and documented in docs/asyncapi.yaml (tipsml.asyncapi). ``request``
+    and ``reply`` name models in tipsml.contract (or tipsml.bench.job)."""
+
+    service: str
+    name: str
+    subject: str
+    queue_group: str
+    request: str
+    reply: str
+    summary: str
+    admin: bool = False
+    timeout_s: float = 2.0  # what a client should wait (tipsml.client's default)
+
+    def metadata(self) -> dict[str, str]:
+        return {"request": self.request, "reply": self.reply,
+                "admin": "true" if self.admin else "false"}
+
+
+SCORER_ENDPOINTS = (
+    EndpointSpec("tips-scorer", "score", TIPS_SCORE, Q_SCORER, "ScoreRequest", "ScoreReply",
+                 "pick a tip kind (arm) for a user now, with its propensity", timeout_s=0.5),
+    EndpointSpec("tips-scorer", "stats", TIPS_STATS, Q_SCORER, "StatsRequest", "StatsReply",
+                 "per-arm pulls, updates, reward sum and mean of a user's bandit state"),
+    EndpointSpec("tips-scorer", "reset", TIPS_RESET, Q_SCORER, "ResetRequest", "ResetReply",
+                 "clear a user's bandit state", admin=True),
+)
+GENERATOR_ENDPOINTS = (
+    EndpointSpec("tips-generator", "generate", TIPS_GENERATE, Q_GENERATOR, "GenerateRequest",
+                 "GenerateReply", "write the tip text for a user and a tip kind",
+                 timeout_s=3.0),
+)
+BENCH_ENDPOINTS = (
+    EndpointSpec("tips-bench", "leaderboard", BENCH_LEADERBOARD, Q_BENCH, "LeaderboardRequest",
+                 "LeaderboardReply", "rows by (model, prompt) with bootstrap 95% CIs",
+                 admin=True, timeout_s=60.0),
+    EndpointSpec("tips-bench", "experiments", BENCH_EXPERIMENTS, Q_BENCH, "ExperimentsRequest",
+                 "ExperimentsReply", "list bench experiments", admin=True, timeout_s=30.0),
+    EndpointSpec("tips-bench", "runs", BENCH_RUNS, Q_BENCH, "RunsRequest", "RunsReply",
+                 "list the runs of an experiment (optionally of one job)", admin=True,
+                 timeout_s=30.0),
+)
+ENDPOINTS = SCORER_ENDPOINTS + GENERATOR_ENDPOINTS + BENCH_ENDPOINTS
 
 
 @dataclass(frozen=True)

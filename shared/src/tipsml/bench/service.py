@@ -51,6 +51,17 @@ def _dumps(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode()
 
 
+def _validate(model, obj: dict):
+    from pydantic import ValidationError
+
+    from ..contract import describe_validation_error
+
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        raise ContractError(ErrorCode.invalid_request, describe_validation_error(e)) from None
+
+
 class Transient(Exception):
     """A failure worth retrying later (LLM/MLflow/Redis/NATS unavailable)."""
 
@@ -400,34 +411,68 @@ class BenchService:
 
     # ------------------------------------------------------------------ leaderboard
 
-    async def handle_leaderboard(self, msg) -> None:
+    async def _request(self, msg, subject: str, fn) -> str:
+        """Admin request-reply: authorise, run ``fn(request dict)`` in a thread within
+        ``leaderboard_timeout_s``, answer exactly once; returns the outcome code."""
+        code = "ok"
         try:
             if not self._authorised(msg):
-                raise ContractError(ErrorCode.forbidden, "bench.leaderboard is admin only")
+                raise ContractError(ErrorCode.forbidden, f"{subject} is admin only")
             req = loads_object(msg.data)
+            out = await asyncio.wait_for(asyncio.to_thread(fn, req),
+                                         timeout=self.s.leaderboard_timeout_s)
+            body = _dumps({"ok": True, **out})
+        except ContractError as e:
+            code = e.code.value
+            body = _dumps({"ok": False, "error": {"code": code, "message": e.message}})
+        except TimeoutError:
+            code = "timeout"
+            body = _dumps({"ok": False, "error": {"code": code,
+                                                  "message": f"{subject} took too long"}})
+        except Exception as e:
+            log.exception("%s failed", subject)
+            code = "internal"
+            body = _dumps({"ok": False, "error": {"code": code, "message": type(e).__name__}})
+        from ..service import respond
+
+        return await respond(msg, body, code)
+
+    async def handle_leaderboard(self, msg) -> str:
+        def go(req: dict) -> dict:
             if not isinstance(req.get("experiment"), str):
                 raise ContractError(ErrorCode.invalid_request, "experiment (str) is required")
             judge = req.get("judge", "auto")
             if judge not in LB.JUDGES:
                 raise ContractError(ErrorCode.invalid_request,
                                     f"judge must be one of {', '.join(LB.JUDGES)}")
-            out = await asyncio.wait_for(
-                asyncio.to_thread(self.leaderboard, req["experiment"], req.get("job_id"), judge,
-                                  bool(req.get("chart", False)), bool(req.get("agreement",
-                                                                              False))),
-                timeout=self.s.leaderboard_timeout_s)
-            body = _dumps({"ok": True, **out})
-        except ContractError as e:
-            body = _dumps({"ok": False, "error": {"code": e.code.value, "message": e.message}})
-        except TimeoutError:
-            body = _dumps({"ok": False, "error": {"code": "timeout",
-                                                  "message": "leaderboard took too long"}})
-        except Exception as e:
-            log.exception("leaderboard failed")
-            body = _dumps({"ok": False, "error": {"code": "internal",
-                                                  "message": type(e).__name__}})
-        if msg.reply:
-            await msg.respond(body)
+            return self.leaderboard(req["experiment"], req.get("job_id"), judge,
+                                    bool(req.get("chart", False)),
+                                    bool(req.get("agreement", False)))
+
+        return await self._request(msg, S.BENCH_LEADERBOARD, go)
+
+    async def handle_experiments(self, msg) -> str:
+        def go(req: dict) -> dict:
+            from ..contract import ExperimentsRequest
+
+            r = _validate(ExperimentsRequest, req)
+            return {"experiments": self.tracker.list_experiments(limit=r.limit)}
+
+        return await self._request(msg, S.BENCH_EXPERIMENTS, go)
+
+    async def handle_runs(self, msg) -> str:
+        def go(req: dict) -> dict:
+            from ..contract import RunsRequest
+
+            r = _validate(RunsRequest, req)
+            if self.tracker.experiment_id(r.experiment, create=False) is None:
+                raise ContractError(ErrorCode.not_found, f"no experiment {r.experiment!r}")
+            runs, truncated = self.tracker.list_runs(r.experiment, job_id=r.job_id,
+                                                     kind=r.kind, limit=r.limit)
+            return {"experiment": r.experiment, "job_id": r.job_id, "runs": runs,
+                    "truncated": truncated}
+
+        return await self._request(msg, S.BENCH_RUNS, go)
 
     def leaderboard(self, experiment: str, job_id: str | None = None, judge: str = "auto",
                     chart: bool = False, agreement: bool = False) -> dict:

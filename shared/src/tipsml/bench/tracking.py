@@ -100,6 +100,54 @@ class Tracker:
             self._exp[name] = eid
             return eid
 
+    def list_experiments(self, limit: int = 100) -> list[dict]:
+        """Bench experiments (tag ``kind=tip-bench``), newest first, with run and job counts."""
+        out = []
+        for exp in self.client.search_experiments(max_results=limit,
+                                                  filter_string="tags.kind = 'tip-bench'",
+                                                  order_by=["last_update_time DESC"]):
+            runs = self._search(exp.experiment_id, f"tags.kind = '{CELL}'", None)
+            out.append({"name": exp.name, "experiment_id": exp.experiment_id,
+                        "n_runs": len(runs),
+                        "n_jobs": len({r.data.tags.get("job_id") for r in runs}),
+                        "created_ms": exp.creation_time, "last_update_ms": exp.last_update_time,
+                        "tags": {k: v for k, v in exp.tags.items()
+                                 if not k.startswith("mlflow.")}})
+        return out
+
+    def list_runs(self, experiment: str, *, job_id: str | None = None, kind: str = CELL,
+                  limit: int = 200) -> tuple[list[dict], bool]:
+        """Runs of an experiment, newest first: (summaries, truncated)."""
+        eid = self.experiment_id(experiment, create=False)
+        if eid is None:
+            return [], False
+        f = [] if kind == "all" else [f"tags.kind = '{kind}'"]
+        if job_id:
+            f.append(f"tags.job_id = '{job_id}'")
+        runs = self._search(eid, " and ".join(f), limit + 1)
+        out = []
+        for r in runs[:limit]:
+            t = r.data.tags
+            out.append({"run_id": r.info.run_id, "run_name": r.info.run_name,
+                        "status": r.info.status, "kind": t.get("kind"),
+                        "job_id": t.get("job_id"), "model": t.get("model"),
+                        "prompt": t.get("prompt"), "scenario": t.get("scenario"),
+                        "start_ms": r.info.start_time, "end_ms": r.info.end_time,
+                        "metrics": dict(r.data.metrics)})
+        return out, len(runs) > limit
+
+    def _search(self, eid: str, filter_string: str, limit: int | None) -> list:
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([eid], filter_string=filter_string,
+                                           max_results=min(1000, limit or 1000),
+                                           order_by=["attributes.start_time DESC"],
+                                           page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token or (limit and len(out) >= limit):
+                return out[:limit] if limit else out
+
     # ------------------------------------------------------------ cells
 
     def cell_runs(self, experiment: str, *, cell_key: str | None = None,
