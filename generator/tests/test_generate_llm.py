@@ -125,7 +125,8 @@ async def test_signal_prefills_the_cache_then_request_is_a_hit(nc, redis_client,
     js = nc.jetstream()
     async with generator_worker(**llm_env(llm_stack), arms=["focus_block"],
                                 default_prompt_version="v4-grounded", generator_candidates=3,
-                                generator_keep=2, generator_deadline_s=30.0) as w:
+                                generator_keep=2, generator_deadline_s=30.0,
+                                generator_refresh_timeout_s=120.0) as w:
         sig = {"user_id": uid, "kind": "app.opened", "ts": time.time(),
                "payload": {"context": CTX, "profile_features": {"completion_rate": 0.7}}}
         key = cand_key(uid, "focus_block", "v4-grounded", "openai/smollm2-135m")
@@ -164,8 +165,8 @@ async def test_signal_prefills_the_cache_then_request_is_a_hit(nc, redis_client,
         rejected = sum(w.value("generator_rejected_total", reason=r,
                                prompt_version="v4-grounded")
                        for r in (*G.REASONS, BELOW_BAR))
-        assert generated >= 3 and generated % 3 == 0
-        assert generated - rejected >= len(cached)
+        # (a call past the refresh deadline on a busy machine is not a candidate)
+        assert generated >= len(cached) and 0 <= rejected <= generated - len(cached)
         t0 = time.perf_counter()
         r = await gen_request({"user_id": uid, "arm": "focus_block"})
         rtt_ms = (time.perf_counter() - t0) * 1000

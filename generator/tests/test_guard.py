@@ -184,6 +184,10 @@ def test_heldout_rules_flag_the_issue_examples_and_are_not_the_guard():
     assert "no_speaker" in H.check("Fix my flaky test before the review.", titles)
     assert "invented_names" in H.check("Ask Sarah to review the two pull requests.", titles)
     assert not H.check("Fix the flaky integration test before the reviews.", titles)
+    for t in ("Take a short, restorative break before the reviews.",
+              "Today, review the two pull requests.", "Don't start the design doc yet."):
+        assert "addresses_user" not in H.check(t, titles), t
+    assert "addresses_user" in H.check("This day is about what matters most.", titles)
     assert not {r.name for r in H.RULES} & set(G.REASONS)
 
 

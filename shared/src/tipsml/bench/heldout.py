@@ -92,13 +92,15 @@ def r_addresses_user(text: str, titles: list[str]) -> str | None:
         return None
     body = text.replace("’", "'")
     head, sep, tail = body.partition(",")
+    starts = [body]
     if sep and len(head.split()) <= 6:  # "Today, choose ...": a short lead-in first
-        body = tail
-    if re.match(r"\s*(?:don't|do not|never)\b", body, re.IGNORECASE):
-        return None
-    first = re.findall(r"[A-Za-z]+", body)[:1]
-    if first and first[0].lower() in _IMPERATIVES:
-        return None
+        starts.append(tail)
+    for b in starts:
+        if re.match(r"\s*(?:don't|do not|never)\b", b, re.IGNORECASE):
+            return None
+        first = re.findall(r"[A-Za-z]+", b)[:1]
+        if first and first[0].lower() in _IMPERATIVES:
+            return None
     return "no 'you' and no imperative"
 
 
