@@ -47,13 +47,14 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def metric(port: int, name: str, **labels) -> float:
-    """One sample of a worker's Prometheus endpoint (0.0 when absent)."""
+def metric(port: int, name: str, timeout: float = 2.0, **labels) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``, read from a worker's
+    real /metrics endpoint (0.0 when absent)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as fh:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as fh:
         text = fh.read().decode()
     total = 0.0
     for fam in text_string_to_metric_families(text):

@@ -5,23 +5,13 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from chaoslib import metric
+
 
 def scrape(port: int, name: str, **labels: str) -> float:
     """Sum of the samples of metric ``name`` whose labels include ``labels``, read from a
     worker's real /metrics endpoint."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
-        text = r.read().decode()
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
+    return metric(port, name, timeout=3.0, **labels)
 
 
 def client_tls(tls_dir) -> ssl.SSLContext:
