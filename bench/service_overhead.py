@@ -2,6 +2,7 @@
 scorer's own work.
 
     python bench/service_overhead.py [--n 1000] [--blocks 6] [--repeat 3]
+    python bench/service_overhead.py --dispatch-only --out bench/results/service_dispatch.json
 
 One real nats-server (embedded), one responder process holding three endpoints with
 the same trivial handler (answer ``{"ok":true}``):
@@ -96,6 +97,53 @@ async def burst(nc, subject: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
+async def dispatch_cost(n: int, rounds: int = 5) -> dict:
+    """CPU microseconds per message of the dispatch alone, no network: the raw callback
+    (task per message) vs TipsService's (the same plus the $SRV.STATS bookkeeping), each
+    driving a handler that does nothing, in this process, best of ``rounds``."""
+    from types import SimpleNamespace
+
+    from tipsml.service import TipsService
+
+    class FakeClient:  # only what Service/add_request_endpoint touch
+        _nuid = SimpleNamespace(next=lambda: b"bench")
+
+        async def subscribe(self, subject, queue="", cb=None):
+            self.cb = cb
+            return SimpleNamespace()
+
+    async def handler(msg):
+        return "ok"
+
+    raw_tasks: set = set()
+
+    async def raw_cb(msg):
+        t = asyncio.create_task(handler(msg))
+        raw_tasks.add(t)
+        t.add_done_callback(raw_tasks.discard)
+
+    fake = FakeClient()
+    svc = TipsService(fake, name="bench", version="0.1.0", description="dispatch cost")
+    await svc.add_request_endpoint("e", "e", handler)
+    variants = {"raw": (raw_cb, raw_tasks), "service": (fake.cb, svc.tasks)}
+    msg = SimpleNamespace(reply="_INBOX.x", data=b"{}")
+    out: dict[str, float] = {}
+    for name, (cb, tasks) in list(variants.items()) * 1:
+        best = None
+        for _ in range(rounds):
+            c0 = time.process_time()
+            for _ in range(n):
+                await cb(msg)
+            while tasks:
+                await asyncio.sleep(0)
+            us = (time.process_time() - c0) / n * 1e6
+            best = us if best is None else min(best, us)
+        out[name] = round(best, 2)
+    out["service_minus_raw_us"] = round(out["service"] - out["raw"], 2)
+    out["n"] = n
+    return out
+
+
 def pct(a: list[float], q: float) -> float:
     return round(float(np.percentile(np.array(a) * 1000.0, q)), 4)
 
@@ -152,10 +200,19 @@ def main() -> int:
     ap.add_argument("--handler-sleep-ms", type=float, default=0.0,
                     help="each handler awaits this long (a Redis call, say) before replying")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--dispatch-only", action="store_true",
+                    help="only the CPU cost per message of the two dispatches, in process")
     ap.add_argument("--responder", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.responder:
         asyncio.run(responder(a.responder, a.handler_sleep_ms / 1000.0))
+        return 0
+    if a.dispatch_only:
+        res = asyncio.run(dispatch_cost(a.n * 20))
+        print(json.dumps(res))
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"dispatch_cpu_us_per_message": res,
+                                           "loadavg": os.getloadavg()}, indent=2))
         return 0
     runs = []
     for i in range(a.repeat):  # each run: its own server and responder
