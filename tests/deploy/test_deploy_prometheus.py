@@ -306,7 +306,11 @@ async def observed(secured_stack, worker_env, connect_as, tmp_path_factory):
     dead_llm = f"http://127.0.0.1:{free_port()}/v1"
     extra = {
         "scorer": {},
-        "feedback-consumer": {"FEEDBACK_BACKOFF_S": "[0.5,1.0,1.0]"},
+        # a reward for an unknown decision (and, since user hash tags, one naming another
+        # user) waits FEEDBACK_MISSING_GRACE_S before it counts as expired: 1 s, not 10 s,
+        # so the expired panel has data within the observation
+        "feedback-consumer": {"FEEDBACK_BACKOFF_S": "[0.5,1.0,1.0]",
+                              "FEEDBACK_MISSING_GRACE_S": "1"},
         "generator": {"LLM_API_BASE": dead_llm, "LLM_MODEL": "openai/none", "LLM_RETRIES": "0",
                       "LLM_TIMEOUT_S": "0.5", "GENERATOR_DEADLINE_S": "0.2",
                       "GENERATOR_REFILL_ON_MISS": "false",
