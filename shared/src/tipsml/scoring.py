@@ -178,19 +178,14 @@ class Scorer:
                                 f"unknown policy {name!r}; known: {', '.join(sorted(self.policies))}")
         return p
 
-    async def _load(self, keys, arms):
-        """The user's models, read through the coalescing reader (its breaker answers at
-        once while Redis is known to be down)."""
-        return await self.reader.load(keys, arms)
-
     async def _load_models(self, pols, skeys, arms):
         """Per-user models in one script call (one slot: the user's); global ones from the
         merged, cached shards (:meth:`StateStore.global_models`)."""
         glob = [p.global_model for p in pols]
         if not any(glob):
-            return await self._load(skeys, arms)
+            return await self.reader.load(skeys, arms)
         ukeys = [k for k, g in zip(skeys, glob) if not g]
-        got = iter(await self._load(ukeys, arms) if ukeys else [])
+        got = iter(await self.reader.load(ukeys, arms) if ukeys else [])
         out = []
         for p, g in zip(pols, glob):
             out.append(await self.store.global_models(p, arms) if g else next(got))

@@ -437,11 +437,6 @@ class StateStore:
     async def close(self) -> None:
         await self.r.aclose()
 
-    async def load_many(self, keys: list[str], arms: list[str]) -> list[list[bytes | None]]:
-        """One round trip (one script call): for each state key the arms' packed models.
-        The keys must share a slot on a cluster (one user's keys do)."""
-        return await self._load(keys=keys, args=arms)
-
     async def _script_load_all(self, script: str) -> None:
         await self.r.script_load(script)  # on a cluster redis-py sends it to every primary
 
@@ -471,7 +466,8 @@ class StateStore:
 
     async def load_batch(self, reqs: list[tuple[list[str], list[str]]],
                          deadline_s: float | None = None) -> list:
-        """Many :meth:`load_many` calls in one pipeline (one round trip, one connection).
+        """Many LOAD_MANY_LUA calls (per request: each state key's arm models; one user's
+        keys share a slot on a cluster) in one pipeline (one round trip, one connection).
         A failed call answers its exception in its place; the others are unaffected.
 
         On a cluster: one pipeline per master, sent concurrently, so a master that fails
