@@ -57,88 +57,15 @@ from redis.exceptions import NoScriptError
 log = logging.getLogger(__name__)
 
 STATE_TTL_S = int(os.environ.get("STATE_TTL_S", str(90 * 86400)))
-GLOBAL_SHARDS = int(os.environ.get("GLOBAL_SHARDS", "16"))
 GLOBAL_REFRESH_S = float(os.environ.get("GLOBAL_REFRESH_S", "1.0"))
 
 
-def utag(user_id: str) -> str:
-    """The user's hash tag ``{user}``. A user id holding a brace would break the tag (Redis
-    hashes what lies between the first ``{`` and the next ``}``): then a digest of it is
-    the tag and the id follows it."""
-    if "{" in user_id or "}" in user_id:
-        return "{~" + hashlib.sha1(user_id.encode()).hexdigest()[:20] + "~}" + user_id
-    return "{" + user_id + "}"
-
-
-def user_of_tag(tag: str) -> str:
-    """Inverse of :func:`utag`."""
-    if tag.startswith("{~") and tag[22:24] == "~}":
-        return tag[24:]
-    return tag[1:-1]
-
-
-def state_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    # a global model lives under its own prefix, so no user id can ever name it (the name
-    # is logical: its statistics live in GLOBAL_SHARDS shard keys, global_shard_key)
-    return f"tips:stg:{policy}" if global_model else f"tips:st:{utag(user_id)}:{policy}"
-
-
-def pulls_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    return f"tips:pullsg:{policy}" if global_model else f"tips:pulls:{utag(user_id)}:{policy}"
-
-
-def global_shard(decision_id: str) -> int:
-    return zlib.crc32(decision_id.encode()) % GLOBAL_SHARDS
-
-
-def global_shard_key(policy: str, shard: int) -> str:
-    return f"tips:stg:{{{policy}.{shard}}}"
-
-
-def global_pulls_key(policy: str, shard: int) -> str:
-    return f"tips:pullsg:{{{policy}.{shard}}}"
-
-
-def global_marker_key(policy: str, shard: int, decision_id: str) -> str:
-    return f"tips:gdone:{{{policy}.{shard}}}:{decision_id}"
-
-
-def decision_key(decision_id: str, user_id: str) -> str:
-    return f"tips:dec:{utag(user_id)}:{decision_id}"
-
-
-def event_key(event_id: str, user_id: str) -> str:
-    return f"tips:evt:{utag(user_id)}:{event_id}"
-
-
-DUE_SHARDS = 16
-
-
-def due_shard(decision_id: str) -> int:
-    return zlib.crc32(decision_id.encode()) % DUE_SHARDS
-
-
-def due_key(shard: int) -> str:
-    return f"tips:due:{{{shard}}}"
-
-
-def default_event_id(decision_id: str) -> str:
-    """The event id of the default reward: one per decision, so it applies at most once."""
-    return f"default:{decision_id}"
-
-
-def generation_key(decision_id: str, user_id: str) -> str:
-    """Written by the generator: which prompt version wrote the tip of this decision."""
-    return f"tips:gen:{utag(user_id)}:{decision_id}"
-
-
-def hp_tag(update_id: str) -> str:
-    """The short form of a hyper-parameter id kept in decision records (8 hex digits);
-    ``tips:hpids`` maps it back for messages."""
-    return f"{zlib.crc32(update_id.encode()):08x}"
-
-
-HP_IDS_KEY = "tips:hpids"
+# every key is spelled once, in tipsml.keys; re-exported here for the callers of state
+from tipsml.keys import (  # noqa: E402,F401
+    DEC, DUE_SHARDS, GLOBAL_SHARDS, HP_IDS_KEY, decision_key, default_event_id, due_key,
+    due_shard, event_key, generation_key, global_marker_key, global_pulls_key,
+    global_shard, global_shard_key, hp_tag, pulls_key, state_key, user_of_tag, utag,
+)
 
 
 def is_cluster_url(url: str) -> bool:
@@ -722,7 +649,7 @@ class StateStore:
         if user_id is not None:
             key = decision_key(decision_id, user_id)
         else:
-            key = await self._find_key(f"tips:dec:*:{decision_id}")
+            key = await self._find_key(f"{DEC}*:{decision_id}")
             if key is None:
                 return {}
         raw = await self.r.hgetall(key)
@@ -761,9 +688,9 @@ class StateStore:
         ``tips:dec:*`` (tests and tools: they know decision ids, not always users)."""
         want = set(decision_ids)
         out: dict[str, str] = {}
-        async for k in self.r.scan_iter(match="tips:dec:*", count=5000):
+        async for k in self.r.scan_iter(match=DEC + "*", count=5000):
             k = k.decode() if isinstance(k, bytes) else k
-            tag, _, did = k[len("tips:dec:"):].rpartition(":")
+            tag, _, did = k[len(DEC):].rpartition(":")
             if did in want:
                 out[did] = user_of_tag(tag)
         return out
