@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import nats
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared" / "src"))
 
 from tipsml.bandits import decode_arm, initial_arm, pack, sherman_morrison_update, stored_update
 from scorer.decisionlog import expand_entry

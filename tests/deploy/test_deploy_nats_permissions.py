@@ -24,7 +24,7 @@ import uuid
 import nats
 import nats.errors
 import pytest
-from deploylib import client_tls, scrape
+from tests.deploylib import client_tls, scrape
 from tipsml import subjects as S
 from tipsml.natsutil import (
     ProvisioningError,

@@ -22,7 +22,7 @@ import time
 
 import nats
 import pytest
-from chaoslib import Ledger, exactly_once_report, exists_many, loadavg, record, wait_applied
+from tests.chaoslib import Ledger, exactly_once_report, exists_many, loadavg, record, wait_applied
 from tipsml.rewards import reward_of
 from tipsml.state import decision_key
 from tipsdev.testing import wait_responding

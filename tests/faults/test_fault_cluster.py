@@ -12,7 +12,7 @@ import time
 
 import nats
 import pytest
-from chaoslib import (
+from tests.chaoslib import (
     FAST_FEEDBACK,
     LatencyLog,
     Ledger,

@@ -16,7 +16,7 @@ import asyncio
 import time
 
 import pytest
-from chaoslib import FAST_FEEDBACK, SHORT, feedback_body, record, score, wait_applied
+from tests.chaoslib import FAST_FEEDBACK, SHORT, feedback_body, record, score, wait_applied
 from tipsml.state import decision_key, event_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

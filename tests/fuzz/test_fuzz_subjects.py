@@ -18,8 +18,8 @@ from collections import Counter
 
 import nats.errors
 import pytest
-from chaoslib import dlq_count, record, score
-from fuzzlib import (
+from tests.chaoslib import dlq_count, record, score
+from tests.fuzz.fuzzlib import (
     CORPUS,
     EXAMPLES,
     NATS_MAX,
