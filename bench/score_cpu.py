@@ -52,6 +52,12 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def cpu_split() -> tuple[float, float, int, int]:
+    """(user s, system s, voluntary, involuntary context switches) of this process."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime, ru.ru_nvcsw, ru.ru_nivcsw
+
+
 # ---------------------------------------------------------------- the client (own process)
 async def client(url: str, n: int, conc: int, offset: int) -> None:
     import nats
@@ -139,7 +145,7 @@ async def in_process(args) -> dict:
             # nobody's own time
             prof = (cProfile.Profile(time.process_time) if args.mode == "cprofile" and not warm
                     else None)
-            c0, t0 = cpu_s(), time.perf_counter()
+            c0, t0, s0 = cpu_s(), time.perf_counter(), cpu_split()
             if prof:
                 prof.enable()
             res = await wait_proc(run_client(st.nats_url, args.n, args.concurrency,
@@ -148,12 +154,17 @@ async def in_process(args) -> dict:
             if prof:
                 prof.disable()
             cpu, wall = cpu_s() - c0, time.perf_counter() - t0
+            s1 = cpu_split()
             if warm:
                 continue
             n = res["ok"]
             row = {"decisions": n, "client_errors": res["errors"], "cpu_s": round(cpu, 4),
                    "wall_s": round(wall, 3),
-                   "cpu_us_per_decision": round(cpu / max(n, 1) * 1e6, 1)}
+                   "cpu_us_per_decision": round(cpu / max(n, 1) * 1e6, 1),
+                   "user_us_per_decision": round((s1[0] - s0[0]) / max(n, 1) * 1e6, 1),
+                   "sys_us_per_decision": round((s1[1] - s0[1]) / max(n, 1) * 1e6, 1),
+                   "ctx_switches_per_decision": round((s1[2] - s0[2] + s1[3] - s0[3])
+                                                      / max(n, 1), 2)}
             if prof:
                 row.update(profile_table(prof, n, args.top))
                 if args.pstats:

@@ -204,3 +204,47 @@ def test_dwell_log_encoding_is_versioned_and_not_tiny():
         assert lin < 0.04 and 0.2 < log < 0.5
     assert build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 10_000_000})[9] == pytest.approx(1.0)
     assert build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 0})[9] == 0.0
+
+
+def test_choose_many_is_choose_per_policy():
+    """The scorer's one-pass choice of all its policies (issue 12) gives exactly what
+    each policy's own choose gives: same arms, propensities, scores, and the same draws
+    from the generator in the same order (every layout mix, shared and own vectors)."""
+    from types import SimpleNamespace
+
+    from tipsml.bandits import build_policies, choose_many, encode_arm
+    from tipsml.features import build_vectors
+
+    settings = SimpleNamespace(ridge_lambda=0.7, epsilon=0.3, linucb_alpha=0.5, thompson_v=0.3,
+                               thompson_samples=64, thompson_propensity="exact",
+                               global_policies=[])
+    pols = build_policies(settings)
+    arms = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(5)
+    names = sorted(pols)
+    for trial in range(60):
+        pick = [names[i] for i in rng.permutation(len(names))[:int(rng.integers(1, 6))]]
+        ps = [pols[n] for n in pick]
+        blobs = []
+        for p in ps:
+            row = []
+            for _ in arms:
+                kind = rng.integers(4)  # missing, prior, layout 1, layout 2
+                v = initial_arm(p.dim, 0.7)
+                for _ in range(int(rng.integers(0, 6))):
+                    v = sherman_morrison_update(v, rng.normal(size=p.dim), float(rng.random()))
+                row.append(None if kind == 0 else b"" if kind == 1 else
+                           pack(v) if kind == 2 else encode_arm(v, p.dim))
+            blobs.append(row)
+        ctx = Context(hour_of_day=int(rng.integers(24)), day_of_week=int(rng.integers(7)),
+                      tasks=[Task(priority=int(rng.integers(5)))])
+        prof = {"completion_rate": float(rng.random()), "mean_dwell_ms": 30000.0}
+        byv = build_vectors([p.features for p in ps], ctx, prof)
+        xs = [byv[p.features.version] for p in ps]
+        for p, x in zip(ps, xs):
+            np.testing.assert_array_equal(x, build_vector(p.features, ctx, prof))
+        r1, r2 = np.random.default_rng(trial), np.random.default_rng(trial)
+        want = [p.choose(arms, b, x, r1) for p, b, x in zip(ps, blobs, xs)]
+        got = choose_many(ps, arms, blobs, xs, r2)
+        assert got == want
+        assert r1.random() == r2.random()  # the same draws were consumed

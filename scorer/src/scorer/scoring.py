@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tipsml.bandits import Policy, build_policies
+from tipsml.bandits import Policy, build_policies, choose_many
 from tipsml.contract import ContractError, ErrorCode, ScoreRequest
-from tipsml.features import build_vector, resolve_time
+from tipsml.features import build_vectors, resolve_time
 from tipsml.state import StateStore, pulls_key, state_key
 
 
@@ -200,7 +200,10 @@ class Scorer:
         ts = time.time()
         decision_id = uuid.uuid4().hex
         hour, dow = resolve_time(req.context)
-        xs = {p.name: build_vector(p.features, req.context, req.profile_features) for p in pols}
+        # one vector per feature version (policies sharing one share the array, and their
+        # per-arm maths is one numpy pass: bandits.choose_many)
+        byv = build_vectors([p.features for p in pols], req.context, req.profile_features)
+        xs = {p.name: byv[p.features.version] for p in pols}
         learners = [live.name]
         if getattr(self.settings, "shadow_learn", True):
             learners += [p.name for p in shadows]
@@ -216,7 +219,7 @@ class Scorer:
             blobs = await self._load_models(pols, skeys, arms)
         except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
-        choices = [p.choose(arms, b, xs[p.name], self.rng) for p, b in zip(pols, blobs)]
+        choices = choose_many(pols, arms, blobs, [xs[p.name] for p in pols], self.rng)
         c = choices[0]
         reply = {
             "ok": True, "decision_id": decision_id, "policy": live.name,
@@ -230,6 +233,14 @@ class Scorer:
             reply["request_id"] = req.request_id
         record["arm"] = c.arm
         record["propensity"] = c.propensity
+        rounded: dict[str, list[float]] = {}
+
+        def logged(p: Policy) -> list[float]:  # once per feature version
+            v = p.features.version
+            if v not in rounded:
+                rounded[v] = _logged(xs[p.name])
+            return rounded[v]
+
         # one DECISIONS message per decision: the served entry (its fields as before) with
         # the shadow policies' choices inside it (``shadow``; scorer.decisionlog.expand_entry
         # gives the former one-entry-per-policy view)
@@ -237,12 +248,12 @@ class Scorer:
             "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
             "policy_version": live.version, "served": True, "live_policy": live.name,
             "arm": c.arm, "propensity": c.propensity, "explored": c.explored,
-            "arms": arms, "scores": c.scores, "features": _logged(xs[live.name]),
+            "arms": arms, "scores": c.scores, "features": logged(live),
             "feature_version": live.features.version, "hour_of_day": hour, "day_of_week": dow,
             "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
             "shadow": [{"policy": p.name, "policy_version": p.version, "arm": ch.arm,
                         "propensity": ch.propensity, "explored": ch.explored,
-                        "scores": ch.scores, "features": _logged(xs[p.name]),
+                        "scores": ch.scores, "features": logged(p),
                         "feature_version": p.features.version}
                        for p, ch in zip(shadows, choices[1:])],
         }

@@ -289,19 +289,15 @@ class Policy:
     def _initial_full(self) -> bytes:
         return pack(initial_arm(self.dim, self.lam))
 
-    def stack(self, blobs: list[bytes | None]):
-        """(K, packed) models of the arms, b (K, D) and A⁻¹ (K, D, D): the blobs are joined
-        and read once (cheaper than K small arrays stacked). Stored float32 blobs (layout
-        2) have A⁻¹ expanded from its upper triangle with one gather; float64 full
-        vectors (layout 1: the simulator's in-memory models, or not yet rewritten keys)
-        are read as they are when no blob is layout 2, else converted one by one."""
+    def _rows(self, blobs: list[bytes | None]) -> tuple[bool, list[bytes]]:
+        """(stored layout?, one row of bytes per arm) as :meth:`stack` reads them: when any
+        blob is layout 2 every row is layout 2 (a layout-1 blob converted, a missing one
+        the prior in float32); otherwise every row is the full float64 vector."""
         d = self.dim
         n2, n1 = tri_len(d) * 4, packed_len(d) * 8
         if not any(b and len(b) == n2 for b in blobs):
             init = self._initial_full
-            raw = b"".join(b if b and len(b) == n1 else init for b in blobs)
-            vs = np.frombuffer(raw, dtype="<f8").reshape(len(blobs), -1)
-            return vs, vs[:, HEADER:HEADER + d], vs[:, HEADER + d:].reshape(len(blobs), d, d)
+            return False, [b if b and len(b) == n1 else init for b in blobs]
         init = self._initial_bytes
         parts = []
         for b in blobs:
@@ -311,16 +307,29 @@ class Policy:
                 parts.append(encode_arm(np.frombuffer(b, dtype="<f8"), d))
             else:
                 parts.append(init)
-        t = np.frombuffer(b"".join(parts), dtype="<f4").reshape(len(blobs), -1).astype(np.float64)
-        _, full = _tri_index(d)
-        return t, t[:, HEADER:HEADER + d], t[:, HEADER + d:][:, full].reshape(len(blobs), d, d)
+        return True, parts
+
+    def stack(self, blobs: list[bytes | None]):
+        """(K, packed) models of the arms, b (K, D) and A⁻¹ (K, D, D): the blobs are joined
+        and read once (cheaper than K small arrays stacked). Stored float32 blobs (layout
+        2) have A⁻¹ expanded from its upper triangle with one gather; float64 full
+        vectors (layout 1: the simulator's in-memory models, or not yet rewritten keys)
+        are read as they are when no blob is layout 2, else converted one by one."""
+        stored, parts = self._rows(blobs)
+        return _unpack_rows(stored, parts, self.dim)
 
     def choose(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
                rng: np.random.Generator) -> Choice:
-        k = len(arms)
         _, b, ainv = self.stack(blobs)
         u = ainv @ x                      # (K, D): A⁻¹x per arm
         mean = np.einsum("kd,kd->k", u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
+        ux = None if self.kind == "egreedy" else np.einsum("kd,d->k", u, x)
+        return self.pick(arms, mean, ux, rng)
+
+    def pick(self, arms: list[str], mean: np.ndarray, ux: np.ndarray | None,
+             rng: np.random.Generator) -> Choice:
+        """The choice from the arms' means θ·x and (LinUCB, Thompson) xᵀA⁻¹x."""
+        k = len(arms)
         if self.kind == "egreedy":
             ms = mean.tolist()  # K is small: plain floats beat numpy calls here
             top_v = max(ms)
@@ -330,7 +339,7 @@ class Policy:
             p = self.epsilon / k + ((1.0 - self.epsilon) / len(greedy) if idx in greedy else 0.0)
             scores = ms
         elif self.kind == "linucb":
-            width = np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+            width = np.sqrt(np.maximum(ux, 0.0))
             scores = (mean + self.alpha * width).tolist()
             top_v = max(scores)
             top = [i for i, v in enumerate(scores) if v >= top_v - 1e-12]
@@ -338,7 +347,7 @@ class Policy:
             p = 1.0 / len(top)
             explored = bool(mean[idx] < mean.max() - 1e-12)
         elif self.kind == "thompson":
-            sd = self.v * np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+            sd = self.v * np.sqrt(np.maximum(ux, 0.0))
             draw = mean + sd * rng.standard_normal(k)
             idx = int(np.argmax(draw))
             if self.propensity == "mc":
@@ -380,6 +389,46 @@ class Policy:
         rng = rng or np.random.default_rng(0)
         sims = mean + sd * rng.standard_normal((max(self.samples, 1024), k))
         return np.bincount(np.argmax(sims, axis=1), minlength=k) / sims.shape[0]
+
+
+def _unpack_rows(stored: bool, parts: list[bytes], d: int):
+    """(rows, b, A⁻¹) of joined arm rows (layout 2 float32, or full float64 vectors)."""
+    n = len(parts)
+    if not stored:
+        vs = np.frombuffer(b"".join(parts), dtype="<f8").reshape(n, -1)
+        return vs, vs[:, HEADER:HEADER + d], vs[:, HEADER + d:].reshape(n, d, d)
+    t = np.frombuffer(b"".join(parts), dtype="<f4").reshape(n, -1).astype(np.float64)
+    _, full = _tri_index(d)
+    return t, t[:, HEADER:HEADER + d], t[:, HEADER + d:][:, full].reshape(n, d, d)
+
+
+def choose_many(pols: list[Policy], arms: list[str], blobs: list[list[bytes | None]],
+                xs: list[np.ndarray], rng: np.random.Generator) -> list[Choice]:
+    """``[p.choose(arms, b, x, rng) for p, b, x in zip(pols, blobs, xs)]``, the same
+    choices (the same numbers, the same draws from ``rng`` in the same order) with the
+    per-arm maths of every policy sharing a feature vector done in one numpy pass: the
+    arms of those policies are stacked into one (P·K, D, D) batch, so a request with
+    shadows costs about as many numpy calls as one policy did."""
+    k = len(arms)
+    groups: dict[tuple, list[int]] = {}
+    rows: list[list[bytes]] = []
+    for i, (p, bl) in enumerate(zip(pols, blobs)):
+        stored, parts = p._rows(bl)
+        rows.append(parts)
+        groups.setdefault((id(xs[i]), p.dim, stored), []).append(i)
+    means: list = [None] * len(pols)
+    uxs: list = [None] * len(pols)
+    for (_, d, stored), idx in groups.items():
+        x = xs[idx[0]]
+        _, b, ainv = _unpack_rows(stored, [r for i in idx for r in rows[i]], d)
+        u = ainv @ x
+        mean = np.einsum("kd,kd->k", u, b)
+        ux = (np.einsum("kd,d->k", u, x) if any(pols[i].kind != "egreedy" for i in idx)
+              else None)
+        for j, i in enumerate(idx):
+            means[i] = mean[j * k:(j + 1) * k]
+            uxs[i] = None if ux is None else ux[j * k:(j + 1) * k]
+    return [p.pick(arms, means[i], uxs[i], rng) for i, p in enumerate(pols)]
 
 
 POLICY_KINDS = {

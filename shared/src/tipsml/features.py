@@ -132,29 +132,29 @@ def resolve_time(context: Any, now: _dt.datetime | None = None) -> tuple[int, in
     return int(hour), int(dow)
 
 
-def context_vector(hour: int, dow: int, tasks: list | None) -> np.ndarray:
+def _context_values(hour: int, dow: int, tasks: list | None) -> list[float]:
     tasks = tasks or []
     n = len(tasks)
     overdue = sum(1 for t in tasks if getattr(t, "overdue", None)) if n else 0
     prios = [t.priority for t in tasks if getattr(t, "priority", None) is not None]
     ang = 2.0 * math.pi * hour / 24.0
-    return np.array(
-        [
-            1.0,
-            math.sin(ang),
-            math.cos(ang),
-            1.0 if dow >= 5 else 0.0,
-            min(math.log1p(n) / TASK_LOAD_SCALE, 1.5),
-            overdue / n if n else 0.0,
-            (sum(prios) / len(prios)) / 4.0 if prios else 0.0,
-        ],
-        dtype=np.float64,
-    )
+    return [
+        1.0,
+        math.sin(ang),
+        math.cos(ang),
+        1.0 if dow >= 5 else 0.0,
+        min(math.log1p(n) / TASK_LOAD_SCALE, 1.5),
+        overdue / n if n else 0.0,
+        (sum(prios) / len(prios)) / 4.0 if prios else 0.0,
+    ]
 
 
-def profile_vector(profile: dict | None, hour: int, encoding: int = 1) -> np.ndarray:
-    """The 5 profile features; ``encoding`` 1 (linear dwell) or 2 (log dwell), see above."""
-    p = resolve_profile(profile)
+def context_vector(hour: int, dow: int, tasks: list | None) -> np.ndarray:
+    return np.array(_context_values(hour, dow, tasks), dtype=np.float64)
+
+
+def _profile_values(p: dict[str, Any], hour: int, encoding: int) -> list:
+    """The 5 profile features of a resolved profile (:func:`resolve_profile`)."""
     dwell_ms = min(max(float(p["mean_dwell_ms"]), 0.0), DWELL_CLIP_MS)
     if encoding == 2:
         dwell = math.log1p(dwell_ms / 1000.0) / DWELL_LOG_SCALE
@@ -163,7 +163,12 @@ def profile_vector(profile: dict | None, hour: int, encoding: int = 1) -> np.nda
     ph = p["preferred_hour"]
     align = 0.0 if ph is None else math.cos(2.0 * math.pi * (hour - ph) / 24.0)
     vol = min(math.log1p(max(float(p["tip_volume"]), 0.0)) / TIP_VOLUME_SCALE, 1.5)
-    return np.array([p["completion_rate"], p["dismiss_rate"], dwell, align, vol], dtype=np.float64)
+    return [p["completion_rate"], p["dismiss_rate"], dwell, align, vol]
+
+
+def profile_vector(profile: dict | None, hour: int, encoding: int = 1) -> np.ndarray:
+    """The 5 profile features; ``encoding`` 1 (linear dwell) or 2 (log dwell), see above."""
+    return np.array(_profile_values(resolve_profile(profile), hour, encoding), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -202,3 +207,27 @@ def build_vector(fs: FeatureSet, context: Any, profile: dict | None,
     if fs.uses_profile:
         x = np.concatenate([x, profile_vector(profile, hour, fs.profile_encoding)])
     return x
+
+
+def build_vectors(feature_sets, context: Any, profile: dict | None,
+                  now: _dt.datetime | None = None) -> dict[str, np.ndarray]:
+    """``{fs.version: build_vector(fs, context, profile)}`` for several feature sets, the
+    request's time, context and profile resolved once (the scorer's live and shadow
+    policies share them); the same values as :func:`build_vector`, one array per
+    feature version (policies sharing a version share the array)."""
+    hour, dow = resolve_time(context, now)
+    ctx = _context_values(hour, dow,
+                          getattr(context, "tasks", None) if context is not None else None)
+    out: dict[str, np.ndarray] = {}
+    resolved = None
+    for fs in feature_sets:
+        if fs.version in out:
+            continue
+        if fs.uses_profile:
+            if resolved is None:
+                resolved = resolve_profile(profile)
+            vals = ctx + _profile_values(resolved, hour, fs.profile_encoding)
+        else:
+            vals = ctx
+        out[fs.version] = np.array(vals, dtype=np.float64)
+    return out

@@ -38,6 +38,13 @@ step (idempotent by its marker), so a crash between the two steps loses nothing.
 
 ``REDIS_URL`` chooses the client: ``redis://…`` one Redis, ``redis-cluster://h1:p1,h2:p2``
 (or ``REDIS_CLUSTER=1``) a Redis Cluster (:func:`connect_redis`).
+
+On one Redis over plain TCP the scorer's two hot pipelines — the coalesced model read
+(:meth:`StateStore.load_batch`) and the decision records
+(:meth:`StateStore.record_decisions`) — go over their own raw connections
+(:mod:`tipsml.resp`: RESP packed in one ``bytes``, replies parsed by hiredis), not
+through redis-py's per-command machinery (issue 12: most of a decision's Redis CPU).
+Same commands, same replies, same errors; ``REDIS_FAST_PATH=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -54,10 +61,14 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from tipsml.resp import FastRedis, fast_params, pack
+
 log = logging.getLogger(__name__)
 
 STATE_TTL_S = int(os.environ.get("STATE_TTL_S", str(90 * 86400)))
 GLOBAL_REFRESH_S = float(os.environ.get("GLOBAL_REFRESH_S", "1.0"))
+# the hot pipelines on raw connections (tipsml.resp) where the client allows it
+FAST_PATH = os.environ.get("REDIS_FAST_PATH", "1").lower() not in ("0", "false", "no")
 
 
 # every key is spelled once, in tipsml.keys; re-exported here for the callers of state
@@ -351,6 +362,13 @@ class StateStore:
         self._last_refresh = 0.0
         self._bg: set[asyncio.Task] = set()
         self._glock = asyncio.Lock()
+        # the two hot pipelines on their own raw connections (reads never queue behind a
+        # batch of records): None where the client cannot be mirrored (cluster, TLS, ...)
+        self._fast_read = self._fast_write = None
+        params = fast_params(redis) if FAST_PATH and not self.cluster else None
+        if params:
+            self._fast_read = FastRedis(**params)
+            self._fast_write = FastRedis(**params)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, pool_timeout_s: float = 5.0,
@@ -362,6 +380,9 @@ class StateStore:
                                  pool_timeout_s=pool_timeout_s), **kw)
 
     async def close(self) -> None:
+        for f in (self._fast_read, self._fast_write):
+            if f is not None:
+                await f.aclose()
         await self.r.aclose()
 
     async def _script_load_all(self, script: str) -> None:
@@ -376,6 +397,9 @@ class StateStore:
             await self.r.ping()
         else:
             await asyncio.gather(*(self.r.ping() for _ in range(connections)))
+        for f in (self._fast_read, self._fast_write):
+            if f is not None:
+                await f.execute(pack("PING"), 1)
         await self._register_hp()
         await self._check_listpack()
 
@@ -448,6 +472,8 @@ class StateStore:
         t.add_done_callback(self._bg.discard)
 
     async def _load_pipeline(self, reqs) -> list:
+        if self._fast_read is not None:
+            return await self._load_fast(reqs)
         out: list = []
         for attempt in (0, 1):
             pipe = self.r.pipeline(transaction=False)
@@ -465,6 +491,17 @@ class StateStore:
                 await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
                 continue
             return out
+        return out
+
+    async def _load_fast(self, reqs) -> list:
+        """:meth:`_load_pipeline` on the raw connection: the same EVALSHA calls, one
+        ``bytes`` out, the replies as redis-py gives them."""
+        sha = self._load.sha
+        data = b"".join([pack("EVALSHA", sha, len(keys), *keys, *arms) for keys, arms in reqs])
+        out = await self._fast_read.execute(data, len(reqs))
+        if any(isinstance(o, NoScriptError) for o in out):
+            await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
+            out = await self._fast_read.execute(data, len(reqs))
         return out
 
     async def _register_hp(self) -> None:
@@ -494,22 +531,40 @@ class StateStore:
             return global_pulls_key(rec["policy"], global_shard(rec["decision_id"]))
         return pulls_key(rec["policy"], rec["user_id"])
 
+    def _record_commands(self, records: list[dict]) -> list[tuple]:
+        """The commands writing ``records``: per record its hash (HSET + EXPIRE), its
+        place in the due set, its live policy's pull counter (+ EXPIRE)."""
+        ttl = int(self.reward_window_s + self.record_grace_s)
+        cmds = []
+        for rec in records:
+            did, uid = rec["decision_id"], rec["user_id"]
+            dkey = decision_key(did, uid)
+            fields = self.decision_fields(rec)
+            cmds.append(("HSET", dkey, *[x for kv in fields.items() for x in kv]))
+            cmds.append(("EXPIRE", dkey, ttl))
+            cmds.append(("ZADD", due_key(due_shard(did)), rec["ts"] + self.reward_window_s,
+                         f"{did}:{uid}"))
+            pk = self._pulls_key(rec)
+            cmds.append(("HINCRBY", pk, rec["arm"], 1))
+            if self.state_ttl_s > 0 and rec["policy"] not in self.global_policies:
+                cmds.append(("EXPIRE", pk, self.state_ttl_s))
+        return cmds
+
     async def record_decisions(self, records: list[dict]) -> None:
-        """Write decision records (for the reward join) and pull counters, pipelined."""
+        """Write decision records (for the reward join) and pull counters, pipelined.
+        Raises (nothing is known written) on a connection failure or any error reply."""
         if not self._hp_registered:
             await self._register_hp()
+        cmds = self._record_commands(records)
+        if self._fast_write is not None:
+            out = await self._fast_write.execute(b"".join([pack(*c) for c in cmds]), len(cmds))
+            for o in out:
+                if isinstance(o, Exception):
+                    raise o
+            return
         pipe = self.r.pipeline(transaction=False)
-        ttl = int(self.reward_window_s + self.record_grace_s)
-        for rec in records:
-            dkey = decision_key(rec["decision_id"], rec["user_id"])
-            pipe.hset(dkey, mapping=self.decision_fields(rec))
-            pipe.expire(dkey, ttl)
-            pipe.zadd(due_key(due_shard(rec["decision_id"])),
-                      {f"{rec['decision_id']}:{rec['user_id']}": rec["ts"] + self.reward_window_s})
-            pk = self._pulls_key(rec)
-            pipe.hincrby(pk, rec["arm"], 1)
-            if self.state_ttl_s > 0 and rec["policy"] not in self.global_policies:
-                pipe.expire(pk, self.state_ttl_s)
+        for c in cmds:
+            pipe.execute_command(*c)
         try:
             await pipe.execute()
         except Exception as e:
