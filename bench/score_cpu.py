@@ -260,10 +260,14 @@ async def callgrind(args) -> dict:
             await wait_logged(st.nats_url, args.n, timeout=600)
             subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True,
                            stdout=subprocess.DEVNULL)
+            subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
             res = await wait_proc(run_client(st.nats_url, args.n, args.concurrency, args.n))
             await wait_logged(st.nats_url, 2 * args.n, timeout=600)
+            before = set(glob.glob(f"{tmp}/cg.*"))
             subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True,
                            stdout=subprocess.DEVNULL)
+            dumps = sorted(set(glob.glob(f"{tmp}/cg.*")) - before)
             subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], check=True,
                            stdout=subprocess.DEVNULL)
         finally:
@@ -274,14 +278,30 @@ async def callgrind(args) -> dict:
                 p.kill()
                 p.wait()
     ir = 0
-    for f in glob.glob(f"{tmp}/cg.*"):
+    for f in dumps:  # the measured window's dump only
         for ln in open(f):
             if ln.startswith("summary:") or ln.startswith("totals:"):
                 ir = max(ir, int(ln.split()[1]))
-    shutil.rmtree(tmp, ignore_errors=True)
+    top = []
+    if dumps and shutil.which("callgrind_annotate"):
+        ann = subprocess.run(["callgrind_annotate", "--threshold=100", dumps[0]],
+                             capture_output=True, text=True).stdout.splitlines()
+        for ln in ann:
+            parts = ln.split(None, 1)
+            if len(parts) == 2 and parts[0].replace(",", "").isdigit() and "(" in parts[1]:
+                top.append({"instructions_per_decision": round(int(parts[0].replace(",", ""))
+                                                               / max(res["ok"], 1)),
+                            "function": parts[1].strip()[:160]})
+                if len(top) >= args.top:
+                    break
+    if args.keep:
+        print(f"callgrind dumps kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     n = res["ok"]
     return {"runs": [{"decisions": n, "client_errors": res["errors"], "instructions": ir,
-                      "instructions_per_decision": round(ir / max(n, 1))}]}
+                      "instructions_per_decision": round(ir / max(n, 1)),
+                      "top_by_instructions": top}]}
 
 
 def summarise(out: dict) -> None:
@@ -304,6 +324,7 @@ def main() -> int:
     ap.add_argument("--label", default="", help="a name for this measurement (e.g. a commit)")
     ap.add_argument("--out")
     ap.add_argument("--pstats", help="also dump the raw cProfile stats here")
+    ap.add_argument("--keep", action="store_true", help="callgrind: keep the dump files")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()

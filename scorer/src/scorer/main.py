@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tipsml import metrics as M
 from tipsml import subjects as S
-from scorer.decisionlog import DecisionLogWriter
+from scorer.decisionlog import AckedPublisher, DecisionLogWriter
 from tipsml.natsutil import connect, prepare_jetstream
 from scorer.scoring import Scorer
 from tipsml.service import package_version, start_service
@@ -82,7 +82,7 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         await store.warm(settings.redis_read_inflight + 1)
     except Exception as e:  # noqa: BLE001 - Redis down at start: serve fallbacks meanwhile
         log.warning("state store not reachable at start (%r): serving fallbacks until it is", e)
-    writer = DecisionLogWriter(store, js, maxsize=settings.decision_queue_max,
+    writer = DecisionLogWriter(store, AckedPublisher(nc, js), maxsize=settings.decision_queue_max,
                                high_water=settings.decision_queue_high_water, metrics=m)
     writer.start()
     h = Handlers(scorer, writer, m, settings)

@@ -8,8 +8,9 @@ the decision writer's record commands — and nothing else on the hot path. Here
 over a raw asyncio connection: the request is one RESP ``bytes`` (:func:`pack`), the
 replies are parsed by hiredis (the C parser redis-py uses too) in ``data_received``,
 and one future per pipeline (not per command) resolves with the list of replies.
-Replies are the objects redis-py gives with ``decode_responses=False`` (bytes, ints,
-lists, ``None``); an error reply is an exception instance in its place, mapped the way
+Replies are the objects redis-py's parser gives with ``decode_responses=False`` (bytes,
+ints, lists, ``None``; no per-command response callbacks: EVALSHA has none, and the
+records' replies are only checked for errors); an error reply is an exception instance in its place, mapped the way
 redis-py maps them (``NOSCRIPT`` → :class:`redis.exceptions.NoScriptError`, ...).
 
 Everything else — scripts loading, stats, reset, the reward path, Redis Cluster — stays
@@ -68,9 +69,14 @@ def _arg(a) -> bytes:
 def pack(*args) -> bytes:
     """One command in RESP (an array of bulk strings)."""
     out = [b"*%d\r\n" % len(args)]
+    add = out.append
     for a in args:
-        b = _arg(a)
-        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+        t = type(a)
+        if t is str:
+            a = a.encode()
+        elif t is not bytes:
+            a = _arg(a)
+        add(b"$%d\r\n%b\r\n" % (len(a), a))
     return b"".join(out)
 
 
