@@ -31,6 +31,7 @@ update. In memory every policy works on the float64 layout-1 vector (:func:`deco
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -323,15 +324,17 @@ class Policy:
         _, b, ainv = self.stack(blobs)
         u = ainv @ x                      # (K, D): A⁻¹x per arm
         mean = np.einsum("kd,kd->k", u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
-        ux = None if self.kind == "egreedy" else np.einsum("kd,d->k", u, x)
-        return self.pick(arms, mean, ux, rng)
+        ux = None if self.kind == "egreedy" else np.einsum("kd,d->k", u, x).tolist()
+        return self.pick(arms, mean.tolist(), ux, rng)
 
-    def pick(self, arms: list[str], mean: np.ndarray, ux: np.ndarray | None,
+    def pick(self, arms: list[str], mean: list[float], ux: list[float] | None,
              rng: np.random.Generator) -> Choice:
-        """The choice from the arms' means θ·x and (LinUCB, Thompson) xᵀA⁻¹x."""
+        """The choice from the arms' means θ·x and (LinUCB, Thompson) xᵀA⁻¹x, as plain
+        floats: K is small, and the float operations below are the ones numpy did
+        elementwise (same values; ε-greedy and LinUCB need no numpy call then)."""
         k = len(arms)
         if self.kind == "egreedy":
-            ms = mean.tolist()  # K is small: plain floats beat numpy calls here
+            ms = mean
             top_v = max(ms)
             greedy = [i for i, m in enumerate(ms) if m >= top_v - 1e-12]
             explored = bool(rng.random() < self.epsilon)
@@ -339,14 +342,15 @@ class Policy:
             p = self.epsilon / k + ((1.0 - self.epsilon) / len(greedy) if idx in greedy else 0.0)
             scores = ms
         elif self.kind == "linucb":
-            width = np.sqrt(np.maximum(ux, 0.0))
-            scores = (mean + self.alpha * width).tolist()
+            a, sqrt = self.alpha, math.sqrt
+            scores = [m + a * sqrt(max(w, 0.0)) for m, w in zip(mean, ux)]
             top_v = max(scores)
             top = [i for i, v in enumerate(scores) if v >= top_v - 1e-12]
             idx = top[int(rng.integers(len(top)))]
             p = 1.0 / len(top)
-            explored = bool(mean[idx] < mean.max() - 1e-12)
+            explored = bool(mean[idx] < max(mean) - 1e-12)
         elif self.kind == "thompson":
+            mean, ux = np.array(mean, dtype=np.float64), np.array(ux, dtype=np.float64)
             sd = self.v * np.sqrt(np.maximum(ux, 0.0))
             draw = mean + sd * rng.standard_normal(k)
             idx = int(np.argmax(draw))
@@ -422,8 +426,8 @@ def choose_many(pols: list[Policy], arms: list[str], blobs: list[list[bytes | No
         x = xs[idx[0]]
         _, b, ainv = _unpack_rows(stored, [r for i in idx for r in rows[i]], d)
         u = ainv @ x
-        mean = np.einsum("kd,kd->k", u, b)
-        ux = (np.einsum("kd,d->k", u, x) if any(pols[i].kind != "egreedy" for i in idx)
+        mean = np.einsum("kd,kd->k", u, b).tolist()
+        ux = (np.einsum("kd,d->k", u, x).tolist() if any(pols[i].kind != "egreedy" for i in idx)
               else None)
         for j, i in enumerate(idx):
             means[i] = mean[j * k:(j + 1) * k]
