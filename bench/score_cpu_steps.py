@@ -1,0 +1,122 @@
+"""Scorer CPU per decision, change by change (issue 12): one row per commit (or per
+commit + environment), measured by bench/score_cpu.py on the same fixed workload.
+
+    .venv/bin/python bench/score_cpu_steps.py                     # the issue-12 steps
+    .venv/bin/python bench/score_cpu_steps.py --modes rusage --repeats 3
+
+Each step's code is checked out into a temporary worktree (``git worktree add --detach``,
+removed afterwards) and run with this checkout's virtualenv and *this* score_cpu.py
+(``PYTHONPATH`` points at the step's sources), so only the scorer's code differs.
+Two measures per step: ``callgrind`` instructions per decision (deterministic up to the
+read batching: the box's load does not move it) and ``rusage`` CPU µs per decision
+(median and spread of ``--repeats`` runs; a busy box inflates it, the ratio between
+rows measured in the same session is what to read). Writes
+bench/results/score_cpu_steps.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "score_cpu_steps"
+
+# (label, commit, extra environment): the commits of branch issue-12, oldest first
+STEPS = [
+    ("before (main 76b31df + the pinned-decisions test)", "78ac57d", {}),
+    ("feature vectors once per version + one numpy pass per vector (choose_many)",
+     "8cb5887", {"REDIS_FAST_PATH": "0"}),
+    ("+ hot Redis pipelines on raw RESP (tipsml.resp)", "8cb5887", {}),
+    ("+ lean JetStream publisher for DECISIONS, resp.pack inlined", "1d2cdb4", {}),
+    ("+ bandits.pick on plain floats", "HEAD", {}),
+]
+
+
+def run_step(commit: str, env: dict, mode: str, args, tmp: Path) -> dict:
+    wt = tmp / commit
+    if not wt.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(wt), commit], cwd=ROOT,
+                       check=True)
+    src = ":".join(str(wt / m / "src") for m in ("shared", "scorer", "devtools"))
+    out = tmp / f"{commit}-{mode}-{abs(hash(tuple(sorted(env.items()))))}.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "score_cpu.py"), "--mode", mode,
+           "--n", str(args.n), "--concurrency", str(args.concurrency), "--out", str(out)]
+    if mode == "rusage":
+        cmd += ["--repeats", str(args.repeats)]
+    subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": src}, check=True,
+                   stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--modes", default="callgrind,rusage")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    modes = args.modes.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="score-steps-") as t:
+        tmp = Path(t)
+        try:
+            for label, commit, env in STEPS:
+                sha = subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT,
+                                     capture_output=True, text=True, check=True).stdout.strip()
+                row = {"step": label, "commit": sha, "env": env}
+                for mode in modes:
+                    res = run_step(commit, env, mode, args, tmp)
+                    if mode == "callgrind":
+                        row["instructions_per_decision"] = res["instructions_per_decision"]["median"]
+                    else:
+                        row["cpu_us_per_decision"] = res["cpu_us_per_decision"]
+                        row["user_us_median"] = sorted(r["user_us_per_decision"]
+                                                       for r in res["runs"])[len(res["runs"]) // 2]
+                        row["sys_us_median"] = sorted(r["sys_us_per_decision"]
+                                                      for r in res["runs"])[len(res["runs"]) // 2]
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        finally:
+            for wt in tmp.iterdir():
+                if wt.is_dir():
+                    subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT,
+                                   capture_output=True)
+    res = {"rows": rows, "config": {"n": args.n, "concurrency": args.concurrency,
+                                    "repeats": args.repeats, "modes": modes,
+                                    "loadavg_at_end": os.getloadavg(), "cpus": os.cpu_count(),
+                                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
+    first = rows[0]
+    lines = ["| step | commit | instructions / decision | CPU µs / decision (median [min, max] "
+             f"of {args.repeats}) |", "|---|---|---|---|"]
+    for r in rows:
+        ins = r.get("instructions_per_decision")
+        ins_s = (f"{ins / 1e6:.3f} M ({(ins / first['instructions_per_decision'] - 1) * 100:+.0f} %)"
+                 if ins and first.get("instructions_per_decision") else "–")
+        c = r.get("cpu_us_per_decision")
+        cpu_s = f"{c['median']:.0f} [{c['min']:.0f}, {c['max']:.0f}]" if c else "–"
+        env = " ".join(f"{k}={v}" for k, v in r["env"].items())
+        lines.append(f"| {r['step']}{' (' + env + ')' if env else ''} | {r['commit']} | {ins_s} "
+                     f"| {cpu_s} |")
+    md = "\n".join(lines)
+    Path(args.out + ".md").write_text(
+        "# Scorer CPU per decision, change by change (issue 12)\n\n"
+        f"`.venv/bin/python bench/score_cpu_steps.py` — {args.n} decisions, {args.concurrency} in "
+        "flight, shadows on (egreedy-v1 + egreedy-v2 + linucb), the scorer's real `serve` against "
+        "real nats-server + redis-server; the window ends when DECISIONS holds every decision. "
+        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(instructions are load-independent; the µs are inflated by a busy box).\n\n" + md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
