@@ -221,7 +221,7 @@ def profile_table(prof: cProfile.Profile, n: int, top: int) -> dict:
 
     def rows(key):
         out = []
-        for k, (cc, nc_, tt, ct, _) in sorted(ps.stats.items(), key=key)[:top]:
+        for k, (_, nc_, tt, ct, _) in sorted(ps.stats.items(), key=key)[:top]:
             out.append({"function": name(k), "calls_per_decision": round(nc_ / max(n, 1), 2),
                         "own_us_per_decision": round(tt / max(n, 1) * 1e6, 2),
                         "own_share": round(tt / total_tt, 3) if total_tt else None,

@@ -30,11 +30,11 @@ OUT = ROOT / "bench" / "results" / "score_cpu_steps"
 
 # (label, commit, extra environment): the commits of branch issue-12, oldest first
 STEPS = [
-    ("before (main 76b31df + the pinned-decisions test)", "78ac57d", {}),
+    ("before (main + the pinned-decisions test)", "e89b84d", {}),
     ("feature vectors once per version + one numpy pass per vector (choose_many)",
-     "8cb5887", {"REDIS_FAST_PATH": "0"}),
-    ("+ hot Redis pipelines on raw RESP (tipsml.resp)", "8cb5887", {}),
-    ("+ lean JetStream publisher for DECISIONS, resp.pack inlined", "1d2cdb4", {}),
+     "2f8a7c2", {"REDIS_FAST_PATH": "0"}),
+    ("+ hot Redis pipelines on raw RESP (tipsml.resp)", "2f8a7c2", {}),
+    ("+ lean JetStream publisher for DECISIONS, resp.pack inlined", "272577b", {}),
     ("+ bandits.pick on plain floats", "HEAD", {}),
 ]
 
@@ -75,7 +75,8 @@ def main() -> int:
                 for mode in modes:
                     res = run_step(commit, env, mode, args, tmp)
                     if mode == "callgrind":
-                        row["instructions_per_decision"] = res["instructions_per_decision"]["median"]
+                        ins = res["instructions_per_decision"]
+                        row["instructions_per_decision"] = ins["median"]
                     else:
                         row["cpu_us_per_decision"] = res["cpu_us_per_decision"]
                         row["user_us_median"] = sorted(r["user_us_per_decision"]
@@ -99,8 +100,8 @@ def main() -> int:
              f"of {args.repeats}) |", "|---|---|---|---|"]
     for r in rows:
         ins = r.get("instructions_per_decision")
-        ins_s = (f"{ins / 1e6:.3f} M ({(ins / first['instructions_per_decision'] - 1) * 100:+.0f} %)"
-                 if ins and first.get("instructions_per_decision") else "–")
+        base = first.get("instructions_per_decision")
+        ins_s = (f"{ins / 1e6:.3f} M ({(ins / base - 1) * 100:+.0f} %)" if ins and base else "–")
         c = r.get("cpu_us_per_decision")
         cpu_s = f"{c['median']:.0f} [{c['min']:.0f}, {c['max']:.0f}]" if c else "–"
         env = " ".join(f"{k}={v}" for k, v in r["env"].items())

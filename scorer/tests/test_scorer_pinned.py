@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from scorer.scoring import Scorer
 from scorer.settings import ScorerSettings
 from tipsml.bandits import POLICY_KINDS, encode_arm, initial_arm, pack, sherman_morrison_update
@@ -122,7 +123,7 @@ async def _outcomes(stack, uid: str) -> dict:
     out: dict = {}
     try:
         user = f"pin-{uid}"
-        for j, (pol, kind) in enumerate(sorted(POLICY_KINDS.items())):
+        for j, pol in enumerate(sorted(POLICY_KINDS)):
             await store.r.hset(state_key(pol, user, False), mapping=_state(pol, 100 + j))
         for live, shadows in SETUPS:
             s = ScorerSettings(redis_url=stack.redis_url, default_policy=live,

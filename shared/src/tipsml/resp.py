@@ -10,8 +10,9 @@ replies are parsed by hiredis (the C parser redis-py uses too) in ``data_receive
 and one future per pipeline (not per command) resolves with the list of replies.
 Replies are the objects redis-py's parser gives with ``decode_responses=False`` (bytes,
 ints, lists, ``None``; no per-command response callbacks: EVALSHA has none, and the
-records' replies are only checked for errors); an error reply is an exception instance in its place, mapped the way
-redis-py maps them (``NOSCRIPT`` → :class:`redis.exceptions.NoScriptError`, ...).
+records' replies are only checked for errors); an error reply is an exception instance
+in its place, mapped the way redis-py maps them (``NOSCRIPT`` →
+:class:`redis.exceptions.NoScriptError`, ...).
 
 Everything else — scripts loading, stats, reset, the reward path, Redis Cluster — stays
 on redis-py. :func:`fast_params` says whether a redis-py client can be mirrored (a plain
@@ -170,7 +171,7 @@ class FastRedis:
         coro = loop.create_connection(lambda: proto, self.host, self.port)
         try:
             await asyncio.wait_for(coro, self.connect_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise rex.TimeoutError("Timeout connecting to Redis") from None
         except OSError as e:
             raise rex.ConnectionError(f"Error connecting to Redis {self.host}:{self.port}: "
