@@ -56,11 +56,38 @@ def sim_only_policies(reg: dict[str, Policy]) -> dict[str, Policy]:
                                                   features=FS_CTX_PROFILE)}
 
 
+_PARAMS = {"epsilon": float, "alpha": float, "v": float, "lam": float, "shared_lam": float}
+
+
+def variant(reg: dict[str, Policy], name: str) -> Policy | None:
+    """``base[key=value,...]`` → the registered ``base`` with those hyper-parameters
+    (epsilon, alpha, v, lam, shared_lam), named ``name`` — for sweeps:
+    ``thompson[v=0.1]``, ``egreedy-pooled[lam=25,epsilon=0.05]``."""
+    if not name.endswith("]") or "[" not in name:
+        return None
+    base, _, rest = name[:-1].partition("[")
+    if base not in reg:
+        return None
+    kw = {}
+    for part in rest.split(","):
+        k, _, v = part.partition("=")
+        k = k.strip()
+        if k not in _PARAMS:
+            raise SystemExit(f"unknown hyper-parameter {k!r} in {name!r}; known: {sorted(_PARAMS)}")
+        kw[k] = _PARAMS[k](v)
+    return replace(reg[base], name=name, **kw)
+
+
 def policies_from_env(names) -> dict[str, Policy]:
     """The scorer's policy registry with the same settings (EPSILON, LINUCB_ALPHA, ... env),
-    plus the simulator-only variants of :func:`sim_only_policies`."""
+    plus the simulator-only variants of :func:`sim_only_policies` and the
+    ``base[key=value]`` variants of :func:`variant` named in ``names``."""
     reg = build_policies(BaseServiceSettings())
     reg.update(sim_only_policies(reg))
+    for n in names:
+        v = variant(reg, n)
+        if v is not None:
+            reg[n] = v
     unknown = [n for n in names if n not in reg]
     if unknown:
         raise SystemExit(f"unknown policies {unknown}; known: {', '.join(sorted(reg))}")
@@ -77,6 +104,7 @@ def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
            "mean_expected": tr.mean_expected,
            "oracle": float(tr.oracle.mean()),
            "regret_curve": tr.regret_curve(),
+           "oracle_curve": np.cumsum(tr.oracle.mean(axis=0)),
            "reward_by_round": tr.reward.mean(axis=0),
            "user_mean_reward": tr.reward.mean(axis=1)}
     if personas is not None:  # fairness: final regret per user, averaged per persona
@@ -178,6 +206,10 @@ def aggregate(rows: list[dict], cfg: SimConfig) -> dict:
             "regret_curve": {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()},
             "regret_at": regret_at(curves),
         }
+        if all("oracle_curve" in r for r in rs):
+            oc = np.stack([r["oracle_curve"] for r in rs])
+            res["policies"][p]["regret_pct_at"] = regret_pct_at(curves, oc)
+            res["policies"][p]["regret_pct_last50"] = regret_pct_last(curves, oc, 50)
         if all("persona_regret" in r for r in rs):
             res["policies"][p]["persona_regret"] = persona_regret(rs)
     return res
@@ -189,6 +221,22 @@ CHECKPOINTS = (10, 30, 100, 300)
 def regret_at(curves: np.ndarray, rounds=CHECKPOINTS) -> dict:
     """Cumulative regret per user after the given rounds (95% t-interval over seeds)."""
     return {str(t): mean_ci(curves[:, t - 1]) for t in rounds if t <= curves.shape[1]}
+
+
+def regret_pct_at(curves: np.ndarray, oracle_curves: np.ndarray, rounds=CHECKPOINTS) -> dict:
+    """Cumulative regret by round t as a share (%) of the oracle's cumulative reward by t
+    (95% t-interval over seeds): the cold-start figures."""
+    return {str(t): mean_ci(100 * curves[:, t - 1] / oracle_curves[:, t - 1])
+            for t in rounds if t <= curves.shape[1]}
+
+
+def regret_pct_last(curves: np.ndarray, oracle_curves: np.ndarray, n: int = 50) -> dict:
+    """Regret over the last ``n`` rounds as % of the oracle's reward over them."""
+    T = curves.shape[1]
+    if T <= n:
+        return mean_ci(100 * curves[:, -1] / oracle_curves[:, -1])
+    return mean_ci(100 * (curves[:, -1] - curves[:, T - n - 1])
+                   / (oracle_curves[:, -1] - oracle_curves[:, T - n - 1]))
 
 
 def persona_regret(rows: list[dict]) -> dict:
