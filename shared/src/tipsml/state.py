@@ -113,6 +113,38 @@ def global_marker_key(policy: str, shard: int, decision_id: str) -> str:
     return f"tips:gdone:{{{policy}.{shard}}}:{decision_id}"
 
 
+VERSION_SHARDS = 16
+
+
+def version_stat_key(shard: int) -> str:
+    """Prompt-version reward statistics (hash ``arm\x1fversion`` → float64 [n, Σr]),
+    sharded by decision id; the generator's version bandit reads them (tipsml.versions)."""
+    return f"tips:pv:st:{{{shard}}}"
+
+
+def version_marker_key(shard: int, decision_id: str) -> str:
+    return f"tips:pv:done:{{{shard}}}:{decision_id}"
+
+
+async def read_version_stats(r) -> dict[tuple[str, str], tuple[float, float]]:
+    """{(arm, version): (n, Σr)} summed over the shards (one pipeline)."""
+    pipe = r.pipeline(transaction=False)
+    for s in range(VERSION_SHARDS):
+        pipe.hgetall(version_stat_key(s))
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for row in await pipe.execute():
+        for f, blob in row.items():
+            if len(blob) != 16:
+                continue
+            f = f.decode() if isinstance(f, bytes) else f
+            arm, _, version = f.partition("\x1f")
+            n, sr = np.frombuffer(blob, dtype="<f8")
+            for a in (arm, "*"):  # "*": over all tip kinds (PROMPT_BANDIT_PER_ARM=false)
+                n0, s0 = out.get((a, version), (0.0, 0.0))
+                out[(a, version)] = (n0 + float(n), s0 + float(sr))
+    return out
+
+
 def decision_key(decision_id: str, user_id: str) -> str:
     return f"tips:dec:{utag(user_id)}:{decision_id}"
 
@@ -633,6 +665,16 @@ class StateStore:
         outcome, policy, arm, pv, detail = vals
         if outcome == "hyper_mismatch":
             detail = await self._hyper_detail(detail)
+        if pv and (outcome == "applied" or (outcome == "duplicate" and policy == "applied")):
+            # the reward is attributed to the prompt version that wrote the tip: once per
+            # decision (marker), in the version's shard; a redelivery repairs a crash here
+            if outcome == "applied":
+                await self.add_version_reward(decision_id, arm, pv, reward)
+            else:
+                d = await self.r.hmget(decision_key(decision_id, user_id), ["a", "r"])
+                if d[0] is not None:
+                    rw = float(d[1]) if d[1] is not None else reward
+                    await self.add_version_reward(decision_id, d[0].decode(), pv, rw)
         gl = 0
         if len(res) > 5 and outcome in ("applied", "duplicate"):
             if outcome == "duplicate":  # the claim says applied: redo the idempotent step
@@ -647,6 +689,15 @@ class StateStore:
             if outcome == "duplicate":
                 arm = ""
         return ApplyResult(outcome, policy, arm, pv, detail, gl)
+
+    async def add_version_reward(self, decision_id: str, arm: str, version: str,
+                                 reward: float) -> int:
+        from .versions import stat_field
+
+        s = zlib.crc32(decision_id.encode()) % VERSION_SHARDS
+        return int(await self._gadd(
+            keys=[version_stat_key(s), version_marker_key(s, decision_id)],
+            args=[stat_field(arm, version), repr(float(reward)), b"", self.reward_window_s * 2]))
 
     async def apply_global(self, policy: str, decision_id: str, arm: str, reward: float,
                            x32: bytes) -> int:

@@ -36,6 +36,7 @@ class SimConfig:
     client: str = "realistic"
     default_reward: float | None = 0.0
     window: int = 1
+    world_name: str = "personas"  # personas (tuning world) | heldout (sim/world2.py)
     extra: dict = field(default_factory=dict)
 
     def feedback(self) -> FeedbackModel:
@@ -94,9 +95,22 @@ def policies_from_env(names) -> dict[str, Policy]:
     return reg
 
 
-@functools.lru_cache(maxsize=2)
-def _episode(seed: int, users: int, rounds: int, world: WorldConfig):
+WORLDS = ("personas", "heldout")
+
+
+def make_world_episode(name: str, seed: int, users: int, rounds: int, world: WorldConfig):
+    if name == "heldout":
+        from .world2 import make_heldout_episode
+
+        return make_heldout_episode(seed, users, rounds, world)
+    if name != "personas":
+        raise SystemExit(f"unknown world {name!r}; known: {', '.join(WORLDS)}")
     return make_episode(seed, users, rounds, world)
+
+
+@functools.lru_cache(maxsize=2)
+def _episode(seed: int, users: int, rounds: int, world: WorldConfig, name: str = "personas"):
+    return make_world_episode(name, seed, users, rounds, world)
 
 
 def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
@@ -122,9 +136,10 @@ def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
 
 
 def _job(label: str, policy: str, stream: int, seed: int, users: int, rounds: int,
-         world: WorldConfig, feedback: FeedbackModel | None = None) -> dict:
+         world: WorldConfig, feedback: FeedbackModel | None = None,
+         world_name: str = "personas") -> dict:
     reg = policies_from_env([policy])
-    ep = _episode(seed, users, rounds, world)
+    ep = _episode(seed, users, rounds, world, world_name)
     tr = run_policy(ep, reg[policy], policy_rng(seed, stream), feedback=feedback or FeedbackModel())
     out = summarise_trace(tr, ep.personas)
     out["policy"] = label
@@ -145,12 +160,12 @@ def run_inproc(cfg: SimConfig, progress=None, cohorts: list[tuple] | None = None
     out = []
     if n <= 1:
         for lab, pol, st, f, s in jobs:
-            out.append(_job(lab, pol, st, s, cfg.users, cfg.rounds, world, f))
+            out.append(_job(lab, pol, st, s, cfg.users, cfg.rounds, world, f, cfg.world_name))
             if progress:
                 progress(1)
         return out
     with ProcessPoolExecutor(max_workers=n) as ex:
-        futs = [ex.submit(_job, lab, pol, st, s, cfg.users, cfg.rounds, world, f)
+        futs = [ex.submit(_job, lab, pol, st, s, cfg.users, cfg.rounds, world, f, cfg.world_name)
                 for lab, pol, st, f, s in jobs]
         for f in as_completed(futs):
             out.append(f.result())
@@ -167,7 +182,7 @@ async def run_nats_sweep(cfg: SimConfig, nc, progress=None, settle: bool = True,
     out = []
     cohorts = cohorts or [(p, p) for p in cfg.policies]
     for s in cfg.seeds:
-        ep = make_episode(s, cfg.users, cfg.rounds, cfg.world())
+        ep = make_world_episode(cfg.world_name, s, cfg.users, cfg.rounds, cfg.world())
         traces = await run_nats(nc, ep, cohorts, progress=progress, settle=settle,
                                 stats=stats, client=cfg.client)
         for label, tr in traces.items():
