@@ -17,7 +17,7 @@ every respect the policies could have over-fitted to:
 Everything else (the reaction model, the reward table, common random numbers per
 (user, round), the features the policies see) is as in the persona world, so the same
 policies and the same scorer code run on it unchanged. ``python -m tipsml.sim --world
-heldout``; ``bench/sim_heldout.py`` reports every policy on it with the defaults.
+heldout`` (``make sim-heldout``) reports every policy on it with the defaults.
 """
 
 from __future__ import annotations
