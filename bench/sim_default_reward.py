@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "shared" / "src"))
 
 from tipsml.sim.__main__ import Progress, seeds_arg
 from tipsml.sim.inproc import EXPLICIT, FeedbackModel
-from tipsml.sim.runner import DEFAULT_POLICIES, SimConfig, run_rows
+from tipsml.sim.runner import SimConfig, run_rows
 from tipsml.sim.stats import fmt_ci, mean_ci
 
 MODELS = {
@@ -48,7 +48,7 @@ MODELS = {
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
+    ap.add_argument("--policies", default="egreedy-v1,egreedy-v2,linucb,thompson")
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--seeds", type=seeds_arg, default=tuple(range(10)))

@@ -18,7 +18,8 @@ from .inproc import FeedbackModel, Trace, policy_rng, run_policy
 from .stats import curve_ci, mean_ci
 from .world import DEFAULT_PERSONAS, WorldConfig, make_episode
 
-DEFAULT_POLICIES = ("egreedy-v1", "egreedy-v2", "linucb", "thompson")
+DEFAULT_POLICIES = ("egreedy-v1", "egreedy-v2", "linucb", "thompson", "egreedy-pooled", "linucb-pooled",
+                    "thompson-pooled")
 
 
 @dataclass
