@@ -32,7 +32,7 @@ def test_mode_parsing_keeps_the_rotation():
 def test_logged_propensity_is_the_frequency_of_the_choice(stats):
     b = VersionBandit(VS, epsilon=0.1)
     rng = np.random.default_rng(11)
-    n = 30000
+    n = 12000
     counts = np.zeros(len(VS))
     probs = b.probs(stats, "prioritize")
     for _ in range(n):
