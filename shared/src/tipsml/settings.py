@@ -16,7 +16,7 @@ every process.
 | ``GLOBAL_POLICIES`` | empty | policies keeping one global model instead of one per user |
 | ``EPSILON`` | ``0.1`` | exploration rate of the egreedy policies |
 | ``LINUCB_ALPHA`` | ``0.5`` | LinUCB exploration width |
-| ``THOMPSON_V`` | ``0.3`` | posterior scale of linear Thompson sampling |
+| ``THOMPSON_V`` | ``0.1`` | posterior scale of linear Thompson sampling (0.3 before issue 15: explored too long, see bench/results/sim_sweep.md) |
 | ``THOMPSON_PROPENSITY`` | ``exact`` | Thompson's propensity: ``exact`` (quadrature of P(argmax)) or ``mc`` (``THOMPSON_SAMPLES`` draws; the former estimate, kept for comparison) |
 | ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws of ``THOMPSON_PROPENSITY=mc`` |
 | ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model (and of the shared model of the pooled policies) |
@@ -98,7 +98,7 @@ class BaseServiceSettings(BaseSettings):
     global_policies: CsvList = Field(default_factory=list)
     epsilon: float = 0.1
     linucb_alpha: float = 0.5
-    thompson_v: float = 0.3
+    thompson_v: float = 0.1
     thompson_samples: int = 256
     thompson_propensity: str = "exact"
     ridge_lambda: float = 1.0
