@@ -7,7 +7,7 @@ the same launcher as ``make run``.
 ``pytest --cluster`` (or ``TIPS_TEST_CLUSTER=1``) runs the tests marked ``cluster`` (the
 contract and exactly-once set) against a real cluster instead: 3 nats-server nodes in
 one JetStream cluster (streams R3) and a Redis Cluster of 3 masters + 3 replicas
-(:class:`tipsml.cluster.ClusterStack`); ``make test-cluster``.
+(:class:`tipsdev.cluster.ClusterStack`); ``make test-cluster``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 
 
 def pytest_addoption(parser):
@@ -46,7 +46,7 @@ def nats_servers(url: str) -> list[str]:
 @pytest.fixture(scope="session")
 def stack(request):
     if _cluster_mode(request.config):
-        from tipsml.cluster import ClusterStack
+        from tipsdev.cluster import ClusterStack
 
         with ClusterStack() as st:
             old = os.environ.get("STREAM_REPLICAS")
@@ -114,7 +114,7 @@ async def scorer_service(stack):
     await asyncio.wait_for(ready.wait(), 30)
     import nats
 
-    from tipsml.testing import wait_responding
+    from tipsdev.testing import wait_responding
 
     probe = await nats.connect(servers=nats_servers(stack.nats_url))
     await wait_responding(probe, "tips.stats")

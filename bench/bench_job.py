@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 async def _run(args, stack, mlflow_uri: str) -> dict:
     from bench_worker.cli import run_job
     from bench_worker.settings import BenchSettings
-    from tipsml.bench import leaderboard as LB
-    from tipsml.bench.job import BenchJob
+    from bench_worker import leaderboard as LB
+    from bench_worker.job import BenchJob
 
     settings = BenchSettings(nats_url=stack.nats_url, redis_url=stack.redis_url,
                              llm_api_base=stack.llm_url, llm_model=args.model,
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_job.json"))
     args = ap.parse_args(argv)
 
-    from tipsml.launcher import EmbeddedStack
-    from tipsml.testing import spawn_worker
+    from tipsdev.launcher import EmbeddedStack
+    from tipsdev.testing import spawn_worker
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-job-") as tmp, \

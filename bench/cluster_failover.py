@@ -4,7 +4,7 @@ then one Redis master killed with SIGKILL.
     python bench/cluster_failover.py [--rate 300] [--feedback 0.3]
         -> bench/results/cluster_failover.{json,md}
 
-A :class:`tipsml.cluster.ClusterStack` (3 nats-server nodes, one JetStream cluster with
+A :class:`tipsdev.cluster.ClusterStack` (3 nats-server nodes, one JetStream cluster with
 every stream R3; a Redis Cluster of 3 masters + 3 replicas, ``cluster-node-timeout``
 2 s), one scorer and one feedback consumer (real processes), open-loop ``tips.score``
 traffic at ``--rate`` requests/s over 4 client connections spread over the 3 NATS nodes,
@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT / "shared" / "src"))
 
 import nats
 from chaoslib import LatencyLog, Ledger, claim_keys, exactly_once_report, get_many, loadavg, score
-from tipsml.cluster import ClusterStack
-from tipsml.launcher import exit_on_sigterm
+from tipsdev.cluster import ClusterStack
+from tipsdev.launcher import exit_on_sigterm
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, connect_redis
-from tipsml.testing import spawn_worker
+from tipsdev.testing import spawn_worker
 
 OUT = ROOT / "bench" / "results"
 REACTIONS = list(REWARD_TABLE)

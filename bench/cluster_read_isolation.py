@@ -1,6 +1,6 @@
 """Which users lose their reads while a Redis master fails over? The scorer's read path
 alone (no NATS, no other load): ``StateStore.load_batch`` for 30 users every 0.2 s on a
-:class:`tipsml.cluster.ClusterStack`, ``kill -9`` of the master holding the first user's
+:class:`tipsdev.cluster.ClusterStack`, ``kill -9`` of the master holding the first user's
 slot 8 s in (replication settled), counted per batch for the killed master's users and
 for the others.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared" / "src"))
 
-from tipsml.cluster import ClusterStack
+from tipsdev.cluster import ClusterStack
 from tipsml.state import StateStore, state_key
 
 OUT = ROOT / "bench" / "results" / "cluster_read_isolation.json"

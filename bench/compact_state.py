@@ -31,8 +31,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared" / "src"))
 
 from tipsml.bandits import decode_arm, initial_arm, pack, sherman_morrison_update, stored_update
-from tipsml.decisionlog import expand_entry
-from tipsml.launcher import EmbeddedStack
+from scorer.decisionlog import expand_entry
+from tipsdev.launcher import EmbeddedStack
 from tipsml.state import StateStore, decision_key, pulls_key, state_key
 
 ARMS = ["focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow"]
@@ -133,7 +133,7 @@ async def decisions_message() -> dict:
     """One real scorer entry (Scorer.score on a fresh user, no Redis needed for the shape)."""
     from scorer.settings import ScorerSettings
     from tipsml.contract import ScoreRequest
-    from tipsml.scoring import Scorer
+    from scorer.scoring import Scorer
 
     class _Store:  # models of a fresh user: the scorer only needs load_batch here
         async def load_batch(self, reqs):
@@ -158,7 +158,7 @@ async def nats_disk(nats_url: str, workdir: Path, n: int = 20000) -> dict:
     from nats.js.api import StorageType, StoreCompression, StreamConfig
     from scorer.settings import ScorerSettings
     from tipsml.contract import ScoreRequest
-    from tipsml.scoring import Scorer
+    from scorer.scoring import Scorer
 
     class _Store:
         async def load_batch(self, reqs):

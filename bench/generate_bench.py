@@ -36,11 +36,11 @@ from tipsml import guard as G
 from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.context import assemble
-from tipsml.generation import cand_key, screen
-from tipsml.launcher import EmbeddedStack
+from generator.generation import cand_key, screen
+from tipsdev.launcher import EmbeddedStack
 from tipsml.llm import STOP_SEQUENCES, LLMClient
 from tipsml.natsutil import request_json
-from tipsml.testing import spawn_worker
+from tipsdev.testing import spawn_worker
 
 OUT = Path(__file__).resolve().parent / "results" / "generate.json"
 ARMS = ["focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow"]

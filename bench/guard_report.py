@@ -9,13 +9,13 @@ simulates ``--refreshes`` cache refreshes. Each refresh asks the model for
   ``postprocess`` and the old echo check, is served; if that refuses it, the old
   context-free fallback tip is.
 * **after** (the generator now): every candidate is screened by the guard
-  (:func:`tipsml.generation.screen`), the best ``--keep`` that pass are kept
-  (:func:`tipsml.generation.select`); none passing serves the fallback library
+  (:func:`generator.generation.screen`), the best ``--keep`` that pass are kept
+  (:func:`generator.generation.select`); none passing serves the fallback library
   (:func:`tipsml.fallbacks.pick`).
 
 It reports the share of candidates the guard rejects per reason and prompt version, and
 for the SERVED tips of both arms the share that passes an independent check: the
-held-out rules of :mod:`tipsml.bench.heldout` (which the guard does not use) and, with
+held-out rules of :mod:`bench_worker.heldout` (which the guard does not use) and, with
 ``--judge`` (default on), rubric tip-v1 scored by the LLM judge of the bench (the same
 135M model: a pipeline check, not a quality verdict). Served tips are also checked for
 meta text and invented numbers with the guard's own rules, so "before" shows what the
@@ -47,12 +47,12 @@ from pathlib import Path
 from tipsml import fallbacks, prompts
 from tipsml import guard as G
 from tipsml import rubric as R
-from tipsml import scenarios as SC
-from tipsml.bench import heldout as H
-from tipsml.bench.judge import LLMJudge
+from bench_worker import scenarios as SC
+from bench_worker import heldout as H
+from bench_worker.judge import LLMJudge
 from tipsml.context import assemble
-from tipsml.generation import GenConfig, screen, select
-from tipsml.launcher import EmbeddedStack
+from generator.generation import GenConfig, screen, select
+from tipsdev.launcher import EmbeddedStack
 from tipsml.llm import STOP_SEQUENCES, LLMClient, fallback_tip, postprocess
 
 RESULTS = Path(__file__).resolve().parent / "results"

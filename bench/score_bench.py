@@ -105,7 +105,7 @@ async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration
 
 
 def spawn(argv: list[str], env: dict) -> subprocess.Popen:
-    from tipsml.launcher import child_preexec
+    from tipsdev.launcher import child_preexec
 
     p = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
@@ -197,7 +197,7 @@ def write(res: dict, out: str) -> None:
 async def run(args) -> dict:
     import nats
 
-    from tipsml.launcher import EmbeddedStack
+    from tipsdev.launcher import EmbeddedStack
 
     stack = None
     if args.external:
@@ -288,7 +288,7 @@ def main() -> int:
     if args.echo_server:
         asyncio.run(echo_server(args.echo_server))
         return 0
-    from tipsml.launcher import exit_on_sigterm
+    from tipsdev.launcher import exit_on_sigterm
 
     exit_on_sigterm()  # SIGTERM / Ctrl-C: partial results written, every process stopped
     res = asyncio.run(run(args))

@@ -49,7 +49,7 @@ async def loadgen(url: str, rate: float, duration: float) -> None:
 async def run(args) -> dict:
     from scorer.main import serve
     from scorer.settings import ScorerSettings
-    from tipsml.launcher import EmbeddedStack, child_preexec
+    from tipsdev.launcher import EmbeddedStack, child_preexec
 
     with EmbeddedStack() as st:
         settings = ScorerSettings(nats_url=st.nats_url, redis_url=st.redis_url, metrics_port=-1,
@@ -118,7 +118,7 @@ def main() -> int:
     if args.loadgen:
         asyncio.run(loadgen(args.loadgen, args.rate, args.duration))
         return 0
-    from tipsml.launcher import exit_on_sigterm
+    from tipsdev.launcher import exit_on_sigterm
 
     exit_on_sigterm()
     res = asyncio.run(run(args))

@@ -150,7 +150,7 @@ def pct(a: list[float], q: float) -> float:
 
 async def run(args) -> dict:
     import nats
-    from tipsml.launcher import EmbeddedStack, child_preexec
+    from tipsdev.launcher import EmbeddedStack, child_preexec
 
     stack = EmbeddedStack(redis=False).start()
     proc = subprocess.Popen([sys.executable, __file__, "--responder", stack.nats_url,

@@ -32,10 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared" / "src"))
 
-from tipsml.sim.__main__ import Progress, seeds_arg
-from tipsml.sim.inproc import EXPLICIT, FeedbackModel
-from tipsml.sim.runner import SimConfig, run_rows
-from tipsml.sim.stats import fmt_ci, mean_ci
+from tipsdev.sim.__main__ import Progress, seeds_arg
+from tipsdev.sim.inproc import EXPLICIT, FeedbackModel
+from tipsdev.sim.runner import SimConfig, run_rows
+from tipsdev.sim.stats import fmt_ci, mean_ci
 
 MODELS = {
     "explicit": EXPLICIT,

@@ -2,10 +2,10 @@
 
 Rerun everything (in-process mode, ~30 min on a shared 2-core box)::
 
-    make sim                 # python -m tipsml.sim --users 200 --rounds 300 --seeds 10
-    make ope                 # python -m tipsml.ope validate ... (before the gates: cards cite it)
+    make sim                 # python -m tipsdev.sim --users 200 --rounds 300 --seeds 10
+    make ope                 # python -m tipsdev.ope validate ... (before the gates: cards cite it)
     make gate                # egreedy-v2 vs egreedy-v1 (+ model cards)
-    python -m tipsml.gate --candidate egreedy-v1 --baseline egreedy-v1
+    python -m tipsdev.gate --candidate egreedy-v1 --baseline egreedy-v1
     make gate-features       # egreedy-v2 log dwell (v2) vs linear dwell (v1)
     make sim-default-reward  # bench/sim_default_reward.py
     make thompson            # bench/thompson_propensity.py
@@ -25,19 +25,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared" / "src"))
 
-from tipsml.gate import summary
-from tipsml.ope import summary_table
-from tipsml.sim.report import regret_table
+from tipsdev.gate import summary
+from tipsdev.ope import summary_table
+from tipsdev.sim.report import regret_table
 
 
 def main() -> int:
     out = ["## Does the learning work? Simulator, promotion gate, off-policy evaluation", ""]
     out.append(
-        "All numbers below come from the persona simulator (`shared/src/tipsml/sim/`): five "
+        "All numbers below come from the persona simulator (`devtools/src/tipsdev/sim/`): five "
         "personas (student, engineer, parent, manager, night owl), each with three daily time "
         "slots, synthetic profile features and a seeded hidden reward model "
         "P(reaction | arm, context, profile) with per-user noise (documented in "
-        "`tipsml/sim/world.py`). A latent daily *strain* moves which tip works; the profile "
+        "`tipsdev/sim/world.py`). A latent daily *strain* moves which tip works; the profile "
         "features (completion rate, dismiss rate, dwell) reflect it, the context barely does — "
         "so only the D=12 policies can use it. Rewards follow the declared table "
         "(completed 1, accepted 0.5, dismissed/ignored 0); regret is expected regret against "
@@ -46,7 +46,7 @@ def main() -> int:
         "the default reward (0.0) when the decision's reward window closes — in the "
         "simulator one round later (`--window`), before the user's next tip. In-process mode runs the scorer's own policy "
         "code and the numpy twin of the Lua reward update; a test "
-        "(`tests/sim/test_nats_mode.py`) checks that it agrees with NATS mode through the real "
+        "(`devtools/tests/sim/test_nats_mode.py`) checks that it agrees with NATS mode through the real "
         "scorer and feedback consumer (same propensities and same Redis state on replay, same "
         "reward distribution).")
     out.append("")
@@ -55,7 +55,7 @@ def main() -> int:
         res = json.loads(reg.read_text())
         out += ["### Regret vs oracle", "", regret_table(res), "",
                 "![regret curves](sim_regret.png)", "",
-                "`python -m tipsml.sim --users 200 --rounds 300 --seeds 10` "
+                "`python -m tipsdev.sim --users 200 --rounds 300 --seeds 10` "
                 f"({res.get('elapsed_s', 0):.0f} s here).", ""]
     pooled = ROOT / "POOLED.md"
     if pooled.exists():  # the design and its figures (hand-written, figures from the runs)
@@ -66,7 +66,7 @@ def main() -> int:
         out += ["### The held-out world (nobody tunes on it)", "",
                 "Other personas (shift nurse, founder, teacher, retiree, support agent), every "
                 "user a Dirichlet mixture of two of them, tastes drifting day by day and every "
-                "persona's arm biases moving over 100 days (`tipsml/sim/world2.py`); every "
+                "persona's arm biases moving over 100 days (`devtools/src/tipsdev/sim/world2.py`); every "
                 "policy with the defaults chosen on the persona world:", "",
                 regret_table(res), "",
                 "`make sim-heldout` "
@@ -80,7 +80,7 @@ def main() -> int:
         body = ver.read_text().strip().split("\n", 1)[1]
         out += ["### Prompt versions chosen by the loop", "",
                 "Personas have hidden preferences over prompt styles "
-                "(`tipsml/sim/versions.py`). `TIP_PROMPT_VERSION=v1,v2-mentor,…` keeps a "
+                "(`devtools/src/tipsdev/sim/versions.py`). `TIP_PROMPT_VERSION=v1,v2-mentor,…` keeps a "
                 "sticky version per user; `TIP_PROMPT_VERSION=bandit:v1,v2-mentor,…` lets a "
                 "bandit per tip kind pick the version of every tip from the rewards attributed "
                 "to each version (`tipsml/versions.py`), logging the choice's propensity.",
@@ -101,7 +101,7 @@ def main() -> int:
                        f"[{d['lo']:+.4f}, {d['hi']:+.4f}] | {g['relative_lift_pct']:+.1f}% | "
                        f"**{g['verdict']}** |")
         out += ["", *[f"- `{summary(g)}`" for g in rows], "",
-                "`python -m tipsml.gate --candidate egreedy-v2 --baseline egreedy-v1` "
+                "`python -m tipsdev.gate --candidate egreedy-v2 --baseline egreedy-v1` "
                 "(exit status 0 only on promote).", ""]
     sdr = ROOT / "sim_default_reward.md"
     if sdr.exists():
@@ -170,7 +170,7 @@ def main() -> int:
                 "LinUCB is not a valid logging policy: it is deterministic (propensity 1 for its "
                 "arm, 0 for the others), so the log has no support for the arms it never picks; "
                 "the row is there to show IPS/SNIPS failing on it (DR can look right by luck of "
-                "its reward model). ε-greedy (p ≥ ε/K) and Thompson (exact propensity) are valid. `python -m tipsml.ope estimate --target "
+                "its reward model). ε-greedy (p ≥ ε/K) and Thompson (exact propensity) are valid. `python -m tipsdev.ope estimate --target "
                 "egreedy-v2` runs the same estimators on the real DECISIONS log (the target must "
                 "be live or a shadow policy; Thompson targets can only be evaluated in the "
                 "simulator because their posterior widths are not logged). A served decision "
@@ -187,7 +187,7 @@ def main() -> int:
             "`sim_ope.json` for that version), fairness (regret per persona, the worst named), "
             "rollout history (shadow since, live since — from `DEFAULT_POLICY` / "
             "`SHADOW_POLICIES` when the card is written — and every gate verdict). "
-            "`python -m tipsml.gate` prints where each card is; `make mlflow-ui` → Models.", "",
+            "`python -m tipsdev.gate` prints where each card is; `make mlflow-ui` → Models.", "",
             "Shadows learn from the served reward (`SHADOW_LEARN=true`, scorer setting): a "
             "deliberate choice — the source documents' shadows got none. A shadow's arm models "
             "are ridge regressions, which only need (features, served arm, reward), so it "

@@ -1,4 +1,4 @@
-"""Hyper-parameter sweep on the persona world (tipsml/sim/world.py): ε, α, v, λ, λ_p.
+"""Hyper-parameter sweep on the persona world (devtools/src/tipsdev/sim/world.py): ε, α, v, λ, λ_p.
 
 Every configuration plays the same paired seeds (common random numbers), so rows are
 comparable; the table gives cumulative regret as % of the oracle's reward by rounds
@@ -13,14 +13,13 @@ The defaults in settings are chosen from this table; the held-out world
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from tipsml.sim.__main__ import Progress, seeds_arg
-from tipsml.sim.report import cold_start_table, to_json
-from tipsml.sim.runner import SimConfig, aggregate, run_inproc
+from tipsdev.sim.__main__ import Progress, seeds_arg
+from tipsdev.sim.report import cold_start_table, to_json
+from tipsdev.sim.runner import SimConfig, aggregate, run_inproc
 
 GRID: dict[str, list[str]] = {
     "egreedy-v2 (ε)": [f"egreedy-v2[epsilon={e}]" for e in (0.01, 0.03, 0.05, 0.1, 0.2)],

@@ -1,6 +1,6 @@
 """Prompt versions chosen by the loop vs the fixed sticky rotation (simulator).
 
-Personas get hidden preferences over prompt styles (tipsml/sim/versions.py). On the
+Personas get hidden preferences over prompt styles (devtools/src/tipsdev/sim/versions.py). On the
 same tip-kind sequence (served by ``--arm-policy``), three version strategies play:
 the sticky rotation (TIP_PROMPT_VERSION=v1,v2-mentor,v3-few-shot,v4-grounded), the
 version bandit (TIP_PROMPT_VERSION=bandit:…, tipsml.versions) and the oracle. Reported
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tipsml.sim.stats import fmt_ci, mean_ci
-from tipsml.sim.versions import VERSIONS, VersionWorld, arm_sequence, play_versions
-from tipsml.sim.world import make_episode
+from tipsdev.sim.stats import fmt_ci, mean_ci
+from tipsdev.sim.versions import VERSIONS, VersionWorld, arm_sequence, play_versions
+from tipsdev.sim.world import make_episode
 
 
 def one_seed(seed: int, users: int, rounds: int, arm_policy: str, epsilon: float) -> dict:

@@ -238,8 +238,8 @@ def main(argv=None) -> int:
         asyncio.run(loadgen(args))
         return 0
 
-    from tipsml.launcher import EmbeddedStack, exit_on_sigterm
-    from tipsml.testing import spawn_worker
+    from tipsdev.launcher import EmbeddedStack, exit_on_sigterm
+    from tipsdev.testing import spawn_worker
 
     exit_on_sigterm()  # SIGTERM runs the clean-up below like Ctrl-C does
 

@@ -39,11 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared" / "src"))
 
 from tipsml.bandits import pack, thompson_probs
-from tipsml.ope import validate_pair
-from tipsml.sim.inproc import StateBook, policy_rng, run_policy
-from tipsml.sim.runner import policies_from_env
-from tipsml.sim.stats import mean_ci
-from tipsml.sim.world import make_episode
+from tipsdev.ope import validate_pair
+from tipsdev.sim.inproc import StateBook, policy_rng, run_policy
+from tipsdev.sim.runner import policies_from_env
+from tipsdev.sim.stats import mean_ci
+from tipsdev.sim.world import make_episode
 
 DRAWS = 1_000_000
 TOLERANCE = 0.002  # max |exact − MC(10⁶)| allowed; MC's own sd is ≤ 0.0005

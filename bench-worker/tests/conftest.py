@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 
 import pytest
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 
 ACK_WAIT_S = 4.0  # short, so a killed worker's cell comes back quickly in tests
 MODEL = "openai/smollm2-135m"
@@ -32,7 +32,7 @@ def mlflow_uri(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tracker(mlflow_uri):
-    from tipsml.bench.tracking import Tracker
+    from bench_worker.tracking import Tracker
 
     return Tracker(mlflow_uri)
 

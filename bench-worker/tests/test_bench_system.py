@@ -12,12 +12,12 @@ import pytest
 from bench_worker.cli import run_job
 from tipsml import rubric as R
 from tipsml import subjects as S
-from tipsml.bench import human
-from tipsml.bench.job import BenchJob
+from bench_worker import human
+from bench_worker.job import BenchJob
 from tipsml.contract import ContractError
 from tipsml.natsutil import request_json
 
-from tipsml.llmserver import MODEL_ALIAS
+from tipsdev.llmserver import MODEL_ALIAS
 
 MODEL = f"openai/{MODEL_ALIAS}"
 
@@ -210,7 +210,7 @@ async def test_refused_jobs_publish_a_clear_error_before_any_work(bench_worker, 
 @pytest.mark.llm
 async def test_killed_worker_loses_nothing_and_each_cell_is_judged_once(
         bench_env, nc, redis_client, tracker, uid, tmp_path):
-    from tipsml.testing import spawn_worker
+    from tipsdev.testing import spawn_worker
 
     job = BenchJob(experiment=f"kill-{uid}", models=[MODEL], prompts=["v1"], n_scenarios=2,
                    n_tips=1, max_tokens=48)

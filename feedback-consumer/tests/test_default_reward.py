@@ -16,9 +16,9 @@ import nats
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 from tipsml.state import DUE_SHARDS, due_key, event_key
-from tipsml.testing import spawn_worker, wait_responding
+from tipsdev.testing import spawn_worker, wait_responding
 
 pytestmark = pytest.mark.system
 

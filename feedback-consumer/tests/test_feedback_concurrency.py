@@ -17,10 +17,10 @@ from fb_helpers import (
     publish_feedback,
     wait_for,
 )
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, event_key
-from tipsml.testing import spawn_worker, wait_responding
+from tipsdev.testing import spawn_worker, wait_responding
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

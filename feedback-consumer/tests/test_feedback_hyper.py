@@ -20,9 +20,9 @@ import pytest_asyncio
 from fb_helpers import assert_state_matches, expected_state, make_decisions, publish_feedback
 from tipsml.bandits import decode_arm, update_id
 from tipsml.features import FEATURE_VERSION_CTX
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 from tipsml.state import StateStore, event_key, state_key
-from tipsml.testing import spawn_worker
+from tipsdev.testing import spawn_worker
 
 pytestmark = pytest.mark.system
 
@@ -108,7 +108,7 @@ async def test_lambda_mismatch_is_refused_counted_and_replayable(own_stack, own_
         consumer = spawn_worker("feedback_consumer.main", {**env, "RIDGE_LAMBDA": "1",
                                                            "METRICS_PORT": "0"})
         out = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "tipsml.dlq", "replay", "--subject",
+            subprocess.run, [sys.executable, "-m", "feedback_consumer.dlq", "replay", "--subject",
                              "dlq.feedback"], env=dict(os.environ, **env), check=False,
             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr

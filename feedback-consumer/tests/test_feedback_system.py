@@ -138,7 +138,7 @@ async def test_dead_letter_replay_applies_once(nc, stack, scorer_service, feedba
         "Tips-Origin-Subject": "feedback.completed", "Tips-Deliveries": "8"})
     env = dict(os.environ, **stack.env())
     for _ in range(2):  # replaying twice cannot double the reward
-        out = subprocess.run([sys.executable, "-m", "tipsml.dlq", "replay", "--subject",
+        out = subprocess.run([sys.executable, "-m", "feedback_consumer.dlq", "replay", "--subject",
                               "dlq.feedback"], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
     assert await wait_for(lambda: _eq(applied_updates(store, uid), 1))

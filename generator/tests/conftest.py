@@ -16,7 +16,7 @@ import time
 
 import pytest
 import pytest_asyncio
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from tipsml import guard as G
 from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.context import assemble
-from tipsml.generation import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, gen_key
+from generator.generation import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, gen_key
 from tipsml.llm import FALLBACK_TIPS
 
 pytestmark = pytest.mark.system

@@ -13,7 +13,7 @@ import pytest
 from tipsml import guard as G
 from tipsml import prompts
 from tipsml.context import assemble
-from tipsml.generation import BELOW_BAR, cand_key
+from generator.generation import BELOW_BAR, cand_key
 from tipsml.llm import LLMClient, LLMError
 
 pytestmark = [pytest.mark.llm, pytest.mark.system]

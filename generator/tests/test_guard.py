@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from tipsml import fallbacks, prompts
 from tipsml import guard as G
-from tipsml import scenarios as SC
-from tipsml.bench import heldout as H
+from bench_worker import scenarios as SC
+from bench_worker import heldout as H
 from tipsml.context import assemble
-from tipsml.generation import screen, select
+from generator.generation import screen, select
 from tipsml.llm import FALLBACK_TIPS
 
 DATA = Path(__file__).parent / "data"

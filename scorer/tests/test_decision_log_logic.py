@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tipsml.decisionlog import DecisionLogWriter
+from scorer.decisionlog import DecisionLogWriter
 
 
 class FlakyStore:

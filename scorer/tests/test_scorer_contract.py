@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tipsml.decisionlog import expand_entry
+from scorer.decisionlog import expand_entry
 from tipsml.natsutil import request_json
 
 pytestmark = [pytest.mark.system, pytest.mark.cluster]

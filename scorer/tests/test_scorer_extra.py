@@ -7,9 +7,9 @@ import pytest
 from scorer.settings import ScorerSettings
 from tipsml.contract import ScoreRequest
 from tipsml.natsutil import request_json
-from tipsml.scoring import Scorer
+from scorer.scoring import Scorer
 from tipsml.state import StateStore
-from tipsml.testing import spawn_worker, wait_responding
+from tipsdev.testing import spawn_worker, wait_responding
 
 pytestmark = pytest.mark.system
 

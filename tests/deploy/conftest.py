@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 from tipsml.natsutil import inbox_prefix_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ async def scorer_worker(secured_stack, nats_passwords, provisioned):
 
     from scorer.main import serve
     from scorer.settings import ScorerSettings
-    from tipsml.launcher import free_port
+    from tipsdev.launcher import free_port
 
     port = free_port()
     settings = ScorerSettings(nats_url=secured_stack.nats_url, redis_url=secured_stack.redis_url,

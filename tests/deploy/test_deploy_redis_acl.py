@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 import redis.exceptions
-from tipsml.launcher import find_redis_server, free_port, redis_ping
+from tipsdev.launcher import find_redis_server, free_port, redis_ping
 
 pytestmark = [pytest.mark.system]
 
@@ -124,7 +124,7 @@ async def test_scorer_and_feedback_run_their_real_code(as_user):
     (scorer) - each under its own Redis user."""
     from scorer.settings import ScorerSettings
     from tipsml.contract import ScoreRequest
-    from tipsml.scoring import Scorer
+    from scorer.scoring import Scorer
     from tipsml.state import StateStore
 
     settings = ScorerSettings(redis_timeout_s=1.0)
@@ -169,7 +169,7 @@ async def test_generator_and_bench_operations(as_user):
     pop = gen.register_script("return redis.call('LPOP', KEYS[1])")
     assert await pop(keys=[f"tips:cand:{u}:focus_block:v1:m"]) == b"tip"
 
-    from tipsml.bench.store import JobStore
+    from bench_worker.store import JobStore
 
     js = JobStore(bench)
     job = f"acl-{u}"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import pytest_asyncio
-from tipsml.launcher import EmbeddedStack
-from tipsml.testing import spawn_worker
+from tipsdev.launcher import EmbeddedStack
+from tipsdev.testing import spawn_worker
 
 
 class Workers:

@@ -25,7 +25,7 @@ import pytest
 from chaoslib import Ledger, exactly_once_report, exists_many, loadavg, record, wait_applied
 from tipsml.rewards import reward_of
 from tipsml.state import decision_key
-from tipsml.testing import wait_responding
+from tipsdev.testing import wait_responding
 
 pytestmark = [pytest.mark.system]
 

@@ -25,7 +25,7 @@ from chaoslib import (
 )
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, connect_redis
-from tipsml.testing import spawn_worker
+from tipsdev.testing import spawn_worker
 
 pytestmark = [pytest.mark.system, pytest.mark.cluster, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ def cluster(request, tmp_path):
 
     if not (request.config.getoption("--cluster") or os.environ.get("TIPS_TEST_CLUSTER") == "1"):
         pytest.skip("needs the cluster run (pytest --cluster)")
-    from tipsml.cluster import ClusterStack
+    from tipsdev.cluster import ClusterStack
 
     with ClusterStack() as cs:
         yield cs

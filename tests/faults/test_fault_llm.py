@@ -17,7 +17,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 from chaoslib import record
-from tipsml.launcher import EmbeddedStack
+from tipsdev.launcher import EmbeddedStack
 from tipsml.natsutil import request_json
 
 pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.llm]

@@ -11,8 +11,8 @@ import tempfile
 import pytest
 from chaoslib import FAST_FEEDBACK
 from fuzzlib import EXAMPLES  # noqa: F401 - re-exported for readers of this file
-from tipsml.launcher import EmbeddedStack
-from tipsml.testing import spawn_worker
+from tipsdev.launcher import EmbeddedStack
+from tipsdev.testing import spawn_worker
 
 
 def _dead_url() -> str:

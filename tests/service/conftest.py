@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from tipsml.testing import spawn_worker
+from tipsdev.testing import spawn_worker
 
 
 def _dead_url() -> str:

@@ -23,7 +23,7 @@ from tipsml.client import (
     UnknownPromptVersion,
     error_for,
 )
-from tipsml.testing import wait_responding
+from tipsdev.testing import wait_responding
 
 pytestmark = pytest.mark.system
 
@@ -169,7 +169,7 @@ async def test_bench_experiments_and_runs_list_what_mlflow_holds(tips, service_m
     import os
     import sys
 
-    from tipsml.bench.tracking import Tracker
+    from bench_worker.tracking import Tracker
 
     tr = Tracker(service_mlflow_uri)
     exp = f"exp-{uid}"

@@ -11,7 +11,7 @@ import pytest
 from tipsml import subjects as S
 from tipsml.client import discover
 from tipsml.natsutil import request_json
-from tipsml.testing import wait_responding
+from tipsdev.testing import wait_responding
 
 pytestmark = pytest.mark.system
 

@@ -26,8 +26,8 @@ import time
 import uuid
 
 from tipsml import subjects as S
-from tipsml.bench import leaderboard as LB
-from tipsml.bench.job import BenchJob
+from bench_worker import leaderboard as LB
+from bench_worker.job import BenchJob
 from tipsml.contract import ContractError, describe_validation_error
 
 from .settings import BenchSettings
@@ -252,14 +252,14 @@ def _cmd_runs(a) -> int:
 
 
 def _tracker():
-    from tipsml.bench.tracking import Tracker, default_tracking_uri
+    from bench_worker.tracking import Tracker, default_tracking_uri
 
     s = BenchSettings()
     return Tracker(s.mlflow_tracking_uri or default_tracking_uri(), s.artifact_root)
 
 
 def _cmd_export(a) -> int:
-    from tipsml.bench import human
+    from bench_worker import human
 
     doc = human.export(_tracker(), a.experiment, job_id=a.job_id, only_pending=not a.all)
     text = json.dumps(doc, indent=1, ensure_ascii=False)
@@ -273,7 +273,7 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_apply(a) -> int:
-    from tipsml.bench import human
+    from bench_worker import human
 
     with open(a.file) as fh:
         try:
@@ -291,7 +291,7 @@ def _cmd_apply(a) -> int:
 
 
 def _cmd_agreement(a) -> int:
-    from tipsml.bench import human
+    from bench_worker import human
 
     print(json.dumps(human.experiment_agreement(_tracker(), a.experiment, a.job_id), indent=1))
     return 0

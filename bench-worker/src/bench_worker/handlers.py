@@ -1,4 +1,4 @@
-"""Subject → shared-library call (tipsml.bench.service). Every message ends acked,
+"""Subject → shared-library call (bench_worker.service). Every message ends acked,
 nak'ed with a delay, or terminated; every request ends in exactly one reply."""
 
 from __future__ import annotations

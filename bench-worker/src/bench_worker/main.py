@@ -18,8 +18,8 @@ import nats.errors
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tipsml import metrics as M
 from tipsml import subjects as S
-from tipsml.bench.service import BenchService, Counters
-from tipsml.bench.tracking import Tracker, default_tracking_uri
+from bench_worker.service import BenchService, Counters
+from bench_worker.tracking import Tracker, default_tracking_uri
 from tipsml.natsutil import connect, prepare_jetstream
 from tipsml.service import package_version, start_service
 from tipsml.worker import announce, run_service, stop_event

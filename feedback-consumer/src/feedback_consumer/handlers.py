@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tipsml.feedback import FeedbackProcessor
+from feedback_consumer.feedback import FeedbackProcessor
 
 
 class Handlers:

@@ -2,7 +2,7 @@
 
 Replicas share the durable (JetStream hands each message to one of them); each
 fetched batch is processed concurrently, every message acked only after its
-Redis update (see :mod:`tipsml.feedback`).
+Redis update (see :mod:`feedback_consumer.feedback`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import nats.errors
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tipsml import metrics as M
-from tipsml.feedback import FeedbackProcessor
+from feedback_consumer.feedback import FeedbackProcessor
 from tipsml.natsutil import connect, prepare_jetstream
 from tipsml.state import StateStore
 from tipsml.worker import announce, run_service, stop_event

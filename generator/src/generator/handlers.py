@@ -9,7 +9,7 @@ import time
 
 from tipsml import subjects as S
 from tipsml.contract import ContractError, ErrorCode, GenerateRequest, Signal, error_bytes, parse
-from tipsml.generation import Generator, TransientError
+from generator.generation import Generator, TransientError
 from tipsml.natsutil import publish_dead_letter, reply_is_inbox
 from tipsml.service import respond
 

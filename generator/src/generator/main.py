@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tipsml import metrics as M
 from tipsml import prompts
 from tipsml import subjects as S
-from tipsml.generation import GenConfig, Generator
+from generator.generation import GenConfig, Generator
 from tipsml.llm import LLMClient, litellm_module
 from tipsml.natsutil import connect, ensure_or_check_consumer, prepare_jetstream
 from tipsml.state import connect_redis

@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tipsml import metrics as M
 from tipsml import subjects as S
-from tipsml.decisionlog import DecisionLogWriter
+from scorer.decisionlog import DecisionLogWriter
 from tipsml.natsutil import connect, prepare_jetstream
-from tipsml.scoring import Scorer
+from scorer.scoring import Scorer
 from tipsml.service import package_version, start_service
 from tipsml.state import StateStore
 from tipsml.worker import announce, run_service, stop_event

@@ -1,9 +1,15 @@
-"""tipsml — the one library every tips worker imports.
+"""tipsml — what two or more tips workers use.
 
 Wire contract (``contract``), subjects and stream/consumer configs (``subjects``),
-settings (``settings``), feature builders (``features``), bandit math (``bandits``),
-Redis state store (``state``), metrics helpers (``metrics``), NATS helpers
-(``natsutil``) and the embedded-stack launcher (``launcher``).
+settings base (``settings``), every Redis key (``keys``), feature builders
+(``features``), bandit maths (``bandits``), Redis state store and its Lua (``state``),
+rewards (``rewards``), prompt registry and context (``prompts``, ``context``), LLM access
+with its guard and fallbacks (``llm``, ``guard``, ``fallbacks``, ``rubric``), metrics and
+messaging helpers (``metrics``, ``natsutil``, ``service``, ``worker``), the Python client
+(``client``) and the operator commands (``provision``, ``migrate_keys``).
+
+Each worker's own logic lives in its package (``scorer``, ``generator``,
+``feedback_consumer``, ``bench_worker``); development tooling in ``tipsdev``.
 """
 
 __version__ = "0.1.0"

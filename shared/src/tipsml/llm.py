@@ -3,7 +3,7 @@
 Model strings are LiteLLM's: ``ollama_chat/<model>`` against an Ollama server
 (``api_base`` default ``http://localhost:11434``; ``keep_alive`` is passed through), or
 ``openai/<alias>`` + ``api_base`` for any OpenAI-compatible server (the embedded
-llama-cpp server of :mod:`tipsml.llmserver`: ``LLM_MODEL=openai/smollm2-135m``,
+llama-cpp server of :mod:`tipsdev.llmserver`: ``LLM_MODEL=openai/smollm2-135m``,
 ``LLM_API_BASE=http://127.0.0.1:<port>/v1``).
 
 :meth:`LLMClient.complete` has one overall deadline (``timeout``) across a bounded

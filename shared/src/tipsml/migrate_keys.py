@@ -34,6 +34,7 @@ import sys
 
 import numpy as np
 
+from . import keys as K
 from .bandits import HEADER, _tri_index, decode_arm, dim_of, encode_arm
 from .state import (
     HP_IDS_KEY,
@@ -92,10 +93,10 @@ class Migrator:
             await self.dst.pexpire(new, ttl_ms)
 
     async def state(self) -> None:
-        async for k in _scan(self.src, "tips:st:*"):
+        async for k in _scan(self.src, K.ST + "*"):
             if "{" in k:
                 continue  # already the new layout
-            pol, _, user = k[len("tips:st:"):].partition(":")
+            pol, _, user = k[len(K.ST):].partition(":")
             raw = await self.src.hgetall(k)
             fields = {}
             for a, blob in raw.items():
@@ -104,18 +105,18 @@ class Migrator:
             await self._merge_hash(state_key(pol, user), fields, await _ttl_ms(self.src, k))
             await self._done(k)
             self._count("state")
-        async for k in _scan(self.src, "tips:pulls:*"):
+        async for k in _scan(self.src, K.PULLS + "*"):
             if "{" in k:
                 continue
-            pol, _, user = k[len("tips:pulls:"):].partition(":")
+            pol, _, user = k[len(K.PULLS):].partition(":")
             raw = {_s(a): v for a, v in (await self.src.hgetall(k)).items()}
             await self._merge_hash(pulls_key(pol, user), raw, await _ttl_ms(self.src, k))
             await self._done(k)
             self._count("pulls")
 
     async def decisions(self) -> None:
-        async for k in _scan(self.src, "tips:dec:*"):
-            did = k[len("tips:dec:"):]
+        async for k in _scan(self.src, K.DEC + "*"):
+            did = k[len(K.DEC):]
             if "{" in did:
                 continue
             f = {_s(a): v for a, v in (await self.src.hgetall(k)).items()}
@@ -142,7 +143,7 @@ class Migrator:
             ttl = await _ttl_ms(self.src, k)
             await self._merge_hash(new, fields, ttl)
             # the default reward's claim of this decision moves with it
-            ek = f"tips:evt:default:{did}"
+            ek = f"{K.EVT}default:{did}"
             v = await self.src.get(ek)
             if v is not None:
                 if not self.dry:
@@ -152,8 +153,8 @@ class Migrator:
                 self._count("event_claim")
             await self._done(k)
             self._count("decision")
-        async for k in _scan(self.src, "tips:gen:*"):
-            did = k[len("tips:gen:"):]
+        async for k in _scan(self.src, K.GEN + "*"):
+            did = k[len(K.GEN):]
             if "{" in did:
                 continue
             f = {_s(a): v for a, v in (await self.src.hgetall(k)).items()}
@@ -165,8 +166,8 @@ class Migrator:
             self._count("generation")
 
     async def globals(self) -> None:
-        async for k in _scan(self.src, "tips:stg:*"):
-            pol = k[len("tips:stg:"):]
+        async for k in _scan(self.src, K.STG + "*"):
+            pol = k[len(K.STG):]
             if "{" in pol:
                 continue
             raw = await self.src.hgetall(k)
@@ -184,8 +185,8 @@ class Migrator:
             await self._merge_hash(global_shard_key(pol, 0), fields)
             await self._done(k)
             self._count("global_model")
-        async for k in _scan(self.src, "tips:pullsg:*"):
-            pol = k[len("tips:pullsg:"):]
+        async for k in _scan(self.src, K.PULLSG + "*"):
+            pol = k[len(K.PULLSG):]
             if "{" in pol:
                 continue
             raw = {_s(a): v for a, v in (await self.src.hgetall(k)).items()}
@@ -195,9 +196,8 @@ class Migrator:
 
     async def rest(self) -> None:
         """src ≠ dst: copy every other tips:* key (DUMP/RESTORE, TTL kept)."""
-        moved = ("tips:st:", "tips:pulls:", "tips:dec:", "tips:gen:", "tips:stg:",
-                 "tips:pullsg:", "tips:evt:default:")
-        async for k in _scan(self.src, "tips:*"):
+        moved = (K.ST, K.PULLS, K.DEC, K.GEN, K.STG, K.PULLSG, K.EVT + "default:")
+        async for k in _scan(self.src, K.PREFIX + "*"):
             if k.startswith(moved) and "{" not in k:
                 continue
             if await self.dst.exists(k):

@@ -53,11 +53,9 @@ step (idempotent by its marker), so a crash between the two steps loses nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,67 +65,21 @@ from redis.exceptions import NoScriptError
 log = logging.getLogger(__name__)
 
 STATE_TTL_S = int(os.environ.get("STATE_TTL_S", str(90 * 86400)))
-GLOBAL_SHARDS = int(os.environ.get("GLOBAL_SHARDS", "16"))
 GLOBAL_REFRESH_S = float(os.environ.get("GLOBAL_REFRESH_S", "1.0"))
 
 
-def utag(user_id: str) -> str:
-    """The user's hash tag ``{user}``. A user id holding a brace would break the tag (Redis
-    hashes what lies between the first ``{`` and the next ``}``): then a digest of it is
-    the tag and the id follows it."""
-    if "{" in user_id or "}" in user_id:
-        return "{~" + hashlib.sha1(user_id.encode()).hexdigest()[:20] + "~}" + user_id
-    return "{" + user_id + "}"
-
-
-def user_of_tag(tag: str) -> str:
-    """Inverse of :func:`utag`."""
-    if tag.startswith("{~") and tag[22:24] == "~}":
-        return tag[24:]
-    return tag[1:-1]
-
-
-def state_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    # a global model lives under its own prefix, so no user id can ever name it (the name
-    # is logical: its statistics live in GLOBAL_SHARDS shard keys, global_shard_key)
-    return f"tips:stg:{policy}" if global_model else f"tips:st:{utag(user_id)}:{policy}"
-
-
-def pulls_key(policy: str, user_id: str, global_model: bool = False) -> str:
-    return f"tips:pullsg:{policy}" if global_model else f"tips:pulls:{utag(user_id)}:{policy}"
-
-
-def global_shard(decision_id: str) -> int:
-    return zlib.crc32(decision_id.encode()) % GLOBAL_SHARDS
-
-
-def global_shard_key(policy: str, shard: int) -> str:
-    return f"tips:stg:{{{policy}.{shard}}}"
-
-
-def global_pulls_key(policy: str, shard: int) -> str:
-    return f"tips:pullsg:{{{policy}.{shard}}}"
-
-
-def global_marker_key(policy: str, shard: int, decision_id: str) -> str:
-    return f"tips:gdone:{{{policy}.{shard}}}:{decision_id}"
-
-
-VERSION_SHARDS = 16
-
-
-def version_stat_key(shard: int) -> str:
-    """Prompt-version reward statistics (hash ``arm\x1fversion`` → float64 [n, Σr]),
-    sharded by decision id; the generator's version bandit reads them (tipsml.versions)."""
-    return f"tips:pv:st:{{{shard}}}"
-
-
-def version_marker_key(shard: int, decision_id: str) -> str:
-    return f"tips:pv:done:{{{shard}}}:{decision_id}"
+# every key is spelled once, in tipsml.keys; re-exported here for the callers of state
+from tipsml.keys import (  # noqa: E402,F401
+    DEC, DUE_SHARDS, GLOBAL_SHARDS, HP_IDS_KEY, decision_key, default_event_id, due_key,
+    due_shard, event_key, generation_key, global_marker_key, global_pulls_key,
+    global_shard, global_shard_key, hp_tag, pulls_key, state_key, user_of_tag, utag,
+    VERSION_SHARDS, version_marker_key, version_shard, version_stat_key,
+)
 
 
 async def read_version_stats(r) -> dict[tuple[str, str], tuple[float, float]]:
-    """{(arm, version): (n, Σr)} summed over the shards (one pipeline)."""
+    """{(arm, version): (n, Σr)} summed over the shards (one pipeline); ``("*", version)``
+    sums over all tip kinds."""
     pipe = r.pipeline(transaction=False)
     for s in range(VERSION_SHARDS):
         pipe.hgetall(version_stat_key(s))
@@ -143,44 +95,6 @@ async def read_version_stats(r) -> dict[tuple[str, str], tuple[float, float]]:
                 n0, s0 = out.get((a, version), (0.0, 0.0))
                 out[(a, version)] = (n0 + float(n), s0 + float(sr))
     return out
-
-
-def decision_key(decision_id: str, user_id: str) -> str:
-    return f"tips:dec:{utag(user_id)}:{decision_id}"
-
-
-def event_key(event_id: str, user_id: str) -> str:
-    return f"tips:evt:{utag(user_id)}:{event_id}"
-
-
-DUE_SHARDS = 16
-
-
-def due_shard(decision_id: str) -> int:
-    return zlib.crc32(decision_id.encode()) % DUE_SHARDS
-
-
-def due_key(shard: int) -> str:
-    return f"tips:due:{{{shard}}}"
-
-
-def default_event_id(decision_id: str) -> str:
-    """The event id of the default reward: one per decision, so it applies at most once."""
-    return f"default:{decision_id}"
-
-
-def generation_key(decision_id: str, user_id: str) -> str:
-    """Written by the generator: which prompt version wrote the tip of this decision."""
-    return f"tips:gen:{utag(user_id)}:{decision_id}"
-
-
-def hp_tag(update_id: str) -> str:
-    """The short form of a hyper-parameter id kept in decision records (8 hex digits);
-    ``tips:hpids`` maps it back for messages."""
-    return f"{zlib.crc32(update_id.encode()):08x}"
-
-
-HP_IDS_KEY = "tips:hpids"
 
 
 def is_cluster_url(url: str) -> bool:
@@ -694,7 +608,7 @@ class StateStore:
                                  reward: float) -> int:
         from .versions import stat_field
 
-        s = zlib.crc32(decision_id.encode()) % VERSION_SHARDS
+        s = version_shard(decision_id)
         return int(await self._gadd(
             keys=[version_stat_key(s), version_marker_key(s, decision_id)],
             args=[stat_field(arm, version), repr(float(reward)), b"", self.reward_window_s * 2]))
@@ -805,7 +719,7 @@ class StateStore:
         if user_id is not None:
             key = decision_key(decision_id, user_id)
         else:
-            key = await self._find_key(f"tips:dec:*:{decision_id}")
+            key = await self._find_key(f"{DEC}*:{decision_id}")
             if key is None:
                 return {}
         raw = await self.r.hgetall(key)
@@ -844,9 +758,9 @@ class StateStore:
         ``tips:dec:*`` (tests and tools: they know decision ids, not always users)."""
         want = set(decision_ids)
         out: dict[str, str] = {}
-        async for k in self.r.scan_iter(match="tips:dec:*", count=5000):
+        async for k in self.r.scan_iter(match=DEC + "*", count=5000):
             k = k.decode() if isinstance(k, bytes) else k
-            tag, _, did = k[len("tips:dec:"):].rpartition(":")
+            tag, _, did = k[len(DEC):].rpartition(":")
             if did in want:
                 out[did] = user_of_tag(tag)
         return out

@@ -47,8 +47,8 @@ DAY_NS = 86_400 * 1_000_000_000
 @dataclass(frozen=True)
 class EndpointSpec:
     """One request-reply endpoint: registered with the NATS Services API by its worker
-    (tipsml.service) and documented in docs/asyncapi.yaml (tipsml.asyncapi). ``request``
-    and ``reply`` name models in tipsml.contract (or tipsml.bench.job)."""
+    (tipsml.service) and documented in docs/asyncapi.yaml (tipsdev.asyncapi). ``request``
+    and ``reply`` name models in tipsml.contract (or bench_worker.job)."""
 
     service: str
     name: str
@@ -153,7 +153,7 @@ SIGNALS_CONSUMER = ConsumerSpec(
 )
 
 
-# ---- bench (appended by the bench-worker; see tipsml.bench) ----
+# ---- bench (appended by the bench-worker; see bench_worker) ----
 BENCH_CELL_PREFIX = "bench.cell"  # bench.cell.<job_id>.<n>
 DLQ_BENCH_JOB = "dlq.bench.job"  # refused / invalid jobs
 DLQ_BENCH_CELL = "dlq.bench.cell"  # cells that exhausted their deliveries

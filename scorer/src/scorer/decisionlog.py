@@ -1,0 +1,257 @@
+"""Background writer of decisions: Redis decision records + the JetStream DECISIONS log.
+
+The scorer replies first and hands the decision here, so neither the Redis write nor
+the JetStream publish-ack adds to the reply latency. Guarantees, while Redis and NATS
+are up:
+
+* **nothing is dropped**: a batch's records are retried (growing delay) until Redis
+  takes them; publishes whose ack does not come are republished with the same
+  ``Nats-Msg-Id`` (``<decision_id>:<policy>``), which the stream deduplicates;
+* **nothing stalls silently**: the age of the oldest unwritten decision is a gauge
+  (``scorer_decision_log_lag_seconds``) and a warning in the log past ``lag_warn_s``;
+* **back-pressure, not loss**: above ``high_water`` queued decisions the reply path
+  waits (up to ``backpressure_max_s``) for the writer to catch up, while the writer is
+  making progress. Only when Redis or NATS is down for long enough to fill ``maxsize``
+  are decisions dropped, and each one is counted.
+
+Records and publishes of a batch go out concurrently; a batch is at most ``batch``
+decisions (one Redis pipeline, publishes pipelined with their acks awaited together),
+and up to ``inflight`` batches are out at once.
+
+One DECISIONS message per decision (``decisions.<live policy>``, ``Nats-Msg-Id``
+``<decision_id>:<policy>``): the served entry, with the shadow policies' choices in its
+``shadow`` list (only what differs per policy: policy, version, arm, propensity,
+explored, scores, features, feature_version). :func:`expand_entry` turns a message back
+into one entry per policy (the served one first, then the shadows with ``served: false``)
+— the view every reader had when each policy had its own message (those older messages
+pass through it unchanged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+import orjson
+
+from tipsml import subjects as S
+
+log = logging.getLogger(__name__)
+
+
+_SHARED = ("decision_id", "user_id", "live_policy", "arms", "hour_of_day", "day_of_week",
+           "served_arm", "ts", "request_id")
+
+
+def expand_entry(e: dict) -> list[dict]:
+    """One DECISIONS message → its entries, one per policy (served first)."""
+    shadows = e.get("shadow")
+    if not isinstance(shadows, list):
+        return [e]
+    served = {k: v for k, v in e.items() if k != "shadow"}
+    out = [served]
+    for s in shadows:
+        if isinstance(s, dict):
+            out.append({**{k: e.get(k) for k in _SHARED}, "served": False, **s})
+    return out
+
+
+class DecisionLogWriter:
+    def __init__(self, store, js, *, maxsize: int = 20000, batch: int = 256,
+                 high_water: int = 2000, backpressure_max_s: float = 1.0,
+                 lag_warn_s: float = 2.0, inflight: int = 4, metrics=None):
+        self.store = store
+        self.js = js
+        self.maxsize = maxsize
+        self.batch = batch
+        self.high_water = min(high_water, maxsize)
+        self.backpressure_max_s = backpressure_max_s
+        self.lag_warn_s = lag_warn_s
+        self.inflight = max(1, inflight)
+        self.m = metrics
+        self.q: collections.deque = collections.deque()
+        self._wake = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
+        self._idle = asyncio.Event()  # nothing queued and nothing in flight
+        self._idle.set()
+        self._healthy = True  # the last batch was written: waiting for it makes sense
+        self._stopping = False
+        self._last_warn = 0.0
+        self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._unfinished = 0  # decisions taken from the queue, not yet written
+        self.written = 0
+        self.lost = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="decision-log-writer")
+
+    @property
+    def pending(self) -> int:
+        return len(self.q)
+
+    async def submit(self, record: dict | None, entries: list[dict]) -> bool:
+        """Queue one decision; waits (back-pressure) while the writer is behind."""
+        if len(self.q) >= self.high_water and self._healthy and not self._stopping:
+            if self.m:
+                self.m.backpressure.inc()
+            try:
+                await asyncio.wait_for(self._caught_up.wait(), self.backpressure_max_s)
+            except asyncio.TimeoutError:
+                pass
+        if len(self.q) >= self.maxsize:
+            self.lost += 1
+            if self.m:
+                self.m.dropped.inc()
+            self._warn(f"decision log queue full ({self.maxsize}): decision dropped")
+            return False
+        self.q.append((time.monotonic(), record, entries))
+        if len(self.q) >= self.high_water:
+            self._caught_up.clear()
+        self._idle.clear()
+        self._wake.set()
+        return True
+
+    async def _run(self) -> None:
+        # up to `inflight` batches out at once: a slow ack or pipeline (a busy nats-server
+        # or Redis) does not hold the batches behind it
+        sem = asyncio.Semaphore(self.inflight)
+        running = self._running
+        while True:
+            if not self.q:
+                if not running:
+                    self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await sem.acquire()
+            if not self.q:
+                sem.release()
+                continue
+            n = min(self.batch, len(self.q))
+            items = [self.q.popleft() for _ in range(n)]
+            if len(self.q) < self.high_water // 2:
+                self._caught_up.set()
+            self._unfinished += n
+            t = asyncio.create_task(self._batch(items, sem))
+            running.add(t)
+            t.add_done_callback(lambda t: (running.discard(t), self._check_idle(running)))
+
+    def _check_idle(self, running) -> None:
+        if not self.q and not running:
+            self._idle.set()
+
+    async def _batch(self, items, sem: asyncio.Semaphore) -> None:
+        try:
+            await asyncio.gather(self._write_records(items), self._publish_all(items))
+            self.written += len(items)
+            self._report(items[0][0])
+        finally:
+            self._unfinished -= len(items)
+            sem.release()
+
+    def _report(self, oldest_t: float) -> None:
+        lag = time.monotonic() - oldest_t
+        if self.m:
+            self.m.queue.set(len(self.q))
+            self.m.lag.set(lag if self.q else 0.0)
+        if lag > self.lag_warn_s:
+            self._warn(f"decision log behind: oldest decision written {lag:.1f}s after its "
+                       f"reply, {len(self.q)} queued")
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn >= 10.0:
+            self._last_warn = now
+            log.warning(text)
+
+    async def _write_records(self, items) -> None:
+        records = [r for _, r, _ in items if r is not None]
+        if not records:
+            return
+        delay = 0.05
+        while True:
+            try:
+                await self.store.record_decisions(records)
+                self._healthy = True
+                return
+            except Exception as e:  # noqa: BLE001 - kept and retried until Redis takes them
+                self._healthy = False
+                if self.m:
+                    self.m.errors.labels("redis").inc(len(records))
+                self._warn(f"decision records not written yet ({len(records)}): {e!r}; retrying")
+                await asyncio.sleep(delay)  # at shutdown, drain()'s deadline ends this
+                delay = min(delay * 2, 1.0)
+
+    async def _publish_all(self, items) -> None:
+        entries = [e for _, _, es in items for e in es]
+        futs, failed = [], []
+        for i, e in enumerate(entries):
+            if i and i % 64 == 0:
+                await asyncio.sleep(0)  # let requests in: this loop must not hold the loop
+            try:
+                futs.append((e, await self.js.publish_async(
+                    S.decisions_subject(e["policy"]), self._encode(e),
+                    headers=self._headers(e), wait_stall=2.0)))
+            except Exception:  # noqa: BLE001 - republished below
+                failed.append(e)
+        if futs:
+            await asyncio.wait([f for _, f in futs], timeout=5.0)
+            for e, f in futs:
+                if not f.done():
+                    f.cancel()
+                    failed.append(e)
+                elif f.cancelled() or f.exception() is not None:
+                    failed.append(e)
+        bad = 0
+        for e in failed:  # a republish is deduplicated by its Nats-Msg-Id
+            try:
+                await self._publish(e)
+            except Exception:  # noqa: BLE001
+                bad += 1
+        if bad:
+            if self.m:
+                self.m.errors.labels("jetstream").inc(bad)
+            log.warning("%d DECISIONS entries not published after retries", bad)
+
+    @staticmethod
+    def _encode(e: dict) -> bytes:
+        return orjson.dumps(e)
+
+    @staticmethod
+    def _headers(e: dict) -> dict:
+        return {"Nats-Msg-Id": f"{e['decision_id']}:{e['policy']}"}
+
+    async def _publish(self, e: dict) -> None:
+        data = self._encode(e)
+        for attempt in range(5):
+            try:
+                await self.js.publish(S.decisions_subject(e["policy"]), data,
+                                      headers=self._headers(e), timeout=2.0)
+                return
+            except Exception:  # noqa: BLE001
+                if attempt == 4 or self._stopping:
+                    raise
+                await asyncio.sleep(0.1 * 2 ** attempt)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Write what is queued, within ``timeout``; what is left is counted and logged."""
+        self._stopping = True
+        self._caught_up.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            left = len(self.q) + self._unfinished
+            self.lost += left
+            log.error("decision log not fully drained at shutdown: %d decisions not written",
+                      left)
+        for t in [*self._running, *([self._task] if self._task else [])]:
+            t.cancel()
+        for t in [*self._running, *([self._task] if self._task else [])]:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - counted above
+                pass

@@ -1,0 +1,298 @@
+"""Scoring logic of ``tips.score`` / ``tips.stats`` / ``tips.reset`` (no NATS here).
+
+``Scorer.score`` does exactly one pipelined Redis round trip (the live policy's and
+every shadow policy's arm models), computes the choice with numpy, and returns the
+reply plus the records to write *after* replying: the decision record (Redis, for the
+reward join) and the DECISIONS log entries (JetStream, for off-policy evaluation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from tipsml.bandits import Policy, build_policies
+from tipsml.contract import ContractError, ErrorCode, ScoreRequest
+from tipsml.features import build_vector, resolve_time
+from tipsml.state import StateStore, pulls_key, state_key
+
+
+class CoalescingReader:
+    """Reads of concurrent requests go to Redis together: one pipeline per batch.
+
+    A burst of N requests used to start N script calls at once; they queued for the
+    connection pool, each with its own 25 ms deadline, and ``asyncio.wait_for`` cancelled
+    the calls that ran late — redis-py then drops the connection (its reply is unread),
+    so a burst turned into a reconnect storm, the breaker opened and most of the burst
+    was served by the fallback. Here, requests that arrive while ``max_inflight``
+    pipelines are out wait together and leave in the next one (up to ``max_batch``
+    script calls, one round trip, one connection). The deadline belongs to the batch,
+    counted from when it was sent: a slow Redis fails the batch's requests (they fall
+    back), but the pipeline itself is never cancelled, so connections stay healthy.
+    """
+
+    def __init__(self, store: StateStore, *, timeout_s: float, max_batch: int = 32,
+                 max_inflight: int = 2, breaker_failures: int = 3, breaker_s: float = 0.5):
+        self.store = store
+        self.breaker_failures = breaker_failures
+        self.breaker_s = breaker_s
+        self._down_until = 0.0
+        self._failures = 0  # consecutive failed batches
+        self.timeout_s = timeout_s
+        self.max_batch = max(1, max_batch)
+        self.max_inflight = max(1, max_inflight)
+        self._pending: list[tuple[list[str], list[str], asyncio.Future]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self.batches = 0  # observable: batches sent (tests, metrics)
+
+    def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if time.monotonic() < self._down_until:
+            fut.set_exception(ConnectionError("redis circuit open"))
+            return fut
+        self._pending.append((keys, arms, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._pending and self._inflight < self.max_inflight:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self._inflight += 1
+            self.batches += 1
+            asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch) -> None:
+        try:
+            # on a Redis Cluster each master answers for itself within the deadline (a
+            # failing master fails only its users' requests, not the batch)
+            kw = {"deadline_s": self.timeout_s * 0.8} if getattr(self.store, "cluster", False) \
+                else {}
+            job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch], **kw))
+            try:
+                results = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
+            except asyncio.TimeoutError:
+                # A busy loop fires the deadline in the same turn as the reply's socket
+                # event, before the reader resumes: give the reply a few turns before
+                # calling Redis slow (our own queueing is not Redis's fault).
+                for _ in range(8):
+                    await asyncio.sleep(0)
+                    if job.done():
+                        break
+                if job.done() and job.exception() is None:
+                    results = job.result()
+                    self._resolve(batch, results)
+                    return
+                # the pipeline finishes in the background (its reply is read and dropped);
+                # only the waiting requests give up
+                job.add_done_callback(_consume_exception)
+                self._fail(batch, asyncio.TimeoutError(
+                    f"state store did not answer within {self.timeout_s * 1000:.0f} ms"))
+                return
+            except Exception as e:  # noqa: BLE001 - every waiter gets the failure
+                self._fail(batch, e)
+                return
+            self._resolve(batch, results)
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+
+    def _fail(self, batch, err: BaseException) -> None:
+        """A failed batch fails its requests and those queued behind it: Redis is slow or
+        down, so they fall back now instead of waiting for a batch of their own. After
+        ``breaker_failures`` failed batches in a row the breaker opens for ``breaker_s``:
+        requests then fall back at once, until a probe batch goes through."""
+        self._failures += 1
+        if self._failures >= self.breaker_failures:
+            self._down_until = time.monotonic() + self.breaker_s
+            self._failures = 0
+        waiting, self._pending = self._pending, []
+        for *_, fut in (*batch, *waiting):
+            if not fut.done():
+                fut.set_exception(err)
+
+    def _resolve(self, batch, results) -> None:
+        self._failures = 0
+        for (*_, fut), res in zip(batch, results):
+            if not fut.done():
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+
+def _logged(x: np.ndarray) -> list[float]:
+    """Features as the DECISIONS log keeps them: 6 decimals (the decision record keeps
+    float32; 1e-6 is far below any feature's meaningful resolution), about half the bytes
+    of full float64 reprs."""
+    return np.round(x, 6).tolist()
+
+
+def _consume_exception(t: asyncio.Future) -> None:
+    if not t.cancelled():
+        t.exception()
+
+
+@dataclass
+class ScoreOutcome:
+    reply: dict
+    record: dict | None  # decision record for Redis (fallbacks have one too)
+    log: list[dict]      # DECISIONS entries (served + shadow)
+
+
+class Scorer:
+    def __init__(self, settings, store: StateStore, rng: np.random.Generator | None = None):
+        self.settings = settings
+        self.store = store
+        self.policies: dict[str, Policy] = build_policies(settings)
+        for p in [settings.default_policy, *settings.shadow_policies]:
+            if p not in self.policies:
+                raise ValueError(f"configured policy {p!r} is not one of {sorted(self.policies)}")
+        self.arms = list(settings.arms)
+        self.rng = rng or np.random.default_rng()
+        self.redis_timeout_s = getattr(settings, "redis_timeout_s", 0.025)
+        self.reader = CoalescingReader(
+            store, timeout_s=self.redis_timeout_s,
+            max_batch=getattr(settings, "redis_read_batch", 32),
+            max_inflight=getattr(settings, "redis_read_inflight", 2),
+            breaker_failures=getattr(settings, "redis_breaker_failures", 3),
+            breaker_s=getattr(settings, "redis_breaker_s", 0.5))
+
+    def policy(self, name: str | None) -> Policy:
+        name = name or self.settings.default_policy
+        p = self.policies.get(name)
+        if p is None:
+            raise ContractError(ErrorCode.unknown_policy,
+                                f"unknown policy {name!r}; known: {', '.join(sorted(self.policies))}")
+        return p
+
+    async def _load_models(self, pols, skeys, arms):
+        """Per-user models in one script call (one slot: the user's); global ones from the
+        merged, cached shards (:meth:`StateStore.global_models`). Returns (models, priors):
+        a pooled policy's prior is its shared model's θ (merged shards, cached: no Redis
+        call on most requests)."""
+        glob = [p.global_model for p in pols]
+        priors = [await self.store.shared_prior(p, arms) if p.pooled else None for p in pols]
+        if not any(glob):
+            return await self.reader.load(skeys, arms), priors
+        ukeys = [k for k, g in zip(skeys, glob) if not g]
+        got = iter(await self.reader.load(ukeys, arms) if ukeys else [])
+        out = []
+        for p, g in zip(pols, glob):
+            out.append(await self.store.global_models(p, arms) if g else next(got))
+        return out, priors
+
+    async def score(self, req: ScoreRequest) -> ScoreOutcome:
+        live = self.policy(req.policy)
+        arms = req.arms or self.arms
+        shadows = [self.policies[s] for s in self.settings.shadow_policies if s != live.name]
+        pols = [live, *shadows]
+        skeys = [state_key(p.name, req.user_id, p.global_model) for p in pols]
+        ts = time.time()
+        decision_id = uuid.uuid4().hex
+        hour, dow = resolve_time(req.context)
+        xs = {p.name: build_vector(p.features, req.context, req.profile_features) for p in pols}
+        learners = [live.name]
+        if getattr(self.settings, "shadow_learn", True):
+            learners += [p.name for p in shadows]
+        record = {
+            "decision_id": decision_id, "user_id": req.user_id,
+            "policy": live.name, "policy_version": live.version,
+            "ts": ts, "learners": learners,
+            "vectors": {p.name: (k, xs[p.name]) for p, k in zip(pols, skeys) if p.name in learners},
+            "pulls_key": pulls_key(live.name, req.user_id, live.global_model),
+            "hyper": {p.name: p.update_id for p in pols if p.name in learners},
+        }
+        try:
+            blobs, priors = await self._load_models(pols, skeys, arms)
+        except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
+            return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
+        choices = [p.choose(arms, b, xs[p.name], self.rng, pr)
+                   for p, b, pr in zip(pols, blobs, priors)]
+        c = choices[0]
+        reply = {
+            "ok": True, "decision_id": decision_id, "policy": live.name,
+            "policy_version": live.version, "arm": c.arm, "propensity": c.propensity,
+            "explored": c.explored, "scores": c.scores, "feature_version": live.features.version,
+            "shadow": [{"policy": p.name, "arm": ch.arm, "propensity": ch.propensity}
+                       for p, ch in zip(shadows, choices[1:])],
+            "fallback": False,
+        }
+        if req.request_id:
+            reply["request_id"] = req.request_id
+        record["arm"] = c.arm
+        record["propensity"] = c.propensity
+        # one DECISIONS message per decision: the served entry (its fields as before) with
+        # the shadow policies' choices inside it (``shadow``; scorer.decisionlog.expand_entry
+        # gives the former one-entry-per-policy view)
+        entry = {
+            "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
+            "policy_version": live.version, "served": True, "live_policy": live.name,
+            "arm": c.arm, "propensity": c.propensity, "explored": c.explored,
+            "arms": arms, "scores": c.scores, "features": _logged(xs[live.name]),
+            "feature_version": live.features.version, "hour_of_day": hour, "day_of_week": dow,
+            "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
+            "shadow": [{"policy": p.name, "policy_version": p.version, "arm": ch.arm,
+                        "propensity": ch.propensity, "explored": ch.explored,
+                        "scores": ch.scores, "features": _logged(xs[p.name]),
+                        "feature_version": p.features.version}
+                       for p, ch in zip(shadows, choices[1:])],
+        }
+        log = [entry]
+        return ScoreOutcome(reply, record, log)
+
+    def _fallback(self, req, live, arms, decision_id, ts, reason, record) -> ScoreOutcome:
+        """A uniform choice (p = 1/K, the best exploration data OPE can get). Its record is
+        written like any other once Redis answers again (the writer retries), so its
+        reward applies and the log keeps it, flagged ``fallback``."""
+        arm = arms[int(self.rng.integers(len(arms)))]
+        p = 1.0 / len(arms)
+        reply = {
+            "ok": True, "decision_id": decision_id, "policy": live.name,
+            "policy_version": live.version + "+fallback", "arm": arm, "propensity": p,
+            "explored": True, "scores": {a: 0.0 for a in arms},
+            "feature_version": live.features.version, "shadow": [], "fallback": True,
+            "fallback_reason": "state store unavailable",
+        }
+        if req.request_id:
+            reply["request_id"] = req.request_id
+        log = [{
+            "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
+            "policy_version": reply["policy_version"], "served": True, "live_policy": live.name,
+            "arm": arm, "propensity": p, "explored": True, "arms": arms, "scores": reply["scores"],
+            "features": record["vectors"][live.name][1].tolist(),
+            "feature_version": live.features.version, "served_arm": arm,
+            "ts": ts, "request_id": req.request_id, "fallback": True, "fallback_detail": reason,
+        }]
+        log[0]["hour_of_day"], log[0]["day_of_week"] = resolve_time(req.context)
+        record.update(arm=arm, propensity=p, fallback=True)
+        return ScoreOutcome(reply, record, log)
+
+    async def stats(self, user_id: str, policy: str | None) -> dict:
+        pols = [self.policy(policy)] if policy else [self.policy(None)]
+        out = {}
+        for p in pols:
+            arms = await self.store.stats(p.name, user_id, p.global_model, p.dim)
+            out[p.name] = {"global_model": p.global_model, "version": p.version, "arms": arms}
+        first = out[pols[0].name]
+        return {"ok": True, "user_id": user_id, "policy": pols[0].name,
+                "arms": first["arms"], "policies": out}
+
+    async def reset(self, user_id: str, policy: str | None) -> dict:
+        pols = [self.policy(policy)] if policy else list(self.policies.values())
+        per_user = [p.name for p in pols if not p.global_model]
+        deleted = await self.store.reset(per_user, user_id)
+        return {"ok": True, "user_id": user_id, "reset_policies": per_user,
+                "skipped_global": [p.name for p in pols if p.global_model], "keys_deleted": deleted}
