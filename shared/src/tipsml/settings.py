@@ -11,7 +11,7 @@ every process.
 | ``NATS_USER`` / ``NATS_PASSWORD`` | unset | credentials of this worker's NATS user |
 | ``REDIS_URL`` | ``redis://127.0.0.1:6379/0`` | Redis holding bandit state and decisions |
 | ``ARMS`` | ``focus_block,break_reminder,task_breakdown,prioritize,plan_tomorrow`` | default arm catalogue |
-| ``DEFAULT_POLICY`` | ``egreedy-v1`` | policy served when a request names none |
+| ``DEFAULT_POLICY`` | ``egreedy-pooled`` | policy served when a request names none (egreedy-v1 before issue 15; the gate promoted egreedy-pooled over egreedy-v2) |
 | ``SHADOW_POLICIES`` | ``egreedy-v2,linucb`` | policies scored beside the live one, never served |
 | ``GLOBAL_POLICIES`` | empty | policies keeping one global model instead of one per user |
 | ``EPSILON`` | ``0.1`` | exploration rate of the egreedy policies |
@@ -93,7 +93,7 @@ class BaseServiceSettings(BaseSettings):
     nats_password: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     arms: CsvList = Field(default_factory=lambda: list(DEFAULT_ARMS))
-    default_policy: str = "egreedy-v1"
+    default_policy: str = "egreedy-pooled"
     shadow_policies: CsvList = Field(default_factory=lambda: ["egreedy-v2", "linucb"])
     global_policies: CsvList = Field(default_factory=list)
     epsilon: float = 0.1
