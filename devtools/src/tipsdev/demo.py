@@ -203,7 +203,7 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
         reg = float(tr.regret_curve()[-1]) if rounds else float("nan")
         fb = float(tr.meta["fallback"].mean()) if rounds else 0.0
         rep["policies"][p] = {"reward": ci, "regret_per_user": reg, "fallback_share": fb}
-        _say(f"  {p:12s} {fmt_ci(ci, 3)}   regret/user vs oracle {reg:6.2f}   "
+        _say(f"  {p:14s} {fmt_ci(ci, 3)}   regret/user vs oracle {reg:6.2f}   "
              f"uniform fallbacks {100 * fb:.0f}%")
     cps = [t for t in (10, 30, 100, 300) if t <= rounds]
     if cps:

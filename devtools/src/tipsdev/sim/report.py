@@ -66,12 +66,15 @@ def cold_start_table(res: dict) -> str:
     if not pols:
         return ""
     rounds = list(next(iter(pols.values()))["regret_pct_at"])
+    last = all("regret_pct_last50" in p for p in pols.values())
     lines = ["Cumulative regret as % of the oracle's reward, by round (cold start):", "",
-             "| policy | " + " | ".join(f"by round {t}" for t in rounds) + " | last 50 rounds |",
-             "|---|" + "---|" * (len(rounds) + 1)]
+             "| policy | " + " | ".join(f"by round {t}" for t in rounds)
+             + (" | last 50 rounds |" if last else " |"),
+             "|---|" + "---|" * (len(rounds) + int(last))]
     for name, p in pols.items():
         cells = [fmt_ci(p["regret_pct_at"][t], 1) for t in rounds]
-        cells.append(fmt_ci(p["regret_pct_last50"], 1) if "regret_pct_last50" in p else "")
+        if last:
+            cells.append(fmt_ci(p["regret_pct_last50"], 1))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

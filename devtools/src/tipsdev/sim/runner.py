@@ -225,7 +225,8 @@ def aggregate(rows: list[dict], cfg: SimConfig) -> dict:
         if all("oracle_curve" in r for r in rs):
             oc = np.stack([r["oracle_curve"] for r in rs])
             res["policies"][p]["regret_pct_at"] = regret_pct_at(curves, oc)
-            res["policies"][p]["regret_pct_last50"] = regret_pct_last(curves, oc, 50)
+            if curves.shape[1] > 50:
+                res["policies"][p]["regret_pct_last50"] = regret_pct_last(curves, oc, 50)
         if all("persona_regret" in r for r in rs):
             res["policies"][p]["persona_regret"] = persona_regret(rs)
     return res
