@@ -42,7 +42,9 @@ def regret_table(res: dict) -> str:
     cfg = res["config"]
     lines = [
         f"{cfg['users']} users × {cfg['rounds']} rounds × {len(cfg['seeds'])} seeds, "
-        f"personas: {', '.join(cfg['personas'])}; mode: {cfg['mode']}; "
+        + ("held-out world (two-persona mixtures of nurse, founder, teacher, retiree, "
+           "support; drifting tastes)" if cfg.get("world_name") == "heldout"
+           else f"personas: {', '.join(cfg['personas'])}") + f"; mode: {cfg['mode']}; "
         f"feedback: {res.get('feedback', 'explicit ignored')}; "
         f"95% t-intervals over seeds. Oracle E[r] = {fmt_ci(res['oracle'])}, "
         f"uniform random E[r] = {fmt_ci(res['uniform'])}.",
