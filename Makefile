@@ -87,7 +87,7 @@ sim: setup  ## regret of every policy on the default personas (realistic client)
 	$(BIN)/python -m tipsdev.sim --users 200 --rounds 300 --seeds 10
 
 sim-heldout: setup  ## every policy on the held-out world (sim/world2.py: other personas, mixed membership, drift), defaults untouched -> bench/results/sim_heldout.*
-	$(BIN)/python -m tipsdev.sim --world heldout --users 200 --rounds 300 --seeds 10 --out bench/results/sim_heldout
+	$(BIN)/python -m tipsdev.sim --world heldout --users 100 --rounds 300 --seeds 5 --out bench/results/sim_heldout
 
 sim-sweep: setup  ## epsilon, alpha, v, lambda, lambda_p sweep on the persona world (paired seeds) -> bench/results/sim_sweep.*
 	$(BIN)/python bench/sim_sweep.py

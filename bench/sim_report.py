@@ -55,8 +55,10 @@ def main() -> int:
         res = json.loads(reg.read_text())
         out += ["### Regret vs oracle", "", regret_table(res), "",
                 "![regret curves](sim_regret.png)", "",
-                "`python -m tipsdev.sim --users 200 --rounds 300 --seeds 10` "
-                f"({res.get('elapsed_s', 0):.0f} s here).", ""]
+                f"`python -m tipsdev.sim --users {res['config']['users']} --rounds "
+                f"{res['config']['rounds']} --seeds {len(res['config']['seeds'])} --policies "
+                f"'{','.join(res['policies'])}'` ({res.get('elapsed_s', 0):.0f} s here, on a "
+                "shared, loaded 2-core box).", ""]
     pooled = ROOT / "POOLED.md"
     if pooled.exists():  # the design and its figures (hand-written, figures from the runs)
         out += [pooled.read_text().strip(), ""]
