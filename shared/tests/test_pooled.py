@@ -228,3 +228,32 @@ async def test_mismatched_pooled_lambda_is_refused(redis_client, uid):
     assert v[0] == 1 and v[HEADER + D] == pytest.approx(1 / 50.0 - 0.01 / (50 * 50 + 50 * 0.12),
                                                         rel=1e-3)
     await _clean(redis_client)
+
+
+async def test_a_stalled_refresh_serves_the_previous_shared_model_within_the_deadline():
+    """Redis stalls (SIGSTOP, a slow master): the scorer must not wait for the shared
+    model's refresh beyond its Redis deadline — the previous copy serves."""
+    import asyncio
+
+    p = build_policies(BaseServiceSettings())["egreedy-pooled"]
+    good = [pack(shared_full(shared_add(None, np.ones(D) * 0.5, 1.0), D, 1.0))] * 2
+
+    class Stalling(StateStore):
+        stall = False
+
+        async def global_models(self, policy, arms):
+            if self.stall:
+                await asyncio.sleep(5)
+            return good
+
+    st = Stalling(_NoRedis())
+    first = await st.shared_prior(p, ["a", "b"], timeout_s=0.05)
+    st.stall = True
+    t0 = time.monotonic()
+    again = await st.shared_prior(p, ["a", "b"], timeout_s=0.05)
+    assert time.monotonic() - t0 < 0.5
+    np.testing.assert_array_equal(again, first)
+    fresh = Stalling(_NoRedis())
+    fresh.stall = True
+    with pytest.raises(asyncio.TimeoutError):  # nothing to fall back on: the request falls back
+        await fresh.shared_prior(p, ["a", "b"], timeout_s=0.05)

@@ -184,7 +184,8 @@ class Scorer:
         a pooled policy's prior is its shared model's θ (merged shards, cached: no Redis
         call on most requests)."""
         glob = [p.global_model for p in pols]
-        priors = [await self.store.shared_prior(p, arms) if p.pooled else None for p in pols]
+        priors = [await self.store.shared_prior(p, arms, self.redis_timeout_s) if p.pooled
+                  else None for p in pols]
         if not any(glob):
             return await self.reader.load(skeys, arms), priors
         ukeys = [k for k, g in zip(skeys, glob) if not g]

@@ -672,14 +672,28 @@ class StateStore:
         tot = await self.global_stats(policy, dim, arms)
         return [pack(shared_full(tot.get(a), dim, lam)) for a in arms]
 
-    async def shared_prior(self, policy, arms: list[str]) -> np.ndarray:
+    async def shared_prior(self, policy, arms: list[str],
+                           timeout_s: float | None = None) -> np.ndarray:
         """(K, D) θ_s of a pooled policy's shared model (merged shards, cached like
-        :meth:`global_models`; θ is computed once per refresh)."""
+        :meth:`global_models`; θ is computed once per refresh).
+
+        With ``timeout_s`` (the scorer's Redis deadline) a refresh that does not answer in
+        time — Redis slow or stalled — serves the previous copy (the population's model
+        moves slowly; the per-user read still has its own deadline); the refresh itself
+        goes on in the background (never cancelled mid-reply). No previous copy: raise."""
         from .bandits import shared_theta
 
-        blobs = await self.global_models(policy, arms)
         key = (policy.name, tuple(arms))
         hit = self._theta.get(key)
+        job = asyncio.ensure_future(self.global_models(policy, arms))
+        try:
+            blobs = await (asyncio.wait_for(asyncio.shield(job), timeout_s)
+                           if timeout_s else job)
+        except (Exception, asyncio.TimeoutError):
+            job.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if hit is not None:
+                return hit[1]
+            raise
         if hit is not None and hit[0] is blobs:
             return hit[1]
         th = shared_theta(blobs, policy.dim)
