@@ -75,7 +75,7 @@ def main() -> int:
                 f"({res.get('elapsed_s', 0):.0f} s here).", ""]
     sweep = ROOT / "sim_sweep.md"
     if sweep.exists():
-        body = sweep.read_text().strip().split("\n", 1)[1]
+        body = sweep.read_text().strip().split("\n", 1)[1].replace("\n## ", "\n#### ")
         out += ["### Hyper-parameter sweep (persona world)", body, ""]
     ver = ROOT / "sim_versions.md"
     if ver.exists():
