@@ -88,6 +88,7 @@ def main() -> int:
                 "to each version (`tipsml/versions.py`), logging the choice's propensity.",
                 body, ""]
     gates = [ROOT / "gate_egreedy-pooled_vs_egreedy-v2.json",
+             ROOT / "gate_egreedy-pooled[epsilon=0.01]_vs_egreedy-v2.json",
              ROOT / "gate_egreedy-v2_vs_egreedy-v1.json", ROOT / "gate_egreedy-v1_vs_egreedy-v1.json"]
     rows = [json.loads(p.read_text()) for p in gates if p.exists()]
     if rows:
