@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "shared" / "src"))
 
 from tipsdev.cluster import ClusterStack
 from tipsml.state import StateStore, state_key

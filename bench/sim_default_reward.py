@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "shared" / "src"))
 
 from tipsdev.sim.__main__ import Progress, seeds_arg
 from tipsdev.sim.inproc import EXPLICIT, FeedbackModel

@@ -19,11 +19,9 @@ Rerun everything (in-process mode, ~30 min on a shared 2-core box)::
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared" / "src"))
 
 from tipsdev.gate import summary
 from tipsdev.ope import summary_table

@@ -1,6 +1,5 @@
-"""Root of the cross-worker suites (faults, fuzz): makes ``chaoslib`` importable."""
+"""Root of the cross-worker suites (faults, fuzz, deploy, service).
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
+``tests`` is a package: helpers import as ``tests.chaoslib``, ``tests.deploylib``,
+``tests.fuzz.fuzzlib``.
+"""

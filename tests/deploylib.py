@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from chaoslib import metric
+from tests.chaoslib import metric
 
 
 def scrape(port: int, name: str, **labels: str) -> float:

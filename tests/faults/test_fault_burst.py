@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 import pytest
-from chaoslib import (
+
+from tests.chaoslib import (
     SHORT,
     Ledger,
     dlq_count,

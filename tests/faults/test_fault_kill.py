@@ -14,7 +14,8 @@ import random
 import time
 
 import pytest
-from chaoslib import (
+
+from tests.chaoslib import (
     FAST_FEEDBACK,
     SHORT,
     LatencyLog,

@@ -16,7 +16,7 @@ import time
 import nats
 import pytest
 import redis.asyncio as aioredis
-from chaoslib import record
+from tests.chaoslib import record
 from tipsdev.launcher import EmbeddedStack
 from tipsml.natsutil import request_json
 

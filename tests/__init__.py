@@ -1,0 +1,1 @@
+"""Cross-worker suites; helpers import as ``tests.<module>``."""
