@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from redis.crc import key_slot
+
 from tipsml.bandits import (
     HEADER,
     POOLED_POLICIES,

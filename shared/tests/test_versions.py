@@ -3,13 +3,14 @@ the rewards attributed to a version are counted once per decision (real redis-se
 
 import numpy as np
 import pytest
+
 from tipsml.state import (
+    VERSION_SHARDS,
     StateStore,
     decision_key,
     generation_key,
     read_version_stats,
     version_stat_key,
-    VERSION_SHARDS,
 )
 from tipsml.versions import VersionBandit, parse_mode
 
@@ -84,8 +85,9 @@ async def test_reward_is_attributed_to_its_prompt_version_once(redis_client, uid
         assert (await st.apply_reward(f"e{i}", recs[i]["decision_id"], user, r)).outcome == \
             "duplicate"
     # a crash between the user's step and the version step: the redelivery repairs it
-    from tipsml.state import version_marker_key
     import zlib
+
+    from tipsml.state import version_marker_key
 
     did = recs[0]["decision_id"]
     s = zlib.crc32(did.encode()) % VERSION_SHARDS

@@ -16,7 +16,8 @@ import random
 
 import numpy as np
 import pytest
-from chaoslib import (
+
+from tests.chaoslib import (
     FAST_FEEDBACK,
     Ledger,
     dlq_count,
@@ -29,8 +30,8 @@ from chaoslib import (
     wait_applied,
 )
 from tipsml.bandits import pack, shared_add, shared_full, shared_theta
-from tipsml.features import FS_CTX_PROFILE_V2, build_vector
 from tipsml.contract import ScoreRequest
+from tipsml.features import FS_CTX_PROFILE_V2, build_vector
 
 pytestmark = [pytest.mark.system]
 

@@ -135,8 +135,8 @@ def verdict_entry(res: dict) -> dict:
 def write_cards(items: list[tuple[str, dict]], verdict: dict | None = None) -> list[dict]:
     """One model card per (policy name, offline metrics); returns where each one is."""
     from tipsdev import cards
-    from tipsml.settings import BaseServiceSettings
     from tipsdev.sim.runner import policies_from_env
+    from tipsml.settings import BaseServiceSettings
 
     try:
         from scorer.settings import ScorerSettings  # SHADOW_LEARN lives there

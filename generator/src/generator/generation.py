@@ -44,10 +44,18 @@ import numpy as np
 
 from tipsml import fallbacks, prompts
 from tipsml import guard as G
+from tipsml import keys as K
 from tipsml.context import assemble
 from tipsml.contract import Context, ContractError, ErrorCode, GenerateRequest, Signal
-from tipsml import keys as K
-from tipsml.keys import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, combo_key, ctx_key, lock_key, sig_key  # noqa: F401
+from tipsml.keys import (  # noqa: F401
+    EXPOSURES_STREAM,
+    PV_SERVED_KEY,
+    cand_key,
+    combo_key,
+    ctx_key,
+    lock_key,
+    sig_key,
+)
 from tipsml.llm import STOP_SEQUENCES, LLMClient, LLMError, postprocess
 
 log = logging.getLogger(__name__)

@@ -11,15 +11,15 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from tipsml.bandits import Policy, build_policies
-from tipsml.features import FS_CTX_PROFILE
-from tipsml.settings import BaseServiceSettings
 from tipsdev.sim.inproc import FeedbackModel, Trace, policy_rng, run_policy
 from tipsdev.sim.stats import curve_ci, mean_ci
 from tipsdev.sim.world import DEFAULT_PERSONAS, WorldConfig, make_episode
+from tipsml.bandits import Policy, build_policies
+from tipsml.features import FS_CTX_PROFILE
+from tipsml.settings import BaseServiceSettings
 
-DEFAULT_POLICIES = ("egreedy-v1", "egreedy-v2", "linucb", "thompson", "egreedy-pooled", "linucb-pooled",
-                    "thompson-pooled")
+DEFAULT_POLICIES = ("egreedy-v1", "egreedy-v2", "linucb", "thompson", "egreedy-pooled",
+                    "linucb-pooled", "thompson-pooled")
 
 
 @dataclass
@@ -260,7 +260,8 @@ def persona_regret(rows: list[dict]) -> dict:
     """Per persona: final regret per user and as % of the oracle's reward (CIs over seeds;
     a persona no user of a seed has — small held-out runs — counts over the other seeds)."""
     names = sorted(set().union(*(r["persona_regret"] for r in rows)))
-    return {n: {"regret": mean_ci([r["persona_regret"][n] for r in rows if n in r["persona_regret"]]),
+    return {n: {"regret": mean_ci([r["persona_regret"][n] for r in rows
+                                   if n in r["persona_regret"]]),
                 "regret_pct": mean_ci([r["persona_regret_pct"][n] for r in rows
                                        if n in r["persona_regret_pct"]])}
             for n in names}

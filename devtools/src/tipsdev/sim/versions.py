@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tipsdev.sim.world import REACTION_REWARD, REACTIONS, Episode
 from tipsml.prompts import sticky_bucket
 from tipsml.versions import VersionBandit
-from tipsdev.sim.world import REACTION_REWARD, REACTIONS, Episode
 
 VERSIONS = ("v1", "v2-mentor", "v3-few-shot", "v4-grounded")
 # hidden logit shift of P(engage) per persona and version: grounded, task-naming tips

@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-from tipsml.features import FS_CTX, FS_CTX_PROFILE, context_vector, profile_vector
 from tipsdev.sim.world import REACTION_REWARD, Episode, Persona, WorldConfig, _sigmoid, _TaskView
+from tipsml.features import FS_CTX, FS_CTX_PROFILE, context_vector, profile_vector
 
 STRAIN_PHI = 0.8
 STRAIN_EFFECT2 = {"focus_block": -0.5, "break_reminder": 0.7, "task_breakdown": 0.3,
@@ -139,7 +139,9 @@ def make_heldout_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig 
                                + rng.normal(0, 0.05), 0.05, 0.95))
         d_user = float(np.clip(sum(wi * p.dismiss for wi, p in zip(w, ps))
                                + rng.normal(0, 0.05), 0.0, 1.0))
-        mix = lambda key: sum(wi * p.profile[key] for wi, p in zip(w, ps))  # noqa: E731
+        def mix(key, w=w, ps=ps):
+            return sum(wi * p.profile[key] for wi, p in zip(w, ps))
+
         pref_h = int((main.profile["preferred_hour"] + rng.integers(-1, 2)) % 24)
         base_cr = float(np.clip(mix("completion_rate") + rng.normal(0, 0.05), 0.02, 0.98))
         base_dr = float(np.clip(mix("dismiss_rate") + rng.normal(0, 0.05), 0.02, 0.98))
