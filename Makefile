@@ -93,7 +93,7 @@ sim-sweep: setup  ## epsilon, alpha, v, lambda, lambda_p sweep on the persona wo
 	$(BIN)/python bench/sim_sweep.py
 
 sim-versions: setup  ## prompt versions: sticky rotation vs the version bandit vs oracle, hidden style preferences -> bench/results/sim_versions.*
-	$(BIN)/python bench/sim_versions.py
+	$(BIN)/python bench/sim_versions.py --users 100 --rounds 300 --seeds 3
 
 gate-pooled: setup  ## should egreedy-pooled (learns across users) replace egreedy-v2?
 	$(BIN)/python -m tipsdev.gate --candidate egreedy-pooled --baseline egreedy-v2
