@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_PKGS := -e './shared[llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker -e './devtools[dev]'
 
-.PHONY: lock setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down status asyncapi bench-score bench-generate guard-report bench-job bench-worker bench-run sim gate ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
+.PHONY: lock setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down status asyncapi bench-score bench-generate guard-report bench-job bench-worker bench-run sim sim-heldout sim-sweep sim-versions gate gate-pooled ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
 $(STAMP): requirements.lock shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml devtools/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -85,6 +85,18 @@ mlflow-ui: setup  ## MLflow UI on the local tracking store
 
 sim: setup  ## regret of every policy on the default personas (realistic client) -> bench/results/sim_regret.*
 	$(BIN)/python -m tipsdev.sim --users 200 --rounds 300 --seeds 10
+
+sim-heldout: setup  ## every policy on the held-out world (sim/world2.py: other personas, mixed membership, drift), defaults untouched -> bench/results/sim_heldout.*
+	$(BIN)/python -m tipsdev.sim --world heldout --users 100 --rounds 300 --seeds 5 --out bench/results/sim_heldout
+
+sim-sweep: setup  ## epsilon, alpha, v, lambda, lambda_p sweep on the persona world (paired seeds) -> bench/results/sim_sweep.*
+	$(BIN)/python bench/sim_sweep.py
+
+sim-versions: setup  ## prompt versions: sticky rotation vs the version bandit vs oracle, hidden style preferences -> bench/results/sim_versions.*
+	$(BIN)/python bench/sim_versions.py --users 100 --rounds 300 --seeds 3
+
+gate-pooled: setup  ## should egreedy-pooled (learns across users) replace egreedy-v2?
+	$(BIN)/python -m tipsdev.gate --candidate egreedy-pooled --baseline egreedy-v2
 
 gate: setup  ## should egreedy-v2 replace egreedy-v1? (paired seeds, 95% CI, verdict; writes both model cards)
 	$(BIN)/python -m tipsdev.gate --candidate $${CANDIDATE:-egreedy-v2} --baseline $${BASELINE:-egreedy-v1}

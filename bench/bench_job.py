@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _run(args, stack, mlflow_uri: str) -> dict:
-    from bench_worker.cli import run_job
-    from bench_worker.settings import BenchSettings
     from bench_worker import leaderboard as LB
+    from bench_worker.cli import run_job
     from bench_worker.job import BenchJob
+    from bench_worker.settings import BenchSettings
 
     settings = BenchSettings(nats_url=stack.nats_url, redis_url=stack.redis_url,
                              llm_api_base=stack.llm_url, llm_model=args.model,

@@ -36,12 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests package: tests.chaoslib
 
 import nats
-from tests.chaoslib import LatencyLog, Ledger, claim_keys, exactly_once_report, get_many, loadavg, score
+
+from tests.chaoslib import (
+    LatencyLog,
+    Ledger,
+    claim_keys,
+    exactly_once_report,
+    get_many,
+    loadavg,
+    score,
+)
 from tipsdev.cluster import ClusterStack
 from tipsdev.launcher import exit_on_sigterm
+from tipsdev.testing import spawn_worker
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, connect_redis
-from tipsdev.testing import spawn_worker
 
 OUT = ROOT / "bench" / "results"
 REACTIONS = list(REWARD_TABLE)

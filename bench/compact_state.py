@@ -27,10 +27,9 @@ import nats
 import numpy as np
 import orjson
 
-
-from tipsml.bandits import decode_arm, initial_arm, pack, sherman_morrison_update, stored_update
 from scorer.decisionlog import expand_entry
 from tipsdev.launcher import EmbeddedStack
+from tipsml.bandits import decode_arm, initial_arm, pack, sherman_morrison_update, stored_update
 from tipsml.state import StateStore, decision_key, pulls_key, state_key
 
 ARMS = ["focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow"]
@@ -129,9 +128,9 @@ async def measure(url: str, listpack_value: int | None) -> dict:
 
 async def decisions_message() -> dict:
     """One real scorer entry (Scorer.score on a fresh user, no Redis needed for the shape)."""
+    from scorer.scoring import Scorer
     from scorer.settings import ScorerSettings
     from tipsml.contract import ScoreRequest
-    from scorer.scoring import Scorer
 
     class _Store:  # models of a fresh user: the scorer only needs load_batch here
         async def load_batch(self, reqs):
@@ -154,9 +153,10 @@ async def nats_disk(nats_url: str, workdir: Path, n: int = 20000) -> dict:
     """Disk bytes per DECISIONS message in a file stream, S2-compressed (as the DECISIONS
     stream is now) and not: n real scorer entries (users, contexts, choices vary)."""
     from nats.js.api import StorageType, StoreCompression, StreamConfig
+
+    from scorer.scoring import Scorer
     from scorer.settings import ScorerSettings
     from tipsml.contract import ScoreRequest
-    from scorer.scoring import Scorer
 
     class _Store:
         async def load_batch(self, reqs):

@@ -44,15 +44,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench_worker import heldout as H
+from bench_worker import scenarios as SC
+from bench_worker.judge import LLMJudge
+from generator.generation import GenConfig, screen, select
+from tipsdev.launcher import EmbeddedStack
 from tipsml import fallbacks, prompts
 from tipsml import guard as G
 from tipsml import rubric as R
-from bench_worker import scenarios as SC
-from bench_worker import heldout as H
-from bench_worker.judge import LLMJudge
 from tipsml.context import assemble
-from generator.generation import GenConfig, screen, select
-from tipsdev.launcher import EmbeddedStack
 from tipsml.llm import STOP_SEQUENCES, LLMClient, fallback_tip, postprocess
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from tipsdev.sim.__main__ import Progress, seeds_arg
 from tipsdev.sim.inproc import EXPLICIT, FeedbackModel
-from tipsdev.sim.runner import DEFAULT_POLICIES, SimConfig, run_rows
+from tipsdev.sim.runner import SimConfig, run_rows
 from tipsdev.sim.stats import fmt_ci, mean_ci
 
 MODELS = {
@@ -46,7 +46,7 @@ MODELS = {
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
+    ap.add_argument("--policies", default="egreedy-v1,egreedy-v2,linucb,thompson")
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--seeds", type=seeds_arg, default=tuple(range(10)))

@@ -9,6 +9,10 @@ Rerun everything (in-process mode, ~30 min on a shared 2-core box)::
     make gate-features       # egreedy-v2 log dwell (v2) vs linear dwell (v1)
     make sim-default-reward  # bench/sim_default_reward.py
     make thompson            # bench/thompson_propensity.py
+    make sim-sweep           # bench/sim_sweep.py: ε, α, v, λ, λ_p on the persona world
+    make sim-heldout         # every policy on the held-out world (sim/world2.py)
+    make gate-pooled         # egreedy-pooled vs egreedy-v2
+    make sim-versions        # bench/sim_versions.py: prompt versions chosen by the loop
     make sim-report          # python bench/sim_report.py
 """
 
@@ -49,9 +53,41 @@ def main() -> int:
         res = json.loads(reg.read_text())
         out += ["### Regret vs oracle", "", regret_table(res), "",
                 "![regret curves](sim_regret.png)", "",
-                "`python -m tipsdev.sim --users 200 --rounds 300 --seeds 10` "
+                f"`python -m tipsdev.sim --users {res['config']['users']} --rounds "
+                f"{res['config']['rounds']} --seeds {len(res['config']['seeds'])} --policies "
+                f"'{','.join(res['policies'])}'` ({res.get('elapsed_s', 0):.0f} s here, on a "
+                "shared, loaded 2-core box).", ""]
+    pooled = ROOT / "POOLED.md"
+    if pooled.exists():  # the design and its figures (hand-written, figures from the runs)
+        out += [pooled.read_text().strip(), ""]
+    held = ROOT / "sim_heldout.json"
+    if held.exists():
+        res = json.loads(held.read_text())
+        out += ["### The held-out world (nobody tunes on it)", "",
+                "Other personas (shift nurse, founder, teacher, retiree, support agent), every "
+                "user a Dirichlet mixture of two of them, tastes drifting day by day and every "
+                "persona's arm biases moving over 100 days (`devtools/src/tipsdev/sim/world2.py`); every "
+                "policy with the defaults chosen on the persona world:", "",
+                regret_table(res), "",
+                "`make sim-heldout` "
                 f"({res.get('elapsed_s', 0):.0f} s here).", ""]
-    gates = [ROOT / "gate_egreedy-v2_vs_egreedy-v1.json", ROOT / "gate_egreedy-v1_vs_egreedy-v1.json"]
+    sweep = ROOT / "sim_sweep.md"
+    if sweep.exists():
+        body = sweep.read_text().strip().split("\n", 1)[1].replace("\n## ", "\n#### ")
+        out += ["### Hyper-parameter sweep (persona world)", body, ""]
+    ver = ROOT / "sim_versions.md"
+    if ver.exists():
+        body = ver.read_text().strip().split("\n", 1)[1]
+        out += ["### Prompt versions chosen by the loop", "",
+                "Personas have hidden preferences over prompt styles "
+                "(`devtools/src/tipsdev/sim/versions.py`). `TIP_PROMPT_VERSION=v1,v2-mentor,…` keeps a "
+                "sticky version per user; `TIP_PROMPT_VERSION=bandit:v1,v2-mentor,…` lets a "
+                "bandit per tip kind pick the version of every tip from the rewards attributed "
+                "to each version (`tipsml/versions.py`), logging the choice's propensity.",
+                body, ""]
+    gates = [ROOT / "gate_egreedy-pooled_vs_egreedy-v2.json",
+             ROOT / "gate_egreedy-pooled[epsilon=0.01]_vs_egreedy-v2.json",
+             ROOT / "gate_egreedy-v2_vs_egreedy-v1.json", ROOT / "gate_egreedy-v1_vs_egreedy-v1.json"]
     rows = [json.loads(p.read_text()) for p in gates if p.exists()]
     if rows:
         out += ["### Promotion gate", "",

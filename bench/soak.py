@@ -170,6 +170,7 @@ def summarize(rows, window_s: float) -> tuple[list[dict], dict]:
 async def count_applied(redis_url: str, events: list) -> dict:
     """``events``: [event id, user] pairs (keys carry the user's hash tag)."""
     import redis.asyncio as aioredis
+
     from tipsml.state import decision_key, event_key
 
     r = aioredis.from_url(redis_url)

@@ -36,12 +36,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tipsml.bandits import pack, thompson_probs
 from tipsdev.ope import validate_pair
 from tipsdev.sim.inproc import StateBook, policy_rng, run_policy
 from tipsdev.sim.runner import policies_from_env
 from tipsdev.sim.stats import mean_ci
 from tipsdev.sim.world import make_episode
+from tipsml.bandits import pack, thompson_probs
 
 DRAWS = 1_000_000
 TOLERANCE = 0.002  # max |exact − MC(10⁶)| allowed; MC's own sd is ≤ 0.0005

@@ -2,6 +2,7 @@
 Redis Cluster of 3 masters + 3 replicas (the cluster set's other tests run on it)."""
 
 import pytest
+
 from tipsdev.cluster import ClusterStack, redis_cmd
 
 pytestmark = [pytest.mark.system, pytest.mark.cluster]

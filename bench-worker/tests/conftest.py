@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 
 import pytest
+
 from tipsdev.launcher import EmbeddedStack
 
 ACK_WAIT_S = 4.0  # short, so a killed worker's cell comes back quickly in tests

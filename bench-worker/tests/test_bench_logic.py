@@ -7,12 +7,13 @@ import math
 
 import numpy as np
 import pytest
-from tipsml import rubric as R
-from bench_worker import scenarios as SC
+
 from bench_worker import human, stats
 from bench_worker import leaderboard as LB
+from bench_worker import scenarios as SC
 from bench_worker.job import BenchJob, model_size_b, parse_parameter_size, validate
 from bench_worker.judge import LLMJudge, judge_messages, parse_scores, response_format_for
+from tipsml import rubric as R
 from tipsml.contract import ContractError, ErrorCode
 
 # ------------------------------------------------------------------ rubric

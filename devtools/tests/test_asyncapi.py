@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from tipsdev import asyncapi
 from tipsml import contract as C
 from tipsml import subjects as S

@@ -51,7 +51,7 @@ async def expected_state(store: StateStore, rewarded: dict[str, float], lam: flo
             skey = rec[f"skey:{p}"]
             x = np.frombuffer(rec[f"x:{p}"], dtype="<f8")
             cur = exp.setdefault(skey, {}).get(arm)
-            exp[skey][arm] = stored_update(cur, x, r, lam)
+            exp[skey][arm] = stored_update(cur, x, r, getattr(store, "lams", {}).get(p, lam))
     return {k: {a: decode_arm(b, dim_of(b)) for a, b in v.items()} for k, v in exp.items()}
 
 

@@ -16,9 +16,10 @@ import nats
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+
 from tipsdev.launcher import EmbeddedStack
-from tipsml.state import DUE_SHARDS, due_key, event_key
 from tipsdev.testing import spawn_worker, wait_responding
+from tipsml.state import DUE_SHARDS, due_key, event_key
 
 pytestmark = pytest.mark.system
 

@@ -17,10 +17,11 @@ from fb_helpers import (
     publish_feedback,
     wait_for,
 )
+
 from tipsdev.launcher import EmbeddedStack
+from tipsdev.testing import spawn_worker, wait_responding
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, event_key
-from tipsdev.testing import spawn_worker, wait_responding
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

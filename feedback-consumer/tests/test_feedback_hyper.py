@@ -18,11 +18,12 @@ import urllib.request
 import pytest
 import pytest_asyncio
 from fb_helpers import assert_state_matches, expected_state, make_decisions, publish_feedback
+
+from tipsdev.launcher import EmbeddedStack
+from tipsdev.testing import spawn_worker
 from tipsml.bandits import decode_arm, update_id
 from tipsml.features import FEATURE_VERSION_CTX
-from tipsdev.launcher import EmbeddedStack
 from tipsml.state import StateStore, event_key, state_key
-from tipsdev.testing import spawn_worker
 
 pytestmark = pytest.mark.system
 

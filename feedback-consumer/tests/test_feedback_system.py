@@ -47,7 +47,7 @@ async def _eq(coro, n):
 
 async def _stats(nc, uid):
     from tipsml.natsutil import request_json
-    return await request_json(nc, "tips.stats", {"user_id": uid})
+    return await request_json(nc, "tips.stats", {"user_id": uid, "policy": "egreedy-v1"})
 
 
 async def test_same_feedback_many_times_moves_state_once(nc, scorer_service, feedback_service,

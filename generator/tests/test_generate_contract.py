@@ -311,3 +311,49 @@ async def test_signal_with_llm_down_is_retried_not_dead_lettered(nc, redis_clien
         assert await redis_client.llen(f"tips:sig:{uid}") >= 1
         ctx = json.loads(await redis_client.get(f"tips:genctx:{uid}"))
         assert ctx["context"]["tasks"][0]["title"] == "Pay rent"
+
+
+async def test_version_bandit_picks_versions_and_logs_the_propensity(nc, redis_client,
+                                                                      generator_worker, uid,
+                                                                      gen_request):
+    """TIP_PROMPT_VERSION=bandit:…: every reply, exposure and generation record carries
+    the version's propensity, equal to the bandit's probability for the statistics in
+    Redis; the version the rewards favour is served most."""
+    import numpy as np
+    from tipsml.state import VERSION_SHARDS, read_version_stats, version_stat_key
+    from tipsml.versions import VersionBandit
+
+    versions = ["v1", "v2-mentor", "v3-few-shot"]
+    await redis_client.delete(*[version_stat_key(s) for s in range(VERSION_SHARDS)])
+    # rewards attributed so far: v2-mentor clearly best for prioritize (two shards)
+    for s, (v, n, sr) in enumerate([("v1", 300, 60.0), ("v2-mentor", 300, 180.0),
+                                    ("v3-few-shot", 30, 6.0), ("v2-mentor", 100, 60.0)]):
+        await redis_client.hset(version_stat_key(s), f"prioritize\x1f{v}",
+                                np.array([n, sr], dtype="<f8").tobytes())
+    stats = await read_version_stats(redis_client)
+    want = dict(zip(versions, VersionBandit(tuple(versions), 0.05).probs(stats, "prioritize")))
+    async with generator_worker(tip_prompt_version=["bandit:v1", "v2-mentor", "v3-few-shot"],
+                                generator_deadline_s=0.2):
+        got = []
+        for i in range(40):
+            r = await gen_request({"user_id": uid, "arm": "prioritize",
+                                   "decision_id": f"{uid}-d{i}"})
+            assert r["ok"], r
+            assert r["prompt_choice"] == "bandit"
+            assert r["prompt_propensity"] == pytest.approx(want[r["prompt_version"]], rel=1e-6)
+            got.append(r["prompt_version"])
+        # an explicit version still wins, and carries no bandit propensity
+        r = await gen_request({"user_id": uid, "arm": "prioritize", "prompt_version": "v1"})
+        assert r["prompt_version"] == "v1" and "prompt_propensity" not in r
+        await asyncio.sleep(0.3)
+        assert got.count("v2-mentor") >= 30  # p ≈ 0.97
+        rec = await redis_client.hgetall(gen_key(f"{uid}-d0", uid))
+        assert rec[b"pv_mode"] == b"bandit"
+        assert float(rec[b"pv_p"]) == pytest.approx(want[rec[b"prompt_version"].decode()],
+                                                     rel=1e-6)
+        last = await redis_client.xrevrange(EXPOSURES_STREAM, count=100)
+        mine = [f for _id, f in last if f[b"user_id"] == uid.encode() and b"pv_p" in f]
+        assert len(mine) == 40
+        assert all(float(f[b"pv_p"]) == pytest.approx(want[f[b"prompt_version"].decode()],
+                                                      rel=1e-6) for f in mine)
+    await redis_client.delete(*[version_stat_key(s) for s in range(VERSION_SHARDS)])

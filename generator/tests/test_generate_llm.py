@@ -10,10 +10,11 @@ import json
 import time
 
 import pytest
+
+from generator.generation import BELOW_BAR, cand_key
 from tipsml import guard as G
 from tipsml import prompts
 from tipsml.context import assemble
-from generator.generation import BELOW_BAR, cand_key
 from tipsml.llm import LLMClient, LLMError
 
 pytestmark = [pytest.mark.llm, pytest.mark.system]

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+
 from tipsml import subjects as S
 
 pytestmark = pytest.mark.system

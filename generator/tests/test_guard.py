@@ -13,12 +13,13 @@ import re
 from pathlib import Path
 
 import pytest
+
+from bench_worker import heldout as H
+from bench_worker import scenarios as SC
+from generator.generation import screen, select
 from tipsml import fallbacks, prompts
 from tipsml import guard as G
-from bench_worker import scenarios as SC
-from bench_worker import heldout as H
 from tipsml.context import assemble
-from generator.generation import screen, select
 from tipsml.llm import FALLBACK_TIPS
 
 DATA = Path(__file__).parent / "data"

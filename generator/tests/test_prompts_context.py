@@ -7,6 +7,7 @@ import datetime as dt
 import re
 
 import pytest
+
 from tipsml import prompts
 from tipsml.context import MAX_PROMPT_TASKS, MAX_PROMPT_TITLE_CHARS, assemble, sanitize_title
 from tipsml.contract import ContractError, ErrorCode

@@ -25,7 +25,7 @@ async def test_score_reply_has_contract_fields(nc, scorer_service, uid):
     for f in ("decision_id", "policy", "arm", "propensity", "explored", "scores",
               "feature_version", "shadow"):
         assert f in r
-    assert r["policy"] == "egreedy-v1"
+    assert r["policy"] == "egreedy-pooled"
     assert r["arm"] in scorer_service.arms
     assert 0 < r["propensity"] <= 1
     assert set(r["scores"]) == set(scorer_service.arms)

@@ -59,7 +59,7 @@ async def test_redis_unreachable_gives_flagged_uniform_fallback(stack):
     # the fallback keeps its record (written once Redis answers) so its reward can apply
     rec = out.record
     assert rec["fallback"] is True and rec["arm"] == out.reply["arm"]
-    assert rec["propensity"] == pytest.approx(0.25) and rec["learners"][0] == "egreedy-v1"
+    assert rec["propensity"] == pytest.approx(0.25) and rec["learners"][0] == "egreedy-pooled"
     assert set(rec["vectors"]) == set(rec["learners"])
     await store.close()
 

@@ -32,6 +32,10 @@ pytestmark = pytest.mark.system
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pinned_decisions.json"
 ARMS = ["reminder", "insight", "nudge", "celebration", "suggestion"]
+# the policies and settings the fixture was recorded with (main 76b31df): later default
+# changes (THOMPSON_V 0.3 -> 0.1, new pooled policies) must not move the pinned figures
+PINNED = ["egreedy-v1", "egreedy-v2", "linucb", "linucb-v2", "thompson", "thompson-v2"]
+SETTINGS = {"thompson_v": 0.3, "epsilon": 0.1, "linucb_alpha": 0.5, "ridge_lambda": 1.0}
 
 # (live policy, shadows): every policy kind is served and shadowed at least once
 SETUPS = [
@@ -123,11 +127,11 @@ async def _outcomes(stack, uid: str) -> dict:
     out: dict = {}
     try:
         user = f"pin-{uid}"
-        for j, pol in enumerate(sorted(POLICY_KINDS)):
+        for j, pol in enumerate(sorted(PINNED)):
             await store.r.hset(state_key(pol, user, False), mapping=_state(pol, 100 + j))
         for live, shadows in SETUPS:
             s = ScorerSettings(redis_url=stack.redis_url, default_policy=live,
-                               shadow_policies=shadows, arms=ARMS)
+                               shadow_policies=shadows, arms=ARMS, **SETTINGS)
             sc = Scorer(s, store)
             rows = []
             for i, body in enumerate(REQUESTS):
@@ -137,16 +141,17 @@ async def _outcomes(stack, uid: str) -> dict:
             out[f"{live}+{','.join(shadows)}"] = rows
         # the full distribution of each policy on these models (off-policy evaluation)
         probs = {}
-        for pol in sorted(POLICY_KINDS):
+        for pol in sorted(PINNED):
             p = Scorer(ScorerSettings(redis_url=stack.redis_url, default_policy=pol,
-                                      shadow_policies=[], arms=ARMS), store).policy(pol)
+                                      shadow_policies=[], arms=ARMS, **SETTINGS),
+                       store).policy(pol)
             blobs = (await store.load_batch([([state_key(pol, user, False)], ARMS)]))[0][0]
             from tipsml.features import build_vector
             ctx = ScoreRequest.model_validate_json(json.dumps({"user_id": "u", **REQUESTS[0]}))
             x = build_vector(p.features, ctx.context, ctx.profile_features)
             probs[pol] = p.selection_probs(ARMS, blobs, x).tolist()
         out["selection_probs"] = probs
-        await store.r.delete(*[state_key(p, user, False) for p in POLICY_KINDS])
+        await store.r.delete(*[state_key(p, user, False) for p in PINNED])
     finally:
         await store.close()
     return out

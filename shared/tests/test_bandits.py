@@ -243,8 +243,10 @@ def test_choose_many_is_choose_per_policy():
         xs = [byv[p.features.version] for p in ps]
         for p, x in zip(ps, xs):
             np.testing.assert_array_equal(x, build_vector(p.features, ctx, prof))
+        priors = [rng.normal(size=(len(arms), p.dim)) if p.pooled and rng.random() < 0.7
+                  else None for p in ps]  # a pooled policy's shared θ_s per arm
         r1, r2 = np.random.default_rng(trial), np.random.default_rng(trial)
-        want = [p.choose(arms, b, x, r1) for p, b, x in zip(ps, blobs, xs)]
-        got = choose_many(ps, arms, blobs, xs, r2)
+        want = [p.choose(arms, b, x, r1, pr) for p, b, x, pr in zip(ps, blobs, xs, priors)]
+        got = choose_many(ps, arms, blobs, xs, r2, priors)
         assert got == want
         assert r1.random() == r2.random()  # the same draws were consumed

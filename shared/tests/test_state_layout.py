@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 from redis.crc import key_slot
+
 from tipsml.bandits import (
     decode_arm,
     encode_arm,

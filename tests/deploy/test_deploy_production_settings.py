@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tipsml.settings import InsecureSettingsError
 
 GOOD = "0123456789abcdef0123456789"

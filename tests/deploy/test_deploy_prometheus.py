@@ -36,9 +36,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from tipsml import subjects as S
+
 from tipsdev.launcher import EmbeddedStack, free_port
 from tipsdev.testing import spawn_worker
+from tipsml import subjects as S
 
 yaml = pytest.importorskip("yaml")
 

@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 import redis.exceptions
+
 from tipsdev.launcher import find_redis_server, free_port, redis_ping
 
 pytestmark = [pytest.mark.system]
@@ -122,9 +123,9 @@ async def test_scorer_and_feedback_run_their_real_code(as_user):
     """A decision (scorer: load state, record decision + pulls), its reward (feedback:
     the reward script across tips:evt / tips:dec / tips:gen / tips:st), stats and reset
     (scorer) - each under its own Redis user."""
+    from scorer.scoring import Scorer
     from scorer.settings import ScorerSettings
     from tipsml.contract import ScoreRequest
-    from scorer.scoring import Scorer
     from tipsml.state import StateStore
 
     settings = ScorerSettings(redis_timeout_s=1.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_asyncio
+
 from tipsdev.launcher import EmbeddedStack
 from tipsdev.testing import spawn_worker
 
@@ -48,6 +49,7 @@ async def clients(own_stack):
     forever, like every worker."""
     import nats
     import redis.asyncio as aioredis
+
     from tipsml.state import StateStore
 
     nc = await nats.connect(own_stack.nats_url, max_reconnect_attempts=-1,

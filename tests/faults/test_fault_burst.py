@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+
 from tests.chaoslib import (
     SHORT,
     Ledger,

@@ -22,10 +22,11 @@ import time
 
 import nats
 import pytest
+
 from tests.chaoslib import Ledger, exactly_once_report, exists_many, loadavg, record, wait_applied
+from tipsdev.testing import wait_responding
 from tipsml.rewards import reward_of
 from tipsml.state import decision_key
-from tipsdev.testing import wait_responding
 
 pytestmark = [pytest.mark.system]
 

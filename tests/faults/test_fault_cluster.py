@@ -12,6 +12,7 @@ import time
 
 import nats
 import pytest
+
 from tests.chaoslib import (
     FAST_FEEDBACK,
     LatencyLog,
@@ -23,9 +24,9 @@ from tests.chaoslib import (
     score,
     wait_applied,
 )
+from tipsdev.testing import spawn_worker
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, connect_redis
-from tipsdev.testing import spawn_worker
 
 pytestmark = [pytest.mark.system, pytest.mark.cluster, pytest.mark.slow]
 

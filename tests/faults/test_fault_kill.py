@@ -14,6 +14,7 @@ import random
 import time
 
 import pytest
+
 from tests.chaoslib import (
     FAST_FEEDBACK,
     SHORT,

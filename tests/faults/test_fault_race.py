@@ -16,6 +16,7 @@ import asyncio
 import time
 
 import pytest
+
 from tests.chaoslib import FAST_FEEDBACK, SHORT, feedback_body, record, score, wait_applied
 from tipsml.state import decision_key, event_key
 
@@ -69,6 +70,7 @@ async def test_feedback_arriving_before_its_decision_record_is_applied_later(own
     """Deterministic form: the decision record lands 0.5 s after the feedback (a backlogged
     decision writer). The reward must still be applied once the record exists."""
     import numpy as np
+
     from tipsml.state import pulls_key, state_key
 
     _nc, js, r, store = clients

@@ -9,6 +9,7 @@ import socket
 import tempfile
 
 import pytest
+
 from tests.chaoslib import FAST_FEEDBACK
 from tests.fuzz.fuzzlib import EXAMPLES  # noqa: F401 - re-exported for readers of this file
 from tipsdev.launcher import EmbeddedStack

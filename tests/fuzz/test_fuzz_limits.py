@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tests.chaoslib import dlq_count
 from tipsml.contract import MAX_ARMS, MAX_PAYLOAD_BYTES, MAX_TASKS, MAX_TITLE_LEN
 

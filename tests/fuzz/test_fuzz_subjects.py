@@ -18,6 +18,8 @@ from collections import Counter
 
 import nats.errors
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+
 from tests.chaoslib import dlq_count, record, score
 from tests.fuzz.fuzzlib import (
     CORPUS,
@@ -36,7 +38,6 @@ from tests.fuzz.fuzzlib import (
     snapshot,
     stats_req,
 )
-from hypothesis import HealthCheck, assume, given, settings
 from tipsml.state import event_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

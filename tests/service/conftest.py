@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from tipsdev.testing import spawn_worker
 
 

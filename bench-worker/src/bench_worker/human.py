@@ -22,10 +22,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tipsml import rubric as R
-from tipsml.contract import ContractError, ErrorCode, describe_validation_error
 from bench_worker import stats
 from bench_worker.runner import score_metrics
+from tipsml import rubric as R
+from tipsml.contract import ContractError, ErrorCode, describe_validation_error
 
 EXPORT_FORMAT = "tip-bench-judge-export/1"
 

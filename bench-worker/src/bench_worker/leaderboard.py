@@ -16,8 +16,8 @@ import io
 from collections import defaultdict
 from typing import Any
 
-from tipsml import rubric as R
 from bench_worker import stats
+from tipsml import rubric as R
 
 JUDGES = ("auto", "llm", "human")
 

@@ -9,13 +9,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tipsml import prompts as P
-from tipsml import rubric as R
 from bench_worker import scenarios as SC
-from tipsml.context import assemble
-from tipsml.llm import LLMClient, postprocess
 from bench_worker.job import BenchJob, Cell
 from bench_worker.judge import LLMJudge
+from tipsml import prompts as P
+from tipsml import rubric as R
+from tipsml.context import assemble
+from tipsml.llm import LLMClient, postprocess
 
 
 def candidate_id(cell_key: str, i: int) -> str:

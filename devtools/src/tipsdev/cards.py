@@ -56,6 +56,8 @@ def _now() -> str:
 
 def hyper_parameters(p: Policy) -> dict:
     hp = {"ridge_lambda": p.lam, "global_model": p.global_model}
+    if p.pooled:  # per-user model shrunk toward a shared one: λ above is λ_p, the prior's
+        hp.update(pooled=True, shared_ridge_lambda=p.shared_lam)
     if p.kind == "egreedy":
         hp["epsilon"] = p.epsilon
     elif p.kind == "linucb":

@@ -4,14 +4,15 @@
    LLM server when it can start — otherwise without it, and says so);
 2. spawns every worker as a subprocess: ``scorer.main``, ``feedback_consumer.main`` and,
    when installed, ``generator.main`` and ``bench_worker.main``;
-3. plays simulated traffic through NATS: persona users in four cohorts, one per policy
-   (egreedy-v1, egreedy-v2, linucb, thompson); every decision is a real ``tips.score``,
+3. plays simulated traffic through NATS: persona users in five cohorts, one per policy
+   (egreedy-v1, egreedy-v2, linucb, thompson, egreedy-pooled); every decision is a real ``tips.score``,
    every reaction a real ``feedback.>`` event applied by the feedback consumer; one tip
    in a while is written by the generator; the client is realistic (an ignored tip sends
    nothing: the feedback consumer applies its default reward when the decision's reward
    window, ``--reward-window-s`` here, closes);
 4. shows a live view (requests/s, p99 latency, reward per policy) and ends with a report:
-   reward per policy, an off-policy estimate from the DECISIONS log, the promotion
+   reward per policy, cold-start regret (% of the oracle by rounds 10 / 30 / 100 / 300,
+   of this run and of the in-process sweep), an off-policy estimate from the DECISIONS log, the promotion
    gate's verdict, a model card per policy in the local MLflow model registry, and
    where the plots and MLflow runs are.
 
@@ -40,7 +41,8 @@ from tipsdev.sim.services import CORE_WORKERS, OPTIONAL_WORKERS, Services
 from tipsdev.sim.stats import fmt_ci, mean_ci
 from tipsdev.sim.world import make_episode
 
-POLICIES = ["egreedy-v1", "egreedy-v2", "linucb", "thompson"]
+POLICIES = ["egreedy-v1", "egreedy-v2", "linucb", "thompson", "egreedy-pooled"]
+GATE = ("egreedy-pooled", "egreedy-v2")  # candidate, baseline of the demo's gate
 OUT_DIR = Path(os.environ.get("TIPS_RUN_DIR", ".run")) / "demo"
 
 
@@ -201,8 +203,18 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
         reg = float(tr.regret_curve()[-1]) if rounds else float("nan")
         fb = float(tr.meta["fallback"].mean()) if rounds else 0.0
         rep["policies"][p] = {"reward": ci, "regret_per_user": reg, "fallback_share": fb}
-        _say(f"  {p:12s} {fmt_ci(ci, 3)}   regret/user vs oracle {reg:6.2f}   "
+        _say(f"  {p:14s} {fmt_ci(ci, 3)}   regret/user vs oracle {reg:6.2f}   "
              f"uniform fallbacks {100 * fb:.0f}%")
+    cps = [t for t in (10, 30, 100, 300) if t <= rounds]
+    if cps:
+        _say("\ncold start: cumulative regret as % of the oracle's reward by round (this run):")
+        _say("  " + " " * 14 + "".join(f"{'by ' + str(t):>10s}" for t in cps))
+        for p, tr in traces.items():
+            reg = np.cumsum((tr.oracle - tr.expected).mean(axis=0))
+            orc = np.cumsum(tr.oracle.mean(axis=0))
+            pct = {t: float(100 * reg[t - 1] / orc[t - 1]) for t in cps}
+            rep["policies"][p]["regret_pct_at"] = pct
+            _say(f"  {p:14s}" + "".join(f"{pct[t]:9.1f}%" for t in cps))
     if stats.fallbacks:
         _say(f"  note: {stats.fallbacks} decisions ({100 * stats.fallbacks / stats.requests:.0f}%) were "
              "the scorer's uniform fallback (its Redis read missed SCORER redis_timeout_s and "
@@ -236,18 +248,20 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
         _say(f"\nOPE: skipped ({e})")
     # the promotion gate (in-process, paired seeds)
     if not args.no_gate and not stop.is_set():
-        _say(f"\npromotion gate egreedy-v2 vs egreedy-v1 and model cards of {', '.join(POLICIES)} "
+        _say(f"\npromotion gate {GATE[0]} vs {GATE[1]} and model cards of {', '.join(POLICIES)} "
              f"(in-process, realistic client, {args.gate_seeds} paired seeds × "
              f"{args.gate_users} users × {args.gate_rounds} rounds) ...")
-        g, cards = await asyncio.to_thread(_gate_and_cards, args)
+        g, cards, sweep = await asyncio.to_thread(_gate_and_cards, args)
         rep["gate"] = {k: g[k] for k in ("verdict", "diff", "why", "relative_lift_pct")}
         rep["cards"] = cards
         from tipsdev.gate import card_lines, summary
+        from tipsdev.sim.report import cold_start_table
 
+        _say("  " + cold_start_table(sweep).replace("\n", "\n  "))
         _say("  " + summary(g))
         for line in card_lines(cards):
             _say("  " + line)
-    full = Path("bench/results/gate_egreedy-v2_vs_egreedy-v1.json")
+    full = Path(f"bench/results/gate_{GATE[0]}_vs_{GATE[1]}.json")
     if full.exists():
         _say(f"  full-size gate result: {full}")
     from tipsdev.sim.tracking import log_run
@@ -270,21 +284,20 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
 
 
 def _gate_and_cards(args):
-    """Every demo policy on paired seeds (in-process): the gate's verdict for egreedy-v2 vs
-    egreedy-v1 from that sweep, and one model card per policy version."""
+    """Every demo policy on paired seeds (in-process): the gate's verdict for GATE from that
+    sweep, the sweep's cold-start figures, and one model card per policy version."""
     from tipsdev.gate import gate_from_rows, offline_metrics, verdict_entry, write_cards
-    from tipsdev.sim.runner import SimConfig, run_rows
+    from tipsdev.sim.runner import SimConfig, aggregate, run_rows
 
     cfg = SimConfig(policies=tuple(POLICIES), users=args.gate_users, rounds=args.gate_rounds,
                     seeds=tuple(range(args.gate_seeds)))
     rows = run_rows(cfg)
-    g = gate_from_rows(rows, cfg, "egreedy-v2", "egreedy-v1", "egreedy-v2", "egreedy-v1")
+    g = gate_from_rows(rows, cfg, GATE[0], GATE[1], GATE[0], GATE[1])
     v = verdict_entry(g)
     cards = []
     for p in POLICIES:
-        cards += write_cards([(p, offline_metrics(rows, p, cfg))],
-                             v if p in ("egreedy-v1", "egreedy-v2") else None)
-    return g, cards
+        cards += write_cards([(p, offline_metrics(rows, p, cfg))], v if p in GATE else None)
+    return g, cards, aggregate(rows, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tipsdev.sim.runner import SimConfig, persona_regret, regret_at, run_rows
+from tipsdev.sim.runner import (
+    SimConfig,
+    persona_regret,
+    regret_at,
+    regret_pct_at,
+    regret_pct_last,
+    run_rows,
+)
 from tipsdev.sim.stats import mean_ci
 
 DEFAULT_MIN_EFFECT = 0.005  # absolute reward; ≈1.3% of egreedy-v1's mean reward
@@ -66,6 +73,10 @@ def offline_metrics(rows: list[dict], label: str, cfg: SimConfig) -> dict:
                    "regret_at": regret_at(curves),
                    "mean_reward": mean_ci([r["mean_reward"] for r in rs]),
                    "seeds": [r["seed"] for r in rs]}}
+    if all("oracle_curve" in r for r in rs):  # cold start: % of the oracle's reward by round
+        oc = np.stack([r["oracle_curve"] for r in rs])
+        out["sim"]["regret_pct_at"] = regret_pct_at(curves, oc)
+        out["sim"]["regret_pct_last50"] = regret_pct_last(curves, oc, 50)
     if all("persona_regret" in r for r in rs):
         out["persona_regret"] = persona_regret(rs)
     return out
@@ -124,8 +135,8 @@ def verdict_entry(res: dict) -> dict:
 def write_cards(items: list[tuple[str, dict]], verdict: dict | None = None) -> list[dict]:
     """One model card per (policy name, offline metrics); returns where each one is."""
     from tipsdev import cards
-    from tipsml.settings import BaseServiceSettings
     from tipsdev.sim.runner import policies_from_env
+    from tipsml.settings import BaseServiceSettings
 
     try:
         from scorer.settings import ScorerSettings  # SHADOW_LEARN lives there
@@ -212,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         prog.close()
     print(summary(res))
+    for side in ("baseline", "candidate"):
+        pa = res["offline"][side]["sim"].get("regret_pct_at")
+        if pa:
+            print(f"  {res[side]:>16s} regret % of oracle by round: " + ", ".join(
+                f"{t}: {c['mean']:.1f} [{c['lo']:.1f}, {c['hi']:.1f}]" for t, c in pa.items()))
     for row in res["per_seed"]:
         print(f"  seed {row['seed']:>3}: A {row['baseline']:.4f}  B {row['candidate']:.4f}  "
               f"Δ {row['diff']:+.4f}")

@@ -330,7 +330,7 @@ def validate_pair(logging_policy: str, target: str, *, users: int = 200, warmup:
     for u in range(U):
         blobs = book.blobs(test.user_ids[u])
         for t in range(R):
-            pi[u, t] = T.selection_probs(list(test.arms), blobs, X[u, t], prng)
+            pi[u, t] = T.selection_probs(list(test.arms), blobs, X[u, t], prng, book.prior())
     true_value = float((pi * test.expected).sum(axis=2).mean())
     d = Logged(list(test.arms), logged.arm.ravel(), logged.propensity.ravel(),
                logged.reward.ravel(), pi.reshape(-1, K), test.x12.reshape(U * R, -1),

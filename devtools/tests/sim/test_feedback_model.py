@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from tipsdev.sim.inproc import EXPLICIT, FeedbackModel, policy_rng, run_policy
 from tipsdev.sim.runner import policies_from_env
 from tipsdev.sim.world import REACTIONS, make_episode

@@ -1,6 +1,7 @@
 """The promotion gate (in-process mode, paired seeds)."""
 
 import numpy as np
+
 from tipsdev.gate import decide, gate, summary
 
 

@@ -1,6 +1,7 @@
 """Off-policy estimators: exact cases, and validation against online runs in the simulator."""
 
 import numpy as np
+
 from tipsdev.ope import Logged, dr, evaluate, ips, snips, target_probs_from_entry, validate_pair
 
 

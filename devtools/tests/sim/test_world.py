@@ -3,10 +3,11 @@ the profile features (no servers needed)."""
 
 import numpy as np
 import pytest
+
+from tipsdev.sim.world import PERSONAS, REACTIONS, make_episode
 from tipsml.contract import Context
 from tipsml.features import FS_CTX, FS_CTX_PROFILE, build_vector
 from tipsml.rewards import REWARD_TABLE
-from tipsdev.sim.world import PERSONAS, REACTIONS, make_episode
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ class DefaultRewardSweeper:
                 log.warning("default-reward sweep failed: %r", e)
             try:
                 await asyncio.wait_for(stop.wait(), self.every_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def sweep_once(self, now: float | None = None) -> dict[str, int]:

@@ -40,12 +40,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tipsml import fallbacks, prompts
 from tipsml import guard as G
+from tipsml import keys as K
 from tipsml.context import assemble
 from tipsml.contract import Context, ContractError, ErrorCode, GenerateRequest, Signal
-from tipsml import keys as K
-from tipsml.keys import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, combo_key, ctx_key, lock_key, sig_key  # noqa: F401
+from tipsml.keys import (  # noqa: F401
+    EXPOSURES_STREAM,
+    PV_SERVED_KEY,
+    cand_key,
+    combo_key,
+    ctx_key,
+    lock_key,
+    sig_key,
+)
 from tipsml.llm import STOP_SEQUENCES, LLMClient, LLMError, postprocess
 
 log = logging.getLogger(__name__)
@@ -83,6 +93,11 @@ class GenConfig:
     default_prompt_version: str | None = None
     rotation: list[str] = field(default_factory=list)
     experiment: str = "prompt-rotation"
+    # TIP_PROMPT_VERSION=bandit:v1,v2,…: a bandit over these versions (tipsml.versions)
+    bandit_versions: list[str] = field(default_factory=list)
+    bandit_epsilon: float = 0.05
+    bandit_per_arm: bool = True
+    bandit_refresh_s: float = 1.0
     cache_enabled: bool = True
     cache_max: int = 4
     cache_ttl_s: int = 6 * 3600
@@ -106,11 +121,17 @@ class GenConfig:
     @classmethod
     def from_settings(cls, s) -> GenConfig:
         g = lambda name, default: getattr(s, name, default)
+        from tipsml.versions import parse_mode
+
+        mode, listed = parse_mode(list(g("tip_prompt_version", [])))
         return cls(
+            bandit_versions=listed if mode == "bandit" else [],
+            bandit_epsilon=g("prompt_bandit_epsilon", cls.bandit_epsilon),
+            bandit_per_arm=g("prompt_bandit_per_arm", cls.bandit_per_arm),
             arms=list(g("arms", [])), default_model=g("llm_model", cls.default_model),
             allowed_models=list(g("generator_allowed_models", [])),
             default_prompt_version=g("default_prompt_version", None),
-            rotation=list(g("tip_prompt_version", [])),
+            rotation=listed if mode == "rotation" else [],
             experiment=g("prompt_experiment", cls.experiment),
             cache_enabled=g("generator_cache_enabled", True),
             cache_max=g("generator_cache_max", cls.cache_max),
@@ -189,6 +210,15 @@ class Generator:
         self.llm = llm
         self.m = metrics
         prompts.validate(cfg.rotation)
+        prompts.validate(cfg.bandit_versions)
+        self.version_bandit = None
+        if cfg.bandit_versions:
+            from tipsml.versions import VersionBandit
+
+            self.version_bandit = VersionBandit(tuple(cfg.bandit_versions), cfg.bandit_epsilon,
+                                                cfg.bandit_per_arm)
+        self._vstats: tuple[float, dict] = (float("-inf"), {})
+        self._vrng = np.random.default_rng()
         prompts.get(None, cfg.default_prompt_version)  # unknown default: fail at start-up
         self.allowed_models = {cfg.default_model, *cfg.allowed_models}
         self._take = redis.register_script(TAKE_LUA)
@@ -200,6 +230,31 @@ class Generator:
     def select_version(self, user_id: str, requested: str | None) -> prompts.PromptVersion:
         return prompts.choose(user_id, requested, self.cfg.rotation, self.cfg.experiment,
                               self.cfg.default_prompt_version)
+
+    async def version_stats(self) -> dict:
+        """The per-(arm, version) reward statistics, merged over their shards, at most
+        ``bandit_refresh_s`` old; on a Redis error the last copy (or none) serves."""
+        at, stats = self._vstats
+        if time.monotonic() - at < self.cfg.bandit_refresh_s:
+            return stats
+        from tipsml.state import read_version_stats
+
+        try:
+            stats = await asyncio.wait_for(read_version_stats(self.r),
+                                           self.cfg.redis_timeout_s * 4)
+        except Exception:  # noqa: BLE001 - stale statistics are fine for a bandit
+            pass
+        self._vstats = (time.monotonic(), stats)
+        return stats
+
+    async def choose_version(self, user_id: str, arm: str, requested: str | None):
+        """(prompt version, how it was chosen, propensity or None)."""
+        if requested or self.version_bandit is None:
+            how = "request" if requested else ("rotation" if len(self.cfg.rotation) > 1
+                                               else "default")
+            return self.select_version(user_id, requested), how, None
+        c = self.version_bandit.choose(await self.version_stats(), arm, self._vrng)
+        return prompts.get(c.version), "bandit", c.propensity
 
     def select_model(self, requested: str | None) -> str:
         if not requested:
@@ -223,7 +278,7 @@ class Generator:
     async def generate(self, req: GenerateRequest) -> GenerateOutcome:
         t0 = time.perf_counter()
         arm = self.select_arm(req.arm)
-        pv = self.select_version(req.user_id, req.prompt_version)
+        pv, pv_how, pv_p = await self.choose_version(req.user_id, arm, req.prompt_version)
         model = self.select_model(req.model)
         key = cand_key(req.user_id, arm, pv.version, model)
         entry, remaining, signals = None, 0, []
@@ -295,12 +350,16 @@ class Generator:
             reply["request_id"] = req.request_id
         if req.decision_id:
             reply["decision_id"] = req.decision_id
+        if pv_how == "bandit":
+            reply["prompt_choice"] = pv_how
+            reply["prompt_propensity"] = pv_p
         rotated = not req.prompt_version and len(self.cfg.rotation) > 1
         record = {"user_id": req.user_id, "prompt_version": pv.version, "prompt_hash": pv.hash,
                   "experiment": self.cfg.experiment if rotated else "",
                   "arm": arm, "source": source, "model": used_model, "req_model": model,
                   "decision_id": req.decision_id or "", "request_id": req.request_id or "",
-                  "ts": time.time(),
+                  "ts": time.time(), "pv_mode": pv_how if pv_how == "bandit" else "",
+                  "pv_p": f"{pv_p:.9g}" if pv_p is not None else "",
                   "context": req.context.model_dump(exclude_none=True) if req.context else None,
                   "profile_features": req.profile_features}
         refill = None
@@ -313,13 +372,16 @@ class Generator:
         pipe = self.r.pipeline(transaction=False)
         exposure = {k: rec[k] for k in ("user_id", "prompt_version", "prompt_hash", "experiment",
                                         "arm", "source", "model", "decision_id", "request_id")}
+        if rec.get("pv_mode"):  # the version bandit's choice and its propensity (for OPE)
+            exposure["pv_mode"], exposure["pv_p"] = rec["pv_mode"], rec["pv_p"]
         exposure["ts"] = f"{rec['ts']:.3f}"
         pipe.xadd(EXPOSURES_STREAM, exposure, maxlen=self.cfg.exposures_maxlen, approximate=True)
         pipe.hincrby(PV_SERVED_KEY, rec["prompt_version"], 1)
         if rec["decision_id"]:
             gk = gen_key(rec["decision_id"], rec["user_id"])
             pipe.hset(gk, mapping={k: exposure[k] for k in (
-                "prompt_version", "prompt_hash", "arm", "source", "model", "user_id", "ts")})
+                "prompt_version", "prompt_hash", "arm", "source", "model", "user_id", "ts",
+                *(("pv_mode", "pv_p") if "pv_mode" in exposure else ()))})
             pipe.expire(gk, self.cfg.reward_window_s)
         ck = combo_key(rec["user_id"])
         pipe.sadd(ck, f"{rec['prompt_version']}\x1f{rec['req_model']}")

@@ -140,7 +140,10 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None, metrics: GeneratorMetrics | None = None
                 ) -> None:
     """Run until ``stop`` (default: SIGINT/SIGTERM). ``metrics`` lets tests read counters."""
-    prompts.validate(settings.tip_prompt_version)
+    from tipsml.versions import parse_mode
+
+    pv_mode, pv_listed = parse_mode(list(settings.tip_prompt_version))
+    prompts.validate(pv_listed)
     prompts.get(None, settings.default_prompt_version)
     litellm_module()  # ~2 s import, paid before announcing ready
     m = metrics or GeneratorMetrics()
@@ -172,7 +175,7 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     announce("generator", metrics_port=port, model=settings.llm_model,
              api_base=settings.llm_api_base, prompt_versions=prompts.known(),
              default_prompt_version=prompts.get(None, settings.default_prompt_version).version,
-             rotation=settings.tip_prompt_version)
+             **{"rotation" if pv_mode == "rotation" else "version_bandit": pv_listed})
     if ready:
         ready.set()
     await stop.wait()

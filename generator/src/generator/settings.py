@@ -8,7 +8,9 @@
 | ``LLM_KEEP_ALIVE`` | ``10m`` | Ollama ``keep_alive`` (how long the model stays loaded) |
 | ``LLM_TIMEOUT_S`` / ``LLM_RETRIES`` | ``20`` / ``1`` | default per-call deadline and extra attempts |
 | ``DEFAULT_PROMPT_VERSION`` | ``v1`` | version used when a request names none |
-| ``TIP_PROMPT_VERSION`` | empty | comma list: sticky-per-user rotation across versions (overrides the default) |
+| ``TIP_PROMPT_VERSION`` | empty | comma list: sticky-per-user rotation across versions (overrides the default); ``bandit:v1,v2-mentor,…``: a bandit picks the version of each tip from the rewards attributed to each version (``tipsml.versions``), its propensity logged with the exposure |
+| ``PROMPT_BANDIT_EPSILON`` | ``0.05`` | bandit mode: uniform floor of the version choice (every propensity ≥ ε / #versions) |
+| ``PROMPT_BANDIT_PER_ARM`` | ``true`` | bandit mode: statistics per tip kind (false: one set over all kinds) |
 | ``PROMPT_EXPERIMENT`` | ``prompt-rotation`` | experiment name hashed with the user id for the rotation bucket |
 | ``GENERATOR_DEADLINE_S`` | ``1.5`` | cache miss: LLM answer within this, else the fallback tip |
 | ``GENERATOR_MAX_TOKENS`` | ``48`` | completion budget of one tip |
@@ -43,6 +45,8 @@ class GeneratorSettings(BaseServiceSettings):
     default_prompt_version: str | None = None
     tip_prompt_version: CsvList = Field(default_factory=list)
     prompt_experiment: str = "prompt-rotation"
+    prompt_bandit_epsilon: float = Field(default=0.05, ge=0.0, le=1.0)
+    prompt_bandit_per_arm: bool = True
     generator_deadline_s: float = 1.5
     generator_max_tokens: int = 48
     generator_temperature: float = 0.7

@@ -69,7 +69,7 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
     m = ScorerMetrics()
     port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
     store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
-                                lam=settings.ridge_lambda,
+                                lam=settings.ridge_lambda, pooled_lambda=settings.pooled_lambda,
                                 record_grace_s=settings.reward_record_grace_s,
                                 global_policies=settings.global_policies,
                                 state_ttl_s=settings.state_ttl_s,

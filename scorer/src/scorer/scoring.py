@@ -180,16 +180,20 @@ class Scorer:
 
     async def _load_models(self, pols, skeys, arms):
         """Per-user models in one script call (one slot: the user's); global ones from the
-        merged, cached shards (:meth:`StateStore.global_models`)."""
+        merged, cached shards (:meth:`StateStore.global_models`). Returns (models, priors):
+        a pooled policy's prior is its shared model's θ (merged shards, cached: no Redis
+        call on most requests)."""
         glob = [p.global_model for p in pols]
+        priors = [await self.store.shared_prior(p, arms, self.redis_timeout_s) if p.pooled
+                  else None for p in pols]
         if not any(glob):
-            return await self.reader.load(skeys, arms)
+            return await self.reader.load(skeys, arms), priors
         ukeys = [k for k, g in zip(skeys, glob) if not g]
         got = iter(await self.reader.load(ukeys, arms) if ukeys else [])
         out = []
         for p, g in zip(pols, glob):
             out.append(await self.store.global_models(p, arms) if g else next(got))
-        return out
+        return out, priors
 
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         live = self.policy(req.policy)
@@ -216,10 +220,10 @@ class Scorer:
             "hyper": {p.name: p.update_id for p in pols if p.name in learners},
         }
         try:
-            blobs = await self._load_models(pols, skeys, arms)
+            blobs, priors = await self._load_models(pols, skeys, arms)
         except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
-        choices = choose_many(pols, arms, blobs, [xs[p.name] for p in pols], self.rng)
+        choices = choose_many(pols, arms, blobs, [xs[p.name] for p in pols], self.rng, priors)
         c = choices[0]
         reply = {
             "ok": True, "decision_id": decision_id, "policy": live.name,

@@ -27,6 +27,19 @@ twin; ``bench/compact_state.py`` measures the drift against a float64 learner ov
 10,000 updates). The former layout 1 (float64 ``[n, reward_sum, b(D), A⁻¹(D·D)]``) is
 still read everywhere (told apart by its length) and rewritten in layout 2 on its next
 update. In memory every policy works on the float64 layout-1 vector (:func:`decode_arm`).
+
+Pooled policies (``egreedy-pooled``, ``linucb-pooled``, ``thompson-pooled``) learn across
+users: each arm keeps one **shared** ridge model over every user's rewards (θ_s =
+(λ_s I + Σ x xᵀ)⁻¹ Σ r x on the same features, ``λ_s = RIDGE_LAMBDA``; its additive
+statistics are a sharded global model, see :mod:`tipsml.state`) and the user's own model
+is shrunk toward it: the prior of θ_u is N(θ_s, I/λ_p) (``λ_p = POOLED_LAMBDA``), so
+
+    θ_u = (λ_p I + Σ_u x xᵀ)⁻¹ (Σ_u r x + λ_p θ_s).
+
+The user's stored state is the ordinary layout with ridge λ_p (A_u = λ_p I + Σ_u x xᵀ,
+b_u = Σ_u r x): the per-user update is unchanged, only the read adds ``λ_p θ_s`` to b
+(:meth:`Policy.choose` ``prior=``). A new user starts at the population's model; after
+about λ_p / D rewards per arm their own data weigh as much as the prior.
 """
 
 from __future__ import annotations
@@ -104,6 +117,41 @@ def stored_update(blob: bytes | None, x: np.ndarray, r: float, lam: float = 1.0)
     x = np.asarray(x, dtype="<f4").astype(np.float64)
     d = x.shape[0]
     return encode_arm(sherman_morrison_update(decode_arm(blob, d, lam), x, r), d)
+
+
+def shared_add(stats: np.ndarray | None, x: np.ndarray, r: float) -> np.ndarray:
+    """Numpy twin of ``GLOBAL_ADD_LUA``: add one reward to a shared-statistics vector
+    ``[n, Σr, b = Σ r x, triu(Σ x xᵀ)]`` (float64; x as recorded, float32)."""
+    x = np.asarray(x, dtype="<f4").astype(np.float64)
+    d = x.shape[0]
+    out = np.zeros(HEADER + d + d * (d + 1) // 2) if stats is None else np.array(stats, dtype=np.float64)
+    flat, _ = _tri_index(d)
+    out[0] += 1
+    out[1] += r
+    out[HEADER:HEADER + d] += r * x
+    out[HEADER + d:] += np.outer(x, x).ravel()[flat]
+    return out
+
+
+def shared_full(stats: np.ndarray | None, dim: int, lam: float) -> np.ndarray:
+    """Summed shared statistics → the full float64 model vector ``[n, Σr, b, A⁻¹]`` with
+    ``A = λI + Σ x xᵀ`` (what a global model is read as)."""
+    if stats is None:
+        return initial_arm(dim, lam)
+    v = np.asarray(stats, dtype=np.float64)
+    _, full = _tri_index(dim)
+    xx = v[HEADER + dim:][full].reshape(dim, dim)
+    ainv = np.linalg.inv(lam * np.eye(dim) + xx)
+    return np.concatenate([v[:HEADER + dim], ainv.ravel()])
+
+
+def shared_theta(models: list[bytes] | np.ndarray, dim: int) -> np.ndarray:
+    """(K, D) θ = A⁻¹ b of full float64 model vectors (bytes or rows of an array)."""
+    vs = np.stack([np.frombuffer(m, dtype="<f8") if isinstance(m, (bytes, bytearray))
+                   else np.asarray(m, dtype=np.float64) for m in models])
+    b = vs[:, HEADER:HEADER + dim]
+    ainv = vs[:, HEADER + dim:].reshape(len(vs), dim, dim)
+    return np.einsum("kij,kj->ki", ainv, b)
 
 
 def initial_arm(dim: int, lam: float) -> np.ndarray:
@@ -265,6 +313,8 @@ class Policy:
     propensity: str = "exact"  # thompson: exact (Gauss–Hermite) | mc (M draws, the former way)
     quad_nodes: int = QUAD_NODES
     global_model: bool = False
+    pooled: bool = False      # per-user model shrunk toward a shared one (lam = λ_p)
+    shared_lam: float = 1.0   # pooled: ridge λ_s of the shared model
     extra: dict = field(default_factory=dict)
 
     @property
@@ -276,7 +326,19 @@ class Policy:
         p = {"egreedy": f"eps={self.epsilon:g}", "linucb": f"alpha={self.alpha:g}",
              "thompson": (f"v={self.v:g},m={self.samples}" if self.propensity == "mc"
                           else f"v={self.v:g},p=exact")}[self.kind]
+        if self.pooled:
+            p += f",pooled,shared_lambda={self.shared_lam:g}"
         return f"{self.name}/{self.kind}/{self.features.version}/{p},lambda={self.lam:g}"
+
+    @property
+    def global_lam(self) -> float:
+        """The ridge λ a global / shared model is read with."""
+        return self.shared_lam if self.pooled else self.lam
+
+    @property
+    def has_shared(self) -> bool:
+        """Whether rewards also feed sharded global statistics (global or pooled)."""
+        return self.global_model or self.pooled
 
     @cached_property
     def update_id(self) -> str:
@@ -319,9 +381,16 @@ class Policy:
         stored, parts = self._rows(blobs)
         return _unpack_rows(stored, parts, self.dim)
 
-    def choose(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
-               rng: np.random.Generator) -> Choice:
+    def _model(self, blobs, prior):
+        """(b, A⁻¹) per arm; a pooled policy adds λ_p θ_s to b (prior: (K, D) θ_s)."""
         _, b, ainv = self.stack(blobs)
+        if self.pooled and prior is not None:
+            b = b + self.lam * np.asarray(prior, dtype=np.float64)
+        return b, ainv
+
+    def choose(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
+               rng: np.random.Generator, prior: np.ndarray | None = None) -> Choice:
+        b, ainv = self._model(blobs, prior)
         u = ainv @ x                      # (K, D): A⁻¹x per arm
         mean = np.einsum("kd,kd->k", u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
         ux = None if self.kind == "egreedy" else np.einsum("kd,d->k", u, x).tolist()
@@ -370,10 +439,11 @@ class Policy:
         return Choice(arms[idx], idx, float(min(p, 1.0)), explored, dict(zip(arms, scores)))
 
     def selection_probs(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
-                        rng: np.random.Generator | None = None) -> np.ndarray:
+                        rng: np.random.Generator | None = None,
+                        prior: np.ndarray | None = None) -> np.ndarray:
         """Full distribution over arms (for off-policy evaluation)."""
         k = len(arms)
-        _, b, ainv = self.stack(blobs)
+        b, ainv = self._model(blobs, prior)
         u = ainv @ x
         mean = np.einsum("kd,kd->k", u, b)
         if self.kind == "egreedy":
@@ -407,21 +477,31 @@ def _unpack_rows(stored: bool, parts: list[bytes], d: int):
 
 
 def choose_many(pols: list[Policy], arms: list[str], blobs: list[list[bytes | None]],
-                xs: list[np.ndarray], rng: np.random.Generator) -> list[Choice]:
-    """``[p.choose(arms, b, x, rng) for p, b, x in zip(pols, blobs, xs)]``, the same
-    choices (the same numbers, the same draws from ``rng`` in the same order) with the
-    per-arm maths of every policy sharing a feature vector done in one numpy pass: the
-    arms of those policies are stacked into one (P·K, D, D) batch, so a request with
-    shadows costs about as many numpy calls as one policy did."""
+                xs: list[np.ndarray], rng: np.random.Generator,
+                priors: list | None = None) -> list[Choice]:
+    """``[p.choose(arms, b, x, rng, prior) for ...]``, the same choices (the same numbers,
+    the same draws from ``rng`` in the same order) with the per-arm maths of every policy
+    sharing a feature vector done in one numpy pass: the arms of those policies are
+    stacked into one (P·K, D, D) batch, so a request with shadows costs about as many
+    numpy calls as one policy did. A pooled policy with a prior (its b shifted by λθ_s)
+    is computed on its own, as :meth:`Policy.choose` does."""
     k = len(arms)
+    priors = priors or [None] * len(pols)
     groups: dict[tuple, list[int]] = {}
-    rows: list[list[bytes]] = []
-    for i, (p, bl) in enumerate(zip(pols, blobs)):
-        stored, parts = p._rows(bl)
-        rows.append(parts)
-        groups.setdefault((id(xs[i]), p.dim, stored), []).append(i)
+    rows: list = [None] * len(pols)
     means: list = [None] * len(pols)
     uxs: list = [None] * len(pols)
+    for i, (p, bl) in enumerate(zip(pols, blobs)):
+        x = xs[i]
+        if p.pooled and priors[i] is not None:
+            b, ainv = p._model(bl, priors[i])
+            u = ainv @ x
+            means[i] = np.einsum("kd,kd->k", u, b).tolist()
+            uxs[i] = None if p.kind == "egreedy" else np.einsum("kd,d->k", u, x).tolist()
+            continue
+        stored, parts = p._rows(bl)
+        rows[i] = parts
+        groups.setdefault((id(x), p.dim, stored), []).append(i)
     for (_, d, stored), idx in groups.items():
         x = xs[idx[0]]
         _, b, ainv = _unpack_rows(stored, [r for i in idx for r in rows[i]], d)
@@ -442,18 +522,37 @@ POLICY_KINDS = {
     "linucb-v2": ("linucb", FS_CTX_PROFILE),
     "thompson": ("thompson", FS_CTX),
     "thompson-v2": ("thompson", FS_CTX_PROFILE),
+    # learn across users: per-user models shrunk toward a shared model (module doc)
+    "egreedy-pooled": ("egreedy", FS_CTX_PROFILE_V2),
+    "linucb-pooled": ("linucb", FS_CTX_PROFILE_V2),
+    "thompson-pooled": ("thompson", FS_CTX_PROFILE_V2),
 }
+POOLED_POLICIES = frozenset({"egreedy-pooled", "linucb-pooled", "thompson-pooled"})
+POOLED_LAMBDA = 50.0  # default strength λ_p of the shared prior (settings: POOLED_LAMBDA)
+
+
+def policy_lambda(name: str, lam: float, pooled_lambda: float = POOLED_LAMBDA) -> float:
+    """The ridge λ of a policy's per-user state: λ_p for a pooled policy, else λ."""
+    return pooled_lambda if name in POOLED_POLICIES else lam
 
 
 def build_policies(settings) -> dict[str, Policy]:
     """The policy registry, parameterised from settings (one entry per policy name)."""
     out = {}
+    plam = getattr(settings, "pooled_lambda", POOLED_LAMBDA)
     for name, (kind, fs) in POLICY_KINDS.items():
+        pooled = name in POOLED_POLICIES
         out[name] = Policy(
-            name=name, kind=kind, features=fs, lam=settings.ridge_lambda,
-            epsilon=settings.epsilon, alpha=settings.linucb_alpha, v=settings.thompson_v,
+            name=name, kind=kind, features=fs,
+            lam=policy_lambda(name, settings.ridge_lambda, plam),
+            epsilon=getattr(settings, "pooled_epsilon", settings.epsilon) if pooled
+            else settings.epsilon,
+            alpha=getattr(settings, "pooled_alpha", settings.linucb_alpha) if pooled
+            else settings.linucb_alpha,
+            v=getattr(settings, "pooled_v", settings.thompson_v) if pooled else settings.thompson_v,
             samples=settings.thompson_samples,
             propensity=getattr(settings, "thompson_propensity", "exact"),
-            global_model=name in settings.global_policies,
+            global_model=name in settings.global_policies and not pooled,
+            pooled=pooled, shared_lam=settings.ridge_lambda,
         )
     return out

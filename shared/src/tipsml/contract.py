@@ -254,6 +254,10 @@ class GenerateReply(_Reply):
     fallback_reason: str | None = None
     request_id: str | None = None
     decision_id: str | None = None
+    # TIP_PROMPT_VERSION=bandit:…: how the version was chosen and with which probability
+    # (for off-policy evaluation of the version decision); absent otherwise
+    prompt_choice: Literal["request", "rotation", "default", "bandit"] | None = None
+    prompt_propensity: float | None = None
 
 
 class LeaderboardRequest(_Model):

@@ -20,6 +20,8 @@ by their own tags. Bytes per user and per decision: see README "Scale-out".
 | ``tips:cand:<u>:<arm>:<version>:<model>`` | list, tip candidates | generator | generator |
 | ``tips:genctx:<u>`` / ``tips:sig:<u>`` / ``tips:gencombo:<u>`` / ``tips:genlock:<what>:<u>`` | generator caches | generator | generator |
 | ``tips:exposures`` / ``tips:pv:served`` | stream / hash, prompt-version exposure counts | generator | bench, dashboards |
+| ``tips:pv:st:{<s>}`` | hash ``arm\x1fversion`` → [n, Σr], rewards per prompt version | feedback consumer | generator (version bandit) |
+| ``tips:pv:done:{<s>}:<decision>`` | marker, once per decision | feedback consumer | — |
 | ``bench:job:<id>`` / ``bench:lease:<cell>`` | bench job state | bench worker | bench worker |
 """
 
@@ -81,6 +83,23 @@ def global_pulls_key(policy: str, shard: int) -> str:
 
 def global_marker_key(policy: str, shard: int, decision_id: str) -> str:
     return f"{GDONE}{{{policy}.{shard}}}:{decision_id}"
+
+
+VERSION_SHARDS = 16
+
+
+def version_shard(decision_id: str) -> int:
+    return zlib.crc32(decision_id.encode()) % VERSION_SHARDS
+
+
+def version_stat_key(shard: int) -> str:
+    """Prompt-version reward statistics (hash ``arm\x1fversion`` → float64 [n, Σr]),
+    sharded by decision id; the generator's version bandit reads them (tipsml.versions)."""
+    return f"tips:pv:st:{{{shard}}}"
+
+
+def version_marker_key(shard: int, decision_id: str) -> str:
+    return f"tips:pv:done:{{{shard}}}:{decision_id}"
 
 
 def decision_key(decision_id: str, user_id: str) -> str:

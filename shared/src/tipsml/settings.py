@@ -11,15 +11,19 @@ every process.
 | ``NATS_USER`` / ``NATS_PASSWORD`` | unset | credentials of this worker's NATS user |
 | ``REDIS_URL`` | ``redis://127.0.0.1:6379/0`` | Redis holding bandit state and decisions |
 | ``ARMS`` | ``focus_block,break_reminder,task_breakdown,prioritize,plan_tomorrow`` | default arm catalogue |
-| ``DEFAULT_POLICY`` | ``egreedy-v1`` | policy served when a request names none |
+| ``DEFAULT_POLICY`` | ``egreedy-pooled`` | policy served when a request names none (egreedy-v1 before issue 15; the gate promoted egreedy-pooled over egreedy-v2) |
 | ``SHADOW_POLICIES`` | ``egreedy-v2,linucb`` | policies scored beside the live one, never served |
 | ``GLOBAL_POLICIES`` | empty | policies keeping one global model instead of one per user |
 | ``EPSILON`` | ``0.1`` | exploration rate of the egreedy policies |
 | ``LINUCB_ALPHA`` | ``0.5`` | LinUCB exploration width |
-| ``THOMPSON_V`` | ``0.3`` | posterior scale of linear Thompson sampling |
+| ``THOMPSON_V`` | ``0.1`` | posterior scale of linear Thompson sampling (0.3 before issue 15: explored too long, see bench/results/sim_sweep.md) |
 | ``THOMPSON_PROPENSITY`` | ``exact`` | Thompson's propensity: ``exact`` (quadrature of P(argmax)) or ``mc`` (``THOMPSON_SAMPLES`` draws; the former estimate, kept for comparison) |
 | ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws of ``THOMPSON_PROPENSITY=mc`` |
-| ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model |
+| ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model (and of the shared model of the pooled policies) |
+| ``POOLED_LAMBDA`` | ``50.0`` | pooled policies: strength λ_p of the shared prior (a user's model is shrunk toward the population's with weight λ_p; bandits.py) |
+| ``POOLED_EPSILON`` | ``0.03`` | exploration rate of ``egreedy-pooled`` |
+| ``POOLED_ALPHA`` | ``0.1`` | LinUCB width of ``linucb-pooled`` |
+| ``POOLED_V`` | ``0.1`` | posterior scale of ``thompson-pooled`` |
 | ``REWARD_WINDOW_S`` | ``86400`` | how long a decision can still be rewarded |
 | ``STATE_TTL_S`` | ``7776000`` (90 days) | a user's bandit state and pull counters expire this long after their last reward / decision (idle users cost no memory); ``0`` keeps them forever |
 | ``GLOBAL_SHARDS`` | ``16`` | shard keys of each global model's statistics (same value in every process) |
@@ -89,15 +93,19 @@ class BaseServiceSettings(BaseSettings):
     nats_password: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     arms: CsvList = Field(default_factory=lambda: list(DEFAULT_ARMS))
-    default_policy: str = "egreedy-v1"
+    default_policy: str = "egreedy-pooled"
     shadow_policies: CsvList = Field(default_factory=lambda: ["egreedy-v2", "linucb"])
     global_policies: CsvList = Field(default_factory=list)
     epsilon: float = 0.1
     linucb_alpha: float = 0.5
-    thompson_v: float = 0.3
+    thompson_v: float = 0.1
     thompson_samples: int = 256
     thompson_propensity: str = "exact"
     ridge_lambda: float = 1.0
+    pooled_lambda: float = 50.0
+    pooled_epsilon: float = 0.03
+    pooled_alpha: float = 0.1
+    pooled_v: float = 0.1
     reward_window_s: int = 86400
     # a decision record (and its due entry) outlives its window by this much, so the
     # default reward still finds it after the sweeping consumer was down for a while
@@ -127,7 +135,7 @@ class BaseServiceSettings(BaseSettings):
             raise ValueError("THOMPSON_PROPENSITY must be exact or mc")
         return v
 
-    @field_validator("epsilon")
+    @field_validator("epsilon", "pooled_epsilon")
     @classmethod
     def _eps(cls, v: float) -> float:
         if not 0.0 <= v <= 1.0:

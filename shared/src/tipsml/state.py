@@ -24,6 +24,16 @@ sums the shards and inverts ``λI + Σ x xᵀ`` on read, at most every
 is visible to a scorer within that refresh), updates are exactly once. Their pull
 counters are sharded the same way (``tips:pullsg:{p.<s>}``).
 
+Pooled policies (:data:`tipsml.bandits.POOLED_POLICIES`: per-user models shrunk toward a
+shared model) are both: the user's model is an ordinary per-user key updated in the
+reward script (with the policy's own ridge λ_p, ARGV ``lam:<p>=<λ>``), and the script
+returns the decision's x for the shared part too (ARGV ``sh:<p>``), which the same
+global step adds to the policy's shard ``tips:stg:{p.<s>}`` once per decision. On a
+Redis Cluster the two keys are in different slots, so they cannot be one script: the
+user's step holds the idempotency claim, the shared step its per-decision marker, and a
+crash between them is repaired by the redelivery (the claim answers ``duplicate`` with
+``applied``, which re-runs the marker-guarded shared step).
+
 * ``tips:due:{<shard>}`` sorted set, member ``<decision_id>:<user_id>``, score = when
   the decision's reward window closes; the feedback consumer sweeps the due ones and
   applies the default reward (event ``default:<decision_id>``) unless a reaction
@@ -50,11 +60,9 @@ Same commands, same replies, same errors; ``REDIS_FAST_PATH=0`` turns it off.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +84,28 @@ from tipsml.keys import (  # noqa: E402,F401
     DEC, DUE_SHARDS, GLOBAL_SHARDS, HP_IDS_KEY, decision_key, default_event_id, due_key,
     due_shard, event_key, generation_key, global_marker_key, global_pulls_key,
     global_shard, global_shard_key, hp_tag, pulls_key, state_key, user_of_tag, utag,
+    VERSION_SHARDS, version_marker_key, version_shard, version_stat_key,
 )
+
+
+async def read_version_stats(r) -> dict[tuple[str, str], tuple[float, float]]:
+    """{(arm, version): (n, Σr)} summed over the shards (one pipeline); ``("*", version)``
+    sums over all tip kinds."""
+    pipe = r.pipeline(transaction=False)
+    for s in range(VERSION_SHARDS):
+        pipe.hgetall(version_stat_key(s))
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for row in await pipe.execute():
+        for f, blob in row.items():
+            if len(blob) != 16:
+                continue
+            f = f.decode() if isinstance(f, bytes) else f
+            arm, _, version = f.partition("\x1f")
+            n, sr = np.frombuffer(blob, dtype="<f8")
+            for a in (arm, "*"):  # "*": over all tip kinds (PROMPT_BANDIT_PER_ARM=false)
+                n0, s0 = out.get((a, version), (0.0, 0.0))
+                out[(a, version)] = (n0 + float(n), s0 + float(sr))
+    return out
 
 
 def is_cluster_url(url: str) -> bool:
@@ -142,7 +171,9 @@ _FAILOVER_ERRORS = _failover_errors()
 # ARGV[6] state ttl (s; 0 = none), ARGV[7] comma list of per-user policies (KEYS[4..]).
 # ARGV[8..] 'hp:<policy>=<tag>': the updater's hyper-parameters (hp_tag of
 #         tipsml.bandits.update_id) — a learner whose decision-time tag differs answers
-#         'hyper_mismatch' (no claim, no change).
+#         'hyper_mismatch' (no claim, no change); 'lam:<policy>=<λ>': that per-user
+#         policy's own ridge λ (else ARGV[3]); 'sh:<policy>': a per-user policy that also
+#         feeds shared statistics (pooled): its x is returned for the global step too.
 # Decision record (layout 2): a arm, p policy, l 'policy/dim,…' learners, x their feature
 # vectors (float32, concatenated in l's order), h their hp tags (comma list), r rewarded.
 # A learner not among ARGV[7] (a global policy) is returned as policy, x for the global
@@ -152,6 +183,16 @@ local pv = redis.call('HGET', KEYS[3], 'prompt_version') or ''
 local skeys = {}
 local i = 0
 for p in string.gmatch(ARGV[7], '[^,]+') do i = i + 1; skeys[p] = KEYS[3 + i] end
+local hp, lams, shared = {}, {}, {}
+local any_hp = false
+for k = 8, #ARGV do
+  local hpol, hval = string.match(ARGV[k], '^hp:([^=]+)=(.*)$')
+  if hpol then hp[hpol] = hval; any_hp = true end
+  local lpol, lval = string.match(ARGV[k], '^lam:([^=]+)=(.*)$')
+  if lpol then lams[lpol] = tonumber(lval) end
+  local spol = string.match(ARGV[k], '^sh:(.+)$')
+  if spol then shared[spol] = true end
+end
 local function learners(l)
   local out = {}
   for p, dim in string.gmatch(l or '', '([^,/]+)/(%d+)') do out[#out + 1] = {p, tonumber(dim)} end
@@ -161,7 +202,7 @@ local function globals(d)
   local out = {}
   local off = 0
   for _, ld in ipairs(learners(d[2])) do
-    if not skeys[ld[1]] then
+    if (not skeys[ld[1]]) or shared[ld[1]] then
       out[#out + 1] = ld[1]
       out[#out + 1] = string.sub(d[6], off * 4 + 1, (off + ld[2]) * 4)
     end
@@ -189,12 +230,6 @@ if d[3] then
   return {'already_rewarded', d[4], d[1], pv, ''}
 end
 local ls = learners(d[2])
-local hp = {}
-local any_hp = false
-for k = 8, #ARGV do
-  local hpol, hval = string.match(ARGV[k], '^hp:([^=]+)=(.*)$')
-  if hpol then hp[hpol] = hval; any_hp = true end
-end
 if any_hp then
   local k = 0
   for got in string.gmatch(d[5] or '', '[^,]+') do
@@ -216,10 +251,12 @@ for _, ld in ipairs(ls) do
   local xs = string.sub(d[6], off * 4 + 1, (off + dim) * 4)
   off = off + dim
   local skey = skeys[p]
-  if not skey then
+  if (not skey) or shared[p] then
     glob[#glob + 1] = p
     glob[#glob + 1] = xs
-  else
+  end
+  if skey then
+    local plam = lams[p] or lam
     local x = {struct.unpack('<' .. string.rep('f', dim), xs)}
     local nt = dim * (dim + 1) / 2
     local n2 = 2 + dim + nt
@@ -245,7 +282,7 @@ for _, ld in ipairs(ls) do
       v = {0, 0}
       for k = 1, dim do v[2 + k] = 0 end
       for a = 1, dim do for b = a, dim do
-        v[tix[(a - 1) * dim + b]] = (a == b) and (1 / lam) or 0
+        v[tix[(a - 1) * dim + b]] = (a == b) and (1 / plam) or 0
       end end
     end
     local u = {}
@@ -332,7 +369,7 @@ class StateStore:
     def __init__(self, redis, reward_window_s: int = 86400, lam: float = 1.0,
                  record_grace_s: float = 3600.0, hyper: dict[str, str] | None = None,
                  global_policies=(), state_ttl_s: int | None = None,
-                 global_refresh_s: float | None = None):
+                 global_refresh_s: float | None = None, pooled_lambda: float | None = None):
         self.r = redis
         self.cluster = type(redis).__name__ == "RedisCluster"
         self.reward_window_s = reward_window_s
@@ -345,12 +382,20 @@ class StateStore:
         self.global_policies = set(global_policies or ())
         # the updater's hyper-parameters per policy (default: every registered policy
         # with this λ); sent with every reward so the Lua script can refuse a mismatch
-        from .bandits import POLICY_KINDS, update_id
+        from .bandits import POLICY_KINDS, POOLED_LAMBDA, POOLED_POLICIES, policy_lambda, update_id
 
+        plam = POOLED_LAMBDA if pooled_lambda is None else float(pooled_lambda)
+        # a pooled policy is never a pure global one: its users keep their own models
+        self.global_policies -= POOLED_POLICIES
+        self.pooled = {p for p in POOLED_POLICIES if p in POLICY_KINDS}
+        self.lams = {p: policy_lambda(p, lam, plam) for p in POLICY_KINDS}
         if hyper is None:
-            hyper = {name: update_id(fs.version, lam) for name, (_, fs) in POLICY_KINDS.items()}
+            hyper = {name: update_id(fs.version, self.lams[name])
+                     for name, (_, fs) in POLICY_KINDS.items()}
         self.hyper = dict(hyper)
         self.hyper_args = [f"hp:{p}={hp_tag(v)}" for p, v in sorted(hyper.items())]
+        self.hyper_args += [f"lam:{p}={self.lams[p]!r}" for p in sorted(self.pooled)]
+        self.hyper_args += [f"sh:{p}" for p in sorted(self.pooled)]
         # per-user policies whose state keys the reward script may touch (all it knows)
         self.user_policies = [p for p in sorted(set(POLICY_KINDS) | set(hyper))
                               if p not in self.global_policies]
@@ -359,6 +404,7 @@ class StateStore:
         self._load = redis.register_script(LOAD_MANY_LUA)
         self._hp_registered = False
         self._gcache: dict[tuple, tuple[float, list[bytes]]] = {}
+        self._theta: dict[tuple, tuple[list[bytes], np.ndarray]] = {}
         self._last_refresh = 0.0
         self._bg: set[asyncio.Task] = set()
         self._glock = asyncio.Lock()
@@ -588,6 +634,16 @@ class StateStore:
         outcome, policy, arm, pv, detail = vals
         if outcome == "hyper_mismatch":
             detail = await self._hyper_detail(detail)
+        if pv and (outcome == "applied" or (outcome == "duplicate" and policy == "applied")):
+            # the reward is attributed to the prompt version that wrote the tip: once per
+            # decision (marker), in the version's shard; a redelivery repairs a crash here
+            if outcome == "applied":
+                await self.add_version_reward(decision_id, arm, pv, reward)
+            else:
+                d = await self.r.hmget(decision_key(decision_id, user_id), ["a", "r"])
+                if d[0] is not None:
+                    rw = float(d[1]) if d[1] is not None else reward
+                    await self.add_version_reward(decision_id, d[0].decode(), pv, rw)
         gl = 0
         if len(res) > 5 and outcome in ("applied", "duplicate"):
             if outcome == "duplicate":  # the claim says applied: redo the idempotent step
@@ -602,6 +658,15 @@ class StateStore:
             if outcome == "duplicate":
                 arm = ""
         return ApplyResult(outcome, policy, arm, pv, detail, gl)
+
+    async def add_version_reward(self, decision_id: str, arm: str, version: str,
+                                 reward: float) -> int:
+        from .versions import stat_field
+
+        s = version_shard(decision_id)
+        return int(await self._gadd(
+            keys=[version_stat_key(s), version_marker_key(s, decision_id)],
+            args=[stat_field(arm, version), repr(float(reward)), b"", self.reward_window_s * 2]))
 
     async def apply_global(self, policy: str, decision_id: str, arm: str, reward: float,
                            x32: bytes) -> int:
@@ -631,7 +696,8 @@ class StateStore:
             hit = self._gcache.get(key)
             if hit and time.monotonic() - hit[0] < self.global_refresh_s:
                 return hit[1]
-            blobs = await self._merge_global(policy.name, policy.dim, policy.lam, arms)
+            blobs = await self._merge_global(policy.name, policy.dim,
+                                             getattr(policy, "global_lam", policy.lam), arms)
             self._gcache[key] = (time.monotonic(), blobs)
             return blobs
 
@@ -656,20 +722,38 @@ class StateStore:
         return tot
 
     async def _merge_global(self, policy: str, dim: int, lam: float, arms: list[str]):
-        from .bandits import HEADER, _tri_index, initial_arm, pack
+        from .bandits import pack, shared_full
 
         tot = await self.global_stats(policy, dim, arms)
-        _, full = _tri_index(dim)
-        out = []
-        for a in arms:
-            v = tot.get(a)
-            if v is None:
-                out.append(pack(initial_arm(dim, lam)))
-                continue
-            xx = v[HEADER + dim:][full].reshape(dim, dim)
-            ainv = np.linalg.inv(lam * np.eye(dim) + xx)
-            out.append(pack(np.concatenate([v[:HEADER + dim], ainv.ravel()])))
-        return out
+        return [pack(shared_full(tot.get(a), dim, lam)) for a in arms]
+
+    async def shared_prior(self, policy, arms: list[str],
+                           timeout_s: float | None = None) -> np.ndarray:
+        """(K, D) θ_s of a pooled policy's shared model (merged shards, cached like
+        :meth:`global_models`; θ is computed once per refresh).
+
+        With ``timeout_s`` (the scorer's Redis deadline) a refresh that does not answer in
+        time — Redis slow or stalled — serves the previous copy (the population's model
+        moves slowly; the per-user read still has its own deadline); the refresh itself
+        goes on in the background (never cancelled mid-reply). No previous copy: raise."""
+        from .bandits import shared_theta
+
+        key = (policy.name, tuple(arms))
+        hit = self._theta.get(key)
+        job = asyncio.ensure_future(self.global_models(policy, arms))
+        try:
+            blobs = await (asyncio.wait_for(asyncio.shield(job), timeout_s)
+                           if timeout_s else job)
+        except (Exception, asyncio.TimeoutError):
+            job.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if hit is not None:
+                return hit[1]
+            raise
+        if hit is not None and hit[0] is blobs:
+            return hit[1]
+        th = shared_theta(blobs, policy.dim)
+        self._theta[key] = (blobs, th)
+        return th
 
     async def due(self, shard: int, now: float, limit: int) -> list[tuple[str, str, bytes]]:
         """Decisions of a shard whose window has closed: (decision_id, user_id, member)."""

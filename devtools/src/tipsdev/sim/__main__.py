@@ -65,6 +65,8 @@ def add_world_args(ap: argparse.ArgumentParser, users: int, rounds: int, seeds: 
                     help="reward applied when a window closes without a reaction; none = off")
     ap.add_argument("--window", type=int, default=1,
                     help="reward window in rounds (in-process; NATS mode: REWARD_WINDOW_S)")
+    ap.add_argument("--world", choices=["personas", "heldout"], default="personas",
+                    help="personas: the tuning world (sim/world.py); heldout: sim/world2.py")
 
 
 def default_reward_arg(v: str) -> float | None:
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     users=args.users, rounds=args.rounds, seeds=args.seeds,
                     personas=tuple(args.personas.split(",")), tips_per_day=args.tips_per_day,
                     mode=args.mode, workers=args.workers, client=args.client,
-                    default_reward=args.default_reward, window=args.window)
+                    default_reward=args.default_reward, window=args.window,
+                    world_name=args.world)
     if args.mode == "inproc":
         prog = Progress(len(cfg.seeds) * len(cfg.policies), "policy × seed runs")
     else:

@@ -28,11 +28,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tipsml.bandits import Policy, initial_arm, sherman_morrison_update
+from tipsml.bandits import (
+    Policy,
+    initial_arm,
+    shared_add,
+    shared_full,
+    shared_theta,
+    sherman_morrison_update,
+)
 from tipsml.rewards import REWARD_TABLE
 from tipsdev.sim.world import REACTIONS, Episode
 
 GLOBAL = "*global*"
+SHARED = "*shared*"  # a pooled policy's shared statistics (per arm, bandits.shared_add)
 
 
 @dataclass(frozen=True)
@@ -92,14 +100,31 @@ class Trace:
 
 
 class StateBook:
-    """Per-user (or global) arm models of one policy, as packed float64 vectors."""
+    """Per-user (or global) arm models of one policy, as packed float64 vectors; a pooled
+    policy also keeps the shared statistics (key ``SHARED``), which every update feeds as
+    the feedback consumer's global step does, and which :meth:`prior` reads like the
+    scorer's merged copy (call :meth:`refresh` to take a new copy: the scorer's is at
+    most ``GLOBAL_REFRESH_S`` old; the simulator refreshes once per round)."""
 
     def __init__(self, policy: Policy, arms: tuple[str, ...], init: dict | None = None):
         self.p = policy
         self.arms = arms
         self.d: dict[str, list[np.ndarray]] = {}
         if init:
-            self.d = {k: [v.copy() for v in vs] for k, vs in init.items()}
+            self.d = {k: [None if v is None else v.copy() for v in vs] for k, vs in init.items()}
+        self._prior: np.ndarray | None = None
+        if policy.pooled:
+            self.d.setdefault(SHARED, [None] * len(arms))
+            self.refresh()
+
+    def refresh(self) -> None:
+        if self.p.pooled:
+            full = [shared_full(s, self.p.dim, self.p.shared_lam) for s in self.d[SHARED]]
+            self._prior = shared_theta(full, self.p.dim)
+
+    def prior(self) -> np.ndarray | None:
+        """(K, D) θ of the shared model (pooled), as of the last :meth:`refresh`."""
+        return self._prior
 
     def key(self, user: str) -> str:
         return GLOBAL if self.p.global_model else user
@@ -117,6 +142,9 @@ class StateBook:
     def update(self, user: str, arm_index: int, x: np.ndarray, r: float) -> None:
         vs = self.get(user)
         vs[arm_index] = sherman_morrison_update(vs[arm_index], x, r)
+        if self.p.pooled:
+            sh = self.d[SHARED]
+            sh[arm_index] = shared_add(sh[arm_index], x, r)
 
 
 def run_policy(ep: Episode, policy: Policy, rng: np.random.Generator, *, learn: bool = True,
@@ -141,10 +169,12 @@ def run_policy(ep: Episode, policy: Policy, rng: np.random.Generator, *, learn: 
         for uid, a, x in pending.pop(t, ()):  # windows closing now: the default reward
             book.update(uid, a, x, dflt)
             counts["defaults"] += 1
+        book.refresh()
+        prior = book.prior()
         for u in range(U):
             uid = ep.user_ids[u]
             x = X[u, t]
-            c = policy.choose(arms, book.blobs(uid), x, rng)
+            c = policy.choose(arms, book.blobs(uid), x, rng, prior)
             reaction = ep.reaction(u, t, c.index)
             ri = REACTIONS.index(reaction)
             r = float(rmap[ri])
@@ -187,6 +217,8 @@ def replay(ep: Episode, policy: Policy, arms: np.ndarray) -> tuple[np.ndarray, S
         uid = ep.user_ids[u]
         for t in range(T):
             a = int(arms[u, t])
-            prop[u, t] = policy.selection_probs(list(ep.arms), book.blobs(uid), X[u, t], rng)[a]
+            book.refresh()
+            prop[u, t] = policy.selection_probs(list(ep.arms), book.blobs(uid), X[u, t], rng,
+                                                book.prior())[a]
             book.update(uid, a, X[u, t], REWARD_TABLE[ep.reaction(u, t, a)])
     return prop, book

@@ -42,7 +42,9 @@ def regret_table(res: dict) -> str:
     cfg = res["config"]
     lines = [
         f"{cfg['users']} users × {cfg['rounds']} rounds × {len(cfg['seeds'])} seeds, "
-        f"personas: {', '.join(cfg['personas'])}; mode: {cfg['mode']}; "
+        + ("held-out world (two-persona mixtures of nurse, founder, teacher, retiree, "
+           "support; drifting tastes)" if cfg.get("world_name") == "heldout"
+           else f"personas: {', '.join(cfg['personas'])}") + f"; mode: {cfg['mode']}; "
         f"feedback: {res.get('feedback', 'explicit ignored')}; "
         f"95% t-intervals over seeds. Oracle E[r] = {fmt_ci(res['oracle'])}, "
         f"uniform random E[r] = {fmt_ci(res['uniform'])}.",
@@ -53,6 +55,29 @@ def regret_table(res: dict) -> str:
     for name, p in res["policies"].items():
         lines.append(f"| {name} | {fmt_ci(p['mean_reward'])} | {fmt_ci(p['mean_expected'])} | "
                      f"{fmt_ci(p['regret'], 2)} | {fmt_ci(p['regret_pct_of_oracle'], 1)} |")
+    cold = cold_start_table(res)
+    if cold:
+        lines += ["", cold]
+    return "\n".join(lines)
+
+
+def cold_start_table(res: dict) -> str:
+    """Cumulative regret by rounds 10 / 30 / 100 / 300 as % of the oracle's reward by
+    then (95% t-intervals over seeds), and over the last 50 rounds."""
+    pols = {n: p for n, p in res["policies"].items() if "regret_pct_at" in p}
+    if not pols:
+        return ""
+    rounds = list(next(iter(pols.values()))["regret_pct_at"])
+    last = all("regret_pct_last50" in p for p in pols.values())
+    lines = ["Cumulative regret as % of the oracle's reward, by round (cold start):", "",
+             "| policy | " + " | ".join(f"by round {t}" for t in rounds)
+             + (" | last 50 rounds |" if last else " |"),
+             "|---|" + "---|" * (len(rounds) + int(last))]
+    for name, p in pols.items():
+        cells = [fmt_ci(p["regret_pct_at"][t], 1) for t in rounds]
+        if last:
+            cells.append(fmt_ci(p["regret_pct_last50"], 1))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

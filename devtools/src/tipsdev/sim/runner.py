@@ -11,14 +11,15 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from tipsml.bandits import Policy, build_policies
-from tipsml.features import FS_CTX_PROFILE
-from tipsml.settings import BaseServiceSettings
 from tipsdev.sim.inproc import FeedbackModel, Trace, policy_rng, run_policy
 from tipsdev.sim.stats import curve_ci, mean_ci
 from tipsdev.sim.world import DEFAULT_PERSONAS, WorldConfig, make_episode
+from tipsml.bandits import Policy, build_policies
+from tipsml.features import FS_CTX_PROFILE
+from tipsml.settings import BaseServiceSettings
 
-DEFAULT_POLICIES = ("egreedy-v1", "egreedy-v2", "linucb", "thompson")
+DEFAULT_POLICIES = ("egreedy-v1", "egreedy-v2", "linucb", "thompson", "egreedy-pooled",
+                    "linucb-pooled", "thompson-pooled")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class SimConfig:
     client: str = "realistic"
     default_reward: float | None = 0.0
     window: int = 1
+    world_name: str = "personas"  # personas (tuning world) | heldout (sim/world2.py)
     extra: dict = field(default_factory=dict)
 
     def feedback(self) -> FeedbackModel:
@@ -56,20 +58,60 @@ def sim_only_policies(reg: dict[str, Policy]) -> dict[str, Policy]:
                                                   features=FS_CTX_PROFILE)}
 
 
+_PARAMS = {"epsilon": float, "alpha": float, "v": float, "lam": float, "shared_lam": float}
+
+
+def variant(reg: dict[str, Policy], name: str) -> Policy | None:
+    """``base[key=value,...]`` → the registered ``base`` with those hyper-parameters
+    (epsilon, alpha, v, lam, shared_lam), named ``name`` — for sweeps:
+    ``thompson[v=0.1]``, ``egreedy-pooled[lam=25,epsilon=0.05]``."""
+    if not name.endswith("]") or "[" not in name:
+        return None
+    base, _, rest = name[:-1].partition("[")
+    if base not in reg:
+        return None
+    kw = {}
+    for part in rest.split(","):
+        k, _, v = part.partition("=")
+        k = k.strip()
+        if k not in _PARAMS:
+            raise SystemExit(f"unknown hyper-parameter {k!r} in {name!r}; known: {sorted(_PARAMS)}")
+        kw[k] = _PARAMS[k](v)
+    return replace(reg[base], name=name, **kw)
+
+
 def policies_from_env(names) -> dict[str, Policy]:
     """The scorer's policy registry with the same settings (EPSILON, LINUCB_ALPHA, ... env),
-    plus the simulator-only variants of :func:`sim_only_policies`."""
+    plus the simulator-only variants of :func:`sim_only_policies` and the
+    ``base[key=value]`` variants of :func:`variant` named in ``names``."""
     reg = build_policies(BaseServiceSettings())
     reg.update(sim_only_policies(reg))
+    for n in names:
+        v = variant(reg, n)
+        if v is not None:
+            reg[n] = v
     unknown = [n for n in names if n not in reg]
     if unknown:
         raise SystemExit(f"unknown policies {unknown}; known: {', '.join(sorted(reg))}")
     return reg
 
 
-@functools.lru_cache(maxsize=2)
-def _episode(seed: int, users: int, rounds: int, world: WorldConfig):
+WORLDS = ("personas", "heldout")
+
+
+def make_world_episode(name: str, seed: int, users: int, rounds: int, world: WorldConfig):
+    if name == "heldout":
+        from tipsdev.sim.world2 import make_heldout_episode
+
+        return make_heldout_episode(seed, users, rounds, world)
+    if name != "personas":
+        raise SystemExit(f"unknown world {name!r}; known: {', '.join(WORLDS)}")
     return make_episode(seed, users, rounds, world)
+
+
+@functools.lru_cache(maxsize=2)
+def _episode(seed: int, users: int, rounds: int, world: WorldConfig, name: str = "personas"):
+    return make_world_episode(name, seed, users, rounds, world)
 
 
 def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
@@ -77,6 +119,7 @@ def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
            "mean_expected": tr.mean_expected,
            "oracle": float(tr.oracle.mean()),
            "regret_curve": tr.regret_curve(),
+           "oracle_curve": np.cumsum(tr.oracle.mean(axis=0)),
            "reward_by_round": tr.reward.mean(axis=0),
            "user_mean_reward": tr.reward.mean(axis=1)}
     if personas is not None:  # fairness: final regret per user, averaged per persona
@@ -94,9 +137,10 @@ def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
 
 
 def _job(label: str, policy: str, stream: int, seed: int, users: int, rounds: int,
-         world: WorldConfig, feedback: FeedbackModel | None = None) -> dict:
+         world: WorldConfig, feedback: FeedbackModel | None = None,
+         world_name: str = "personas") -> dict:
     reg = policies_from_env([policy])
-    ep = _episode(seed, users, rounds, world)
+    ep = _episode(seed, users, rounds, world, world_name)
     tr = run_policy(ep, reg[policy], policy_rng(seed, stream), feedback=feedback or FeedbackModel())
     out = summarise_trace(tr, ep.personas)
     out["policy"] = label
@@ -117,12 +161,12 @@ def run_inproc(cfg: SimConfig, progress=None, cohorts: list[tuple] | None = None
     out = []
     if n <= 1:
         for lab, pol, st, f, s in jobs:
-            out.append(_job(lab, pol, st, s, cfg.users, cfg.rounds, world, f))
+            out.append(_job(lab, pol, st, s, cfg.users, cfg.rounds, world, f, cfg.world_name))
             if progress:
                 progress(1)
         return out
     with ProcessPoolExecutor(max_workers=n) as ex:
-        futs = [ex.submit(_job, lab, pol, st, s, cfg.users, cfg.rounds, world, f)
+        futs = [ex.submit(_job, lab, pol, st, s, cfg.users, cfg.rounds, world, f, cfg.world_name)
                 for lab, pol, st, f, s in jobs]
         for f in as_completed(futs):
             out.append(f.result())
@@ -139,7 +183,7 @@ async def run_nats_sweep(cfg: SimConfig, nc, progress=None, settle: bool = True,
     out = []
     cohorts = cohorts or [(p, p) for p in cfg.policies]
     for s in cfg.seeds:
-        ep = make_episode(s, cfg.users, cfg.rounds, cfg.world())
+        ep = make_world_episode(cfg.world_name, s, cfg.users, cfg.rounds, cfg.world())
         traces = await run_nats(nc, ep, cohorts, progress=progress, settle=settle,
                                 stats=stats, client=cfg.client)
         for label, tr in traces.items():
@@ -178,6 +222,11 @@ def aggregate(rows: list[dict], cfg: SimConfig) -> dict:
             "regret_curve": {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()},
             "regret_at": regret_at(curves),
         }
+        if all("oracle_curve" in r for r in rs):
+            oc = np.stack([r["oracle_curve"] for r in rs])
+            res["policies"][p]["regret_pct_at"] = regret_pct_at(curves, oc)
+            if curves.shape[1] > 50:
+                res["policies"][p]["regret_pct_last50"] = regret_pct_last(curves, oc, 50)
         if all("persona_regret" in r for r in rs):
             res["policies"][p]["persona_regret"] = persona_regret(rs)
     return res
@@ -191,11 +240,30 @@ def regret_at(curves: np.ndarray, rounds=CHECKPOINTS) -> dict:
     return {str(t): mean_ci(curves[:, t - 1]) for t in rounds if t <= curves.shape[1]}
 
 
+def regret_pct_at(curves: np.ndarray, oracle_curves: np.ndarray, rounds=CHECKPOINTS) -> dict:
+    """Cumulative regret by round t as a share (%) of the oracle's cumulative reward by t
+    (95% t-interval over seeds): the cold-start figures."""
+    return {str(t): mean_ci(100 * curves[:, t - 1] / oracle_curves[:, t - 1])
+            for t in rounds if t <= curves.shape[1]}
+
+
+def regret_pct_last(curves: np.ndarray, oracle_curves: np.ndarray, n: int = 50) -> dict:
+    """Regret over the last ``n`` rounds as % of the oracle's reward over them."""
+    T = curves.shape[1]
+    if T <= n:
+        return mean_ci(100 * curves[:, -1] / oracle_curves[:, -1])
+    return mean_ci(100 * (curves[:, -1] - curves[:, T - n - 1])
+                   / (oracle_curves[:, -1] - oracle_curves[:, T - n - 1]))
+
+
 def persona_regret(rows: list[dict]) -> dict:
-    """Per persona: final regret per user and as % of the oracle's reward (CIs over seeds)."""
-    names = sorted(rows[0]["persona_regret"])
-    return {n: {"regret": mean_ci([r["persona_regret"][n] for r in rows]),
-                "regret_pct": mean_ci([r["persona_regret_pct"][n] for r in rows])}
+    """Per persona: final regret per user and as % of the oracle's reward (CIs over seeds;
+    a persona no user of a seed has — small held-out runs — counts over the other seeds)."""
+    names = sorted(set().union(*(r["persona_regret"] for r in rows)))
+    return {n: {"regret": mean_ci([r["persona_regret"][n] for r in rows
+                                   if n in r["persona_regret"]]),
+                "regret_pct": mean_ci([r["persona_regret_pct"][n] for r in rows
+                                       if n in r["persona_regret_pct"]])}
             for n in names}
 
 

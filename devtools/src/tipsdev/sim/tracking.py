@@ -14,6 +14,7 @@ import math
 import os
 from pathlib import Path
 
+
 def tracking_uri() -> str:
     from bench_worker.tracking import default_tracking_uri
 
