@@ -133,7 +133,8 @@ async def in_process(args) -> dict:
 
     with EmbeddedStack() as st:
         settings = ScorerSettings(nats_url=st.nats_url, redis_url=st.redis_url, metrics_port=-1,
-                                  shadow_policies=args.shadow, log_level="WARNING")
+                                  default_policy=args.policy, shadow_policies=args.shadow,
+                                  log_level="WARNING")
         ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(serve(settings, ready, stop))
         await ready.wait()
@@ -244,7 +245,8 @@ async def callgrind(args) -> dict:
         raise SystemExit("valgrind not found")
     tmp = Path(tempfile.mkdtemp(prefix="score-cg-"))
     with EmbeddedStack() as st:
-        env = {**os.environ, **st.env(), "SHADOW_POLICIES": args.shadow, "METRICS_PORT": "-1",
+        env = {**os.environ, **st.env(), "DEFAULT_POLICY": args.policy,
+               "SHADOW_POLICIES": args.shadow, "METRICS_PORT": "-1",
                "LOG_LEVEL": "WARNING", "PYTHONMALLOC": "malloc",
                # valgrind is ~50x slower: no fallbacks for a slow-looking Redis
                "REDIS_TIMEOUT_S": "30", "ADMIN_REDIS_TIMEOUT_S": "30"}
@@ -319,6 +321,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="decisions measured (per run)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--policy", default="egreedy-v1", help="live policy (as score_bench.py)")
     ap.add_argument("--shadow", default="egreedy-v2,linucb")
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--label", default="", help="a name for this measurement (e.g. a commit)")
@@ -349,7 +352,7 @@ def main() -> int:
     out = asyncio.run(callgrind(args) if args.mode == "callgrind" else in_process(args))
     summarise(out)
     out["config"] = {"mode": args.mode, "n": args.n, "concurrency": args.concurrency,
-                     "shadow": args.shadow, "label": args.label,
+                     "policy": args.policy, "shadow": args.shadow, "label": args.label,
                      "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                            capture_output=True, text=True).stdout.strip(),
                      "loadavg": os.getloadavg(), "took_s": round(time.time() - t0, 1),
