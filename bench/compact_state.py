@@ -101,7 +101,7 @@ async def measure(url: str, listpack_value: int | None) -> dict:
     old = {"user": user, "arm": rec["arm"], "policy": rec["policy"],
            "learners": ",".join(rec["learners"]), "propensity": repr(rec["propensity"]),
            "ts": repr(rec["ts"]), "version": "egreedy-v1/egreedy/ctx7-v1/eps=0.1,lambda=1"}
-    for p, (sk, x) in rec["vectors"].items():
+    for p, (_sk, x) in rec["vectors"].items():
         old[f"skey:{p}"] = f"tips:st:{p}:{user}"
         old[f"x:{p}"] = np.asarray(x, dtype="<f8").tobytes()
         old[f"hp:{p}"] = st.hyper[p]

@@ -89,7 +89,7 @@ async def run(args) -> dict:
         ps = pstats.Stats(prof, stream=s)
         ps.sort_stats("tottime").print_stats(25)
         rows = []
-        for (file, line, fn), (cc, nc_, tt, ct, _) in sorted(
+        for (file, line, fn), (_cc, nc_, tt, ct, _) in sorted(
                 ps.stats.items(), key=lambda kv: -kv[1][2])[:25]:
             rows.append({"function": f"{Path(file).name}:{line}:{fn}", "calls": nc_,
                          "own_us_per_decision": round(tt / max(n, 1) * 1e6, 2),

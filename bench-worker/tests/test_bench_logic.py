@@ -178,13 +178,13 @@ def test_weighted_kappa_matches_reference_formula():
     a = rng.integers(1, 6, 200)
     b = np.clip(a + rng.integers(-1, 2, 200), 1, 5)
     k = stats.weighted_kappa(list(a), list(b))
-    # reference: κ_w = 1 - Σ w O / Σ w E, computed independently with counts
-    O = np.zeros((5, 5))
+    # reference: κ_w = 1 - Σ w Obs / Σ w E (observed, expected), computed independently with counts
+    Obs = np.zeros((5, 5))
     for i, j in zip(a, b):
-        O[i - 1, j - 1] += 1
-    E = np.outer(O.sum(1), O.sum(0)) / O.sum()
+        Obs[i - 1, j - 1] += 1
+    E = np.outer(Obs.sum(1), Obs.sum(0)) / Obs.sum()
     W = np.array([[(i - j) ** 2 for j in range(5)] for i in range(5)])
-    assert k == pytest.approx(1 - (W * O).sum() / (W * E).sum())
+    assert k == pytest.approx(1 - (W * Obs).sum() / (W * E).sum())
     assert 0.5 < k < 1.0
 
 

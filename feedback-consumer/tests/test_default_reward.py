@@ -90,7 +90,8 @@ async def test_silence_reaction_in_time_and_late_reaction(own, conns):
                                await score(nc, "dr-late"))
         await react(nc, early, "dr-early", "completed")
         # silence: the default reward (0.0) applies once the window closes
-        assert await wait_key(r, event_key(f"default:{silent['decision_id']}", "dr-silent")) == "applied"
+        silent_key = event_key(f"default:{silent['decision_id']}", "dr-silent")
+        assert await wait_key(r, silent_key) == "applied"
         st = await stats(nc, "dr-silent")
         assert st[silent["arm"]]["updates"] == 1 and st[silent["arm"]]["reward_sum"] == 0.0
         # a reaction in time wins; the default is counted and dropped
@@ -99,7 +100,8 @@ async def test_silence_reaction_in_time_and_late_reaction(own, conns):
         st = await stats(nc, "dr-early")
         assert st[early["arm"]]["updates"] == 1 and st[early["arm"]]["reward_sum"] == 1.0
         # a reaction after the default: counted and dropped, state untouched
-        assert await wait_key(r, event_key(f"default:{late['decision_id']}", "dr-late")) == "applied"
+        late_key = event_key(f"default:{late['decision_id']}", "dr-late")
+        assert await wait_key(r, late_key) == "applied"
         ev = await react(nc, late, "dr-late", "completed")
         assert await wait_key(r, event_key(ev, "dr-late")) == "already_rewarded"
         st = await stats(nc, "dr-late")
@@ -130,7 +132,7 @@ async def test_consumer_down_when_window_closes_catches_up(own, conns):
         cons = spawn(own, "feedback_consumer.main")
         await asyncio.sleep(1.0)
         cons.stop()
-        for i, x in enumerate(reps):
+        for i, _rep in enumerate(reps):
             st = await stats(nc, f"dr-down-{i}")
             assert sum(a["updates"] for a in st.values()) == 1
     finally:

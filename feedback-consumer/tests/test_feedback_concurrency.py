@@ -40,7 +40,7 @@ def own_stack():
 
 async def _total_applied(r) -> int:
     n = 0
-    async for k in r.scan_iter("tips:evt:*", count=1000):
+    async for _k in r.scan_iter("tips:evt:*", count=1000):
         n += 1
     return n
 
@@ -70,7 +70,7 @@ async def test_several_consumers_thousands_of_rewards_equal_sequential(own_stack
         js = nc.jetstream()
         rng = random.Random(7)
         rewarded, events = {}, []
-        for i, (u, d) in enumerate(decs):
+        for _i, (u, d) in enumerate(decs):
             reaction = rng.choice(["completed", "accepted", "dismissed", "ignored"])
             events.append((f"c-{d['decision_id']}", d["decision_id"], u, reaction))
             rewarded[d["decision_id"]] = REWARD_TABLE[reaction]

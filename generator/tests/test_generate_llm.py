@@ -150,7 +150,8 @@ async def test_signal_prefills_the_cache_then_request_is_a_hit(nc, redis_client,
                                        headers={"Nats-Msg-Id": f"open-{uid}-{refreshes}"})
                 assert ack.stream == "SIGNALS"
             await asyncio.sleep(0.1)
-        assert await redis_client.llen(key) >= 1, f"nothing passed the guard in {refreshes} refreshes"
+        assert await redis_client.llen(key) >= 1, \
+            f"nothing passed the guard in {refreshes} refreshes"
         for _ in range(50):  # the counters are bumped right after the write
             if w.value("generator_candidates_written_total", prompt_version="v4-grounded"):
                 break

@@ -224,7 +224,8 @@ def test_image_requirements_per_worker():
     def norm(name: str) -> str:
         return re.sub(r"[-_.]+", "-", name).lower()
 
-    pinned = {norm(line.split("==")[0]) for line in (ROOT / "requirements.lock").read_text().splitlines()
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    pinned = {norm(line.split("==")[0]) for line in lock
               if "==" in line and not line.startswith("#")}
     for deps in closures.values():
         missing = {d for d in deps if norm(d) not in pinned}
@@ -323,7 +324,8 @@ def test_workers_run_in_production_mode_with_their_own_redis_user(compose):
     for w, ruser in WORKER_REDIS_USER.items():
         env = env_of(compose["services"][w])
         assert env["TIPS_ENV"] == "production", w
-        assert env["REDIS_URL"].startswith(f"redis://{ruser}:${{REDIS_{ruser.upper()}_PASSWORD:?"), w
+        password = f"${{REDIS_{ruser.upper()}_PASSWORD:?"
+        assert env["REDIS_URL"].startswith(f"redis://{ruser}:{password}"), w
     prov = compose["services"]["provision"]
     assert env_of(prov)["NATS_USER"] == "admin" and prov["restart"] == "no"
     assert prov["command"][:3] == ["python", "-m", "tipsml.provision"]

@@ -259,7 +259,7 @@ async def pause_redis(rec, redis_pid: int, seconds: float = 2.5) -> None:
             msg = await rec.request(S.TIPS_SCORE, json.dumps(
                 {"user_id": f"deploy-pause-{i}"}).encode(), timeout=5)
             assert json.loads(msg.data)["ok"]
-        for i in range(3):
+        for _ in range(3):
             await js.publish("feedback.reaction", json.dumps(
                 {"event_id": f"pause-{uuid.uuid4().hex}", "decision_id": uuid.uuid4().hex,
                  "user_id": "deploy-pause", "reaction": "accepted"}).encode(),

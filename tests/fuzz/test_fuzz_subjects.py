@@ -67,13 +67,14 @@ async def _ask(fz, subject: str, data: bytes, timeout: float = 3.0):
         msg = await fz.nc.request(subject, data, timeout=timeout)
     except Exception as e:  # noqa: BLE001 - no answer in time = the worker dropped it
         _tally(subject, "crash:no_reply")
-        raise AssertionError(f"{subject}: no reply ({type(e).__name__}) to {data[:200]!r}")
+        raise AssertionError(f"{subject}: no reply ({type(e).__name__}) to {data[:200]!r}") from e
     took = time.monotonic() - t0
     try:
         rep = check_reply(msg.data)
     except (AssertionError, ValueError) as e:
         _tally(subject, "crash:bad_reply")
-        raise AssertionError(f"{subject}: bad reply {msg.data[:300]!r} to {data[:200]!r}: {e}")
+        raise AssertionError(
+            f"{subject}: bad reply {msg.data[:300]!r} to {data[:200]!r}: {e}") from e
     if rep["ok"]:
         _tally(subject, "ok")
         state["dirty"] = True
@@ -100,7 +101,8 @@ def _request_reply(fz, subject: str, data: bytes, req=None):
             check_ok(subject, req, rep)
         except (AssertionError, KeyError, TypeError) as e:
             _tally(subject, "crash:invalid_answer")
-            raise AssertionError(f"{subject}: invalid ok answer {rep} to {data[:200]!r}: {e}")
+            raise AssertionError(
+                f"{subject}: invalid ok answer {rep} to {data[:200]!r}: {e}") from e
     alive = fz.alive()[worker]
     if not alive:
         _tally(subject, "crash:worker_died")
@@ -245,7 +247,8 @@ def test_fuzz_feedback(fuzz, decisions):
             if not valid:
                 _tally("feedback.>", "crash:invalid_accepted")
                 raise AssertionError(f"invalid feedback accepted: {data[:300]!r}")
-            assert fuzz.run(fuzz.r.exists(event_key(obj["event_id"], obj["user_id"]))), "no outcome recorded"
+            recorded = fuzz.run(fuzz.r.exists(event_key(obj["event_id"], obj["user_id"])))
+            assert recorded, "no outcome recorded"
 
     run()
 
@@ -277,7 +280,8 @@ def test_fuzz_signals_rejected_change_nothing(fuzz):
             dlq0 = await dlq_count(fuzz.js, "dlq.signals")
             ack = await fuzz.js.publish("signals.fuzz.x", data)
             ok = await _consumer_done(fuzz, "SIGNALS", "generator-signals", ack.seq)
-            return before, await snapshot(fuzz.r), await dlq_count(fuzz.js, "dlq.signals") - dlq0, ok
+            dead = await dlq_count(fuzz.js, "dlq.signals") - dlq0
+            return before, await snapshot(fuzz.r), dead, ok
 
         before, after, dead, ok = fuzz.run(go())
         _tally("signals.>", "dead_lettered" if dead else "accepted")

@@ -35,7 +35,8 @@ def test_on_policy_ips_is_the_logged_mean():
 
 def test_target_probs_rebuilt_from_logged_entries():
     arms = ["a", "b", "c", "d", "e"]
-    eg = {"policy": "egreedy-v2", "policy_version": "egreedy-v2/egreedy/ctx7+prof5-v1/eps=0.2,lambda=1",
+    eg = {"policy": "egreedy-v2",
+          "policy_version": "egreedy-v2/egreedy/ctx7+prof5-v1/eps=0.2,lambda=1",
           "scores": {"a": 0.1, "b": 0.5, "c": 0.5, "d": 0.0, "e": -1}}
     p = target_probs_from_entry(eg, arms)
     np.testing.assert_allclose(p, [0.04, 0.44, 0.44, 0.04, 0.04])

@@ -278,7 +278,8 @@ def make_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig | None =
                                                        0.0, 1.0)), 4),
                 "dismiss_rate": round(float(np.clip(base_dr + 0.10 * s[d] + rng.normal(0, 0.02),
                                                     0.0, 1.0)), 4),
-                "mean_dwell_ms": round(float(base_dw * math.exp(-0.35 * s[d] + rng.normal(0, 0.05))), 1),
+                "mean_dwell_ms": round(
+                    float(base_dw * math.exp(-0.35 * s[d] + rng.normal(0, 0.05))), 1),
                 "preferred_hour": pref_h,
             })
         for a, arm in enumerate(arms):
