@@ -39,7 +39,7 @@ from tipsml.context import assemble
 from generator.generation import cand_key, screen
 from tipsdev.launcher import EmbeddedStack
 from tipsml.llm import STOP_SEQUENCES, LLMClient
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from tipsdev.testing import spawn_worker
 
 OUT = Path(__file__).resolve().parent / "results" / "generate.json"

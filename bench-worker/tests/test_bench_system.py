@@ -15,7 +15,7 @@ from tipsml import subjects as S
 from bench_worker import human
 from bench_worker.job import BenchJob
 from tipsml.contract import ContractError
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 
 from tipsdev.llmserver import MODEL_ALIAS
 

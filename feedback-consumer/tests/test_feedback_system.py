@@ -46,7 +46,7 @@ async def _eq(coro, n):
 
 
 async def _stats(nc, uid):
-    from tipsml.natsutil import request_json
+    from tipsml.messaging.connection import request_json
     return await request_json(nc, "tips.stats", {"user_id": uid, "policy": "egreedy-v1"})
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scorer.settings import ScorerSettings
 from tipsml.contract import ScoreRequest
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from scorer.scoring import Scorer
 from tipsml.state import StateStore
 from tipsdev.testing import spawn_worker, wait_responding

@@ -31,7 +31,7 @@ from tests.chaoslib import (
     score_traffic,
     wait_applied,
 )
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -31,7 +31,7 @@ from tests.chaoslib import (
     record,
     wait_applied,
 )
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from tipsml.state import decision_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

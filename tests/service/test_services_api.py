@@ -10,7 +10,7 @@ import re
 import pytest
 from tipsml import subjects as S
 from tipsml.client import discover
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from tipsdev.testing import wait_responding
 
 pytestmark = pytest.mark.system

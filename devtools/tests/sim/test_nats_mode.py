@@ -12,7 +12,7 @@ Then the DECISIONS log of the run feeds the off-policy estimators.
 import numpy as np
 import pytest
 from tipsml.bandits import decode_arm, dim_of
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from tipsdev.ope import evaluate, load_from_nats
 from tipsdev.sim.inproc import policy_rng, replay, run_policy
 from tipsdev.sim.natsmode import LiveStats, run_nats

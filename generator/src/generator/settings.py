@@ -1,4 +1,9 @@
-"""Generator settings: the shared ones plus the LLM / prompt / cache options.
+"""Generator settings: the shared ones (:mod:`tipsml.settings`) plus the LLM / prompt /
+cache options.
+
+Every variable is read as ``GENERATOR_<NAME>`` first, then by its former unprefixed name
+(``LLM_MODEL`` still works; ``GENERATOR_LLM_MODEL`` wins when both are set); the
+``GENERATOR_…`` options below already carry the prefix and keep their names.
 
 | variable | default | meaning |
 |---|---|---|
@@ -26,6 +31,8 @@
 | ``GENERATOR_ALLOWED_MODELS`` | empty | models a request may name besides ``LLM_MODEL`` |
 | ``GENERATOR_SIGNAL_CONCURRENCY`` | ``2`` | signals processed at once |
 | ``GENERATOR_BG_CONCURRENCY`` | ``1`` | background LLM calls at once |
+| ``GENERATOR_FETCH_BATCH`` / ``GENERATOR_FETCH_TIMEOUT_S`` | ``10`` / ``1.0`` | signals fetched at most at once; an idle fetch returns after this |
+| ``GENERATOR_BREAKER_FAILURES`` / ``GENERATOR_BREAKER_S`` | ``5`` / ``5.0`` | that many signals in a row to retry (LLM or Redis down) stop the fetching for that long |
 """
 
 from pydantic import Field, field_validator
@@ -34,7 +41,7 @@ from tipsml.settings import BaseServiceSettings, CsvList, _split
 
 
 class GeneratorSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GENERATOR_")
 
     llm_model: str = "ollama_chat/qwen2.5:0.5b"
     llm_api_base: str | None = None
@@ -67,6 +74,8 @@ class GeneratorSettings(BaseServiceSettings):
     generator_bg_concurrency: int = 1
     generator_fetch_batch: int = 10
     generator_fetch_timeout_s: float = 1.0
+    generator_breaker_failures: int = Field(default=5, ge=1)
+    generator_breaker_s: float = Field(default=5.0, ge=0)
 
     @field_validator("tip_prompt_version", "generator_allowed_models", mode="before")
     @classmethod

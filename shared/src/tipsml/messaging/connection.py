@@ -1,4 +1,4 @@
-"""NATS helpers: connection, idempotent stream/consumer set-up, JSON request-reply,
+"""NATS plumbing: connection, idempotent stream/consumer set-up, JSON request-reply,
 and the reply-subject check every request handler makes first."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPoli
                          StorageType, StoreCompression, StreamConfig)
 from nats.js.errors import BadRequestError
 
-from . import subjects as S
-from .contract import ErrorCode, error_reply
+from .. import subjects as S
+from ..contract import ErrorCode, error_reply
 
 log = logging.getLogger(__name__)
 
