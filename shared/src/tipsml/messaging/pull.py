@@ -249,10 +249,12 @@ class PullConsumer:
                         log.warning("%s: bind failed: %r", self.spec.durable, e)
                         await _sleep_or_stop(stop, 1.0)
                         continue
+                await slots.acquire()
                 if self.breaker is not None and self.breaker.is_open:
+                    # checked with a slot in hand: the handler that just failed opened it
+                    slots.release()
                     await _sleep_or_stop(stop, self.breaker.remaining_s())
                     continue
-                await slots.acquire()
                 free = 1
                 while free < self.batch and not slots.locked():
                     await slots.acquire()
