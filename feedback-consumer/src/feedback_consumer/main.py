@@ -61,12 +61,7 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
     async with Worker("feedback-consumer", settings, ready=ready, stop=stop) as w:
         m = FeedbackMetrics()
         port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
-        store = w.closing(StateStore.from_url(
-            settings.redis_url, reward_window_s=settings.reward_window_s,
-            lam=settings.ridge_lambda, pooled_lambda=settings.pooled_lambda,
-            record_grace_s=settings.reward_record_grace_s,
-            global_policies=settings.global_policies, state_ttl_s=settings.state_ttl_s,
-            global_refresh_s=settings.global_refresh_s))
+        store = w.closing(StateStore.from_settings(settings))
         await w.connect()
         spec = settings.consumer_spec()
         await prepare_jetstream(w.js, settings, ["FEEDBACK", "DEADLETTER"], [spec],

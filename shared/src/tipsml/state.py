@@ -407,6 +407,16 @@ class StateStore:
         return cls(connect_redis(url, max_connections=max_connections,
                                  pool_timeout_s=pool_timeout_s), **kw)
 
+    @classmethod
+    def from_settings(cls, s) -> StateStore:
+        """The store as a worker's settings describe it (scorer and feedback consumer must
+        agree on every one of these)."""
+        return cls.from_url(s.redis_url, reward_window_s=s.reward_window_s,
+                            lam=s.ridge_lambda, pooled_lambda=getattr(s, "pooled_lambda", None),
+                            record_grace_s=s.reward_record_grace_s,
+                            global_policies=s.global_policies, state_ttl_s=s.state_ttl_s,
+                            global_refresh_s=s.global_refresh_s)
+
     async def close(self) -> None:
         await self.r.aclose()
 

@@ -5,7 +5,7 @@ Every worker's ``main.py`` is short wiring around :class:`Worker`::
 
     async def serve(settings, ready=None, stop=None):
         async with Worker("scorer", settings, ready=ready, stop=stop) as w:
-            store = w.closing(StateStore.from_url(...), StateStore.close)
+            store = w.closing(StateStore.from_settings(settings))
             nc = await w.connect()
             ...
             await w.service(name=..., endpoints=[(spec, Endpoint(...)), ...])
