@@ -59,7 +59,7 @@ async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
 
     async with Worker("bench-worker", settings, ready=ready, stop=stop) as w:
         m = BenchMetrics()
-        port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
+        port = w.metrics(m.registry)
         uri = settings.mlflow_tracking_uri or default_tracking_uri()
         tracker = await asyncio.to_thread(Tracker, uri, settings.artifact_root)
         await asyncio.to_thread(litellm_module)  # import once, before the first cell

@@ -60,7 +60,7 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     async with Worker("feedback-consumer", settings, ready=ready, stop=stop) as w:
         m = FeedbackMetrics()
-        port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
+        port = w.metrics(m.registry)
         store = w.closing(StateStore.from_settings(settings))
         await w.connect()
         spec = settings.consumer_spec()

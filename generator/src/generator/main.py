@@ -93,7 +93,7 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     litellm_module()  # ~2 s import, paid before announcing ready
     async with Worker("generator", settings, ready=ready, stop=stop) as w:
         m = metrics or GeneratorMetrics()
-        port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
+        port = w.metrics(m.registry)
         # blocking pool: a burst of signals waits for a connection instead of failing
         # (a RedisCluster client for a redis-cluster:// URL: tips:gen:{user}:… is read by the
         # reward script in the user's slot)

@@ -69,7 +69,7 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     async with Worker("scorer", settings, ready=ready, stop=stop) as w:
         m = ScorerMetrics()
-        port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
+        port = w.metrics(m.registry)
         store = w.closing(StateStore.from_settings(settings))
         await w.connect()
         await prepare_jetstream(w.js, settings, ["DECISIONS"], provision_all_streams=True)

@@ -187,6 +187,12 @@ class Worker:
             self.on_close(fn, share=share, what=f"closing {type(obj).__name__}")
         return obj
 
+    def metrics(self, registry) -> int | None:
+        """Serve ``registry`` over HTTP on ``METRICS_PORT`` / ``METRICS_ADDR``; the port."""
+        from ..metrics import serve
+
+        return serve(registry, self.settings.metrics_port, self.settings.metrics_addr)
+
     async def connect(self, client_name: str | None = None, **kw):
         """Connect to NATS (reconnecting forever); at shutdown, drain then close."""
         from .connection import connect
