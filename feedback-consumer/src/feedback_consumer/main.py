@@ -79,7 +79,8 @@ async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
             fetch_timeout_s=settings.feedback_fetch_timeout_s,
             breaker=CircuitBreaker(settings.feedback_breaker_failures,
                                    settings.feedback_breaker_s),
-            count=lambda outcome: m.fetch_errors.inc() if outcome == "fetch_error" else None))
+            count=lambda outcome: (m.fetch_errors if outcome == "fetch_error"
+                                   else m.outcomes.labels(outcome)).inc()))
         await w.run(metrics_port=port, durable=spec.durable,
                     default_reward=settings.default_reward)
 
