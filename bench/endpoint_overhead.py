@@ -30,6 +30,7 @@ BODY = b'{"ok":true}'
 
 def variants():
     from prometheus_client import CollectorRegistry, Counter, Histogram
+
     from tipsml.contract import ContractError, ErrorCode, StatsRequest, error_bytes, parse
     from tipsml.messaging.connection import reply_is_inbox
     from tipsml.messaging.endpoint import Endpoint, EndpointMetrics

@@ -43,6 +43,7 @@ BODY = b'{"ok":true}'
 async def responder(url: str, sleep_s: float = 0.0) -> None:
     import nats
     from nats.micro import add_service
+
     from tipsml.messaging.service import start_service
 
     nc = await nats.connect(url)
@@ -150,6 +151,7 @@ def pct(a: list[float], q: float) -> float:
 
 async def run(args) -> dict:
     import nats
+
     from tipsdev.launcher import EmbeddedStack, child_preexec
 
     stack = EmbeddedStack(redis=False).start()

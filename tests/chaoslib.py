@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tipsml.bandits import decode_arm, dim_of, stored_update
 from tipsml.messaging.connection import request_json
 from tipsml.state import StateStore, decision_key, event_key, state_key

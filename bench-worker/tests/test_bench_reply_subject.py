@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+
 from bench_worker.handlers import Handlers
 from bench_worker.main import BenchMetrics
 from tipsml import subjects as S

@@ -13,6 +13,7 @@ from fb_helpers import (
     publish_feedback,
     wait_for,
 )
+
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, event_key, state_key
 

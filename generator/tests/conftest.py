@@ -16,6 +16,7 @@ import time
 
 import pytest
 import pytest_asyncio
+
 from tipsdev.launcher import EmbeddedStack
 
 

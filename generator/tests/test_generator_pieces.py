@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from generator.cache import CandidateCache
 from generator.generation import GenConfig
 from generator.screening import TipWriter

@@ -4,12 +4,13 @@ import urllib.request
 
 import numpy as np
 import pytest
+
+from scorer.scoring import Scorer
 from scorer.settings import ScorerSettings
+from tipsdev.testing import spawn_worker, wait_responding
 from tipsml.contract import ScoreRequest
 from tipsml.messaging.connection import request_json
-from scorer.scoring import Scorer
 from tipsml.state import StateStore
-from tipsdev.testing import spawn_worker, wait_responding
 
 pytestmark = pytest.mark.system
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+
 from tipsml.messaging.connection import request_json
 from tipsml.state import pulls_key
 

@@ -9,6 +9,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
+
 from tipsml.contract import ContractError, ErrorCode, StatsRequest
 from tipsml.messaging.endpoint import Endpoint, EndpointMetrics, Reply
 from tipsml.messaging.service import ERROR_CODE_HEADER, ERROR_HEADER

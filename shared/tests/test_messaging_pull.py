@@ -10,6 +10,7 @@ import time
 
 import pytest
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
 from tipsml import subjects as S
 from tipsml.messaging.breaker import CircuitBreaker
 from tipsml.messaging.connection import ensure_consumer

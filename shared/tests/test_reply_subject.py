@@ -2,6 +2,7 @@
 answers (pure logic)."""
 
 import pytest
+
 from tipsml.messaging.connection import inbox_prefix_for, reply_is_inbox
 
 

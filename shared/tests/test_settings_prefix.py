@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
+
 from bench_worker.settings import BenchSettings
 from feedback_consumer.settings import FeedbackSettings
 from generator.settings import GeneratorSettings
-from pydantic import ValidationError
 from scorer.settings import ScorerSettings
 from tipsml.settings import BaseServiceSettings, describe_settings_error, env_names
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from tipsdev.launcher import EmbeddedStack
 from tipsml.messaging.connection import inbox_prefix_for
 

@@ -24,6 +24,7 @@ import uuid
 import nats
 import nats.errors
 import pytest
+
 from tests.deploylib import client_tls, scrape
 from tipsml import subjects as S
 from tipsml.messaging.connection import (
@@ -289,6 +290,7 @@ VICTIM_POLICY = "egreedy-v1"
 async def victim_with_state(redis_url: str) -> tuple[str, str]:
     """A user with bandit state in Redis (the keys tips.reset deletes); returns (user, key)."""
     import redis.asyncio as aioredis
+
     from tipsml.state import pulls_key
 
     user = f"victim-{uuid.uuid4().hex[:8]}"
@@ -396,6 +398,7 @@ async def test_attack_workers_cannot_rewrite_streams(connect_as, provisioned, us
     """STREAM.UPDATE by a worker: max_msgs=1 on DECISIONS purged it in disguise, and
     adding tips.stats to SIGNALS made JetStream answer the recommender's stats requests."""
     from nats.js.api import StreamConfig
+
     from tipsml.messaging.connection import stream_config
 
     admin, nc = await connect_as("admin"), await connect_as(user)

@@ -16,6 +16,7 @@ import time
 import nats
 import pytest
 import redis.asyncio as aioredis
+
 from tests.chaoslib import record
 from tipsdev.launcher import EmbeddedStack
 from tipsml.messaging.connection import request_json

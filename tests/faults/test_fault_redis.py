@@ -17,6 +17,7 @@ import signal
 import time
 
 import pytest
+
 from tests.chaoslib import (
     FAST_FEEDBACK,
     SHORT,

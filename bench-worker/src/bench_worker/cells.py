@@ -18,11 +18,6 @@ import json
 import logging
 import time
 
-from tipsml import subjects as S
-from tipsml.contract import ContractError
-from tipsml.llm import LLMClient, LLMError
-from tipsml.messaging.pull import RetryOrDeadLetter
-
 from bench_worker.job import BenchJob, Cell
 from bench_worker.jobs import JobQueue
 from bench_worker.judge import TRANSIENT, LLMJudge
@@ -30,6 +25,10 @@ from bench_worker.runner import run_cell
 from bench_worker.status import StatusPublisher
 from bench_worker.store import JobStore
 from bench_worker.tracking import Tracker
+from tipsml import subjects as S
+from tipsml.contract import ContractError
+from tipsml.llm import LLMClient, LLMError
+from tipsml.messaging.pull import RetryOrDeadLetter
 
 log = logging.getLogger("bench_worker")
 

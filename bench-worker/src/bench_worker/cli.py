@@ -25,9 +25,9 @@ import sys
 import time
 import uuid
 
-from tipsml import subjects as S
 from bench_worker import leaderboard as LB
 from bench_worker.job import BenchJob
+from tipsml import subjects as S
 from tipsml.contract import ContractError, describe_validation_error
 
 from .settings import BenchSettings

@@ -15,17 +15,16 @@ import asyncio
 import logging
 from typing import Any
 
-from tipsml import prompts as P
-from tipsml import subjects as S
-from tipsml.contract import ContractError, ErrorCode, loads_object, parse
-from tipsml.messaging.pull import RetryOrDeadLetter
-
 from bench_worker import leaderboard as LB
 from bench_worker.admin import authorised
 from bench_worker.job import BenchJob, cell_message, model_size_b, parse_parameter_size, validate
 from bench_worker.status import StatusPublisher, dumps
 from bench_worker.store import JobStore
 from bench_worker.tracking import Tracker
+from tipsml import prompts as P
+from tipsml import subjects as S
+from tipsml.contract import ContractError, ErrorCode, loads_object, parse
+from tipsml.messaging.pull import RetryOrDeadLetter
 
 log = logging.getLogger("bench_worker")
 

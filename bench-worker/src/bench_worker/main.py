@@ -16,6 +16,7 @@ import asyncio
 import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from tipsml import metrics as M
 from tipsml import subjects as S
 from tipsml.messaging.breaker import CircuitBreaker
@@ -28,6 +29,7 @@ from .handlers import Handlers
 from .service import BenchService, Counters, consumer_specs
 from .settings import BenchSettings
 from .tracking import Tracker, default_tracking_uri
+
 log = logging.getLogger("bench_worker")
 
 
@@ -55,6 +57,7 @@ class BenchMetrics:
 async def serve(settings: BenchSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     import redis.asyncio as aioredis
+
     from tipsml.llm import litellm_module
 
     async with Worker("bench-worker", settings, ready=ready, stop=stop) as w:

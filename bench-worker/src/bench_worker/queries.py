@@ -9,14 +9,20 @@ import asyncio
 from collections.abc import Callable
 
 from pydantic import ValidationError
-from tipsml.contract import (ContractError, ErrorCode, ExperimentsRequest, RunsRequest,
-                             describe_validation_error, loads_object)
 
 from bench_worker import human
 from bench_worker import leaderboard as LB
 from bench_worker.admin import require_admin
 from bench_worker.status import dumps
 from bench_worker.tracking import Tracker
+from tipsml.contract import (
+    ContractError,
+    ErrorCode,
+    ExperimentsRequest,
+    RunsRequest,
+    describe_validation_error,
+    loads_object,
+)
 
 
 def _validate(model, obj: dict):

@@ -25,16 +25,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from tipsml import subjects as S
-from tipsml.llm import LLMClient
-from tipsml.messaging.pull import RetryOrDeadLetter, RetryPolicy
-
 from bench_worker.cells import CellRunner, cell_nak_delays
 from bench_worker.jobs import JobQueue, ModelSizes, job_nak_delays
 from bench_worker.queries import Queries
 from bench_worker.status import StatusPublisher
 from bench_worker.store import JobStore
 from bench_worker.tracking import Tracker
+from tipsml import subjects as S
+from tipsml.llm import LLMClient
+from tipsml.messaging.pull import RetryOrDeadLetter, RetryPolicy
 
 
 class Transient(Exception):

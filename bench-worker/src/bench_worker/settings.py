@@ -32,6 +32,7 @@ from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
 from tipsml.settings import BaseServiceSettings
 
 # the bench-only options had only their BENCH_ name: no unprefixed alias

@@ -7,10 +7,9 @@ import json
 import logging
 import time
 
-from tipsml import subjects as S
-
 from bench_worker.job import BenchJob
 from bench_worker.store import JobStore
+from tipsml import subjects as S
 
 log = logging.getLogger("bench_worker")
 

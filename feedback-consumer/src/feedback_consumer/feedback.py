@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    kind: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | hyper_mismatch | invalid | retry | dead_lettered
+    # applied | duplicate | expired | pending | mismatch | already_rewarded |
+    # hyper_mismatch | invalid | retry | dead_lettered
+    kind: str
     policy: str = ""
     arm: str = ""
     reaction: str = ""

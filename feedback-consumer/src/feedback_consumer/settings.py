@@ -4,15 +4,18 @@ Every variable is read as ``FEEDBACK_<NAME>`` first, then by its former unprefix
 (``DEFAULT_REWARD`` still works; ``FEEDBACK_DEFAULT_REWARD`` wins when both are set); the
 ``FEEDBACK_…`` options already carry the prefix and keep their names.
 
-| variable | default | meaning |
-|---|---|---|
-| ``FEEDBACK_BATCH`` | ``256`` | messages fetched (and handled concurrently) at most at once |
-| ``FEEDBACK_FETCH_TIMEOUT_S`` | ``0.25`` | an idle fetch returns after this |
-| ``FEEDBACK_ACK_WAIT_S`` / ``FEEDBACK_MAX_DELIVER`` / ``FEEDBACK_BACKOFF_S`` / ``FEEDBACK_MAX_ACK_PENDING`` | ``subjects.FEEDBACK_CONSUMER`` | the durable's limits (``BACKOFF_S``: also the nak delays) |
-| ``FEEDBACK_MISSING_GRACE_S`` | ``10`` | an event for a decision not (yet) in Redis is retried this long before it counts as expired |
-| ``FEEDBACK_DEFAULT_REWARD`` | ``0.0`` | applied once when a decision's window closes without a reaction; ``off``: none |
-| ``FEEDBACK_DEFAULT_REWARD_SWEEP_S`` / ``FEEDBACK_DEFAULT_REWARD_BATCH`` | ``1.0`` / ``256`` | the window sweep's period and batch |
-| ``FEEDBACK_BREAKER_FAILURES`` / ``FEEDBACK_BREAKER_S`` | ``32`` / ``1.0`` | that many messages in a row to retry (Redis down) stop the fetching for that long |
+* ``FEEDBACK_BATCH`` (256): messages fetched (and handled concurrently) at most at once;
+* ``FEEDBACK_FETCH_TIMEOUT_S`` (0.25): an idle fetch returns after this;
+* ``FEEDBACK_ACK_WAIT_S`` / ``FEEDBACK_MAX_DELIVER`` / ``FEEDBACK_BACKOFF_S`` /
+  ``FEEDBACK_MAX_ACK_PENDING`` (``subjects.FEEDBACK_CONSUMER``): the durable's limits
+  (``BACKOFF_S`` is also the nak schedule);
+* ``FEEDBACK_MISSING_GRACE_S`` (10): an event for a decision not (yet) in Redis is retried
+  this long before it counts as expired;
+* ``FEEDBACK_DEFAULT_REWARD`` (0.0): applied once when a decision's window closes without a
+  reaction; ``off``: none. ``FEEDBACK_DEFAULT_REWARD_SWEEP_S`` (1.0) /
+  ``FEEDBACK_DEFAULT_REWARD_BATCH`` (256): the window sweep's period and batch;
+* ``FEEDBACK_BREAKER_FAILURES`` (32) / ``FEEDBACK_BREAKER_S`` (1.0): that many messages in a
+  row to retry (Redis down) stop the fetching for that long.
 """
 
 from pydantic import Field, field_validator

@@ -13,7 +13,8 @@ Redis keys (``{u}`` user, ``{a}`` arm, ``{v}`` prompt version, ``{m}`` model str
   by the refresh; ``tips:sig:{u}`` the user's recent signal kinds (list, bounded);
   ``tips:gencombo:{u}`` set of ``version\\x1fmodel`` pairs the user was served (the
   refresh keeps those warm); ``tips:genlock:...`` refresh throttles (SET NX EX).
-* ``tips:gen:{u}:{decision_id}`` (user hash tag, :func:`tipsml.state.generation_key`) hash ``prompt_version``, ``prompt_hash``, ``arm``, ``source``,
+* ``tips:gen:{u}:{decision_id}`` (user hash tag, :func:`tipsml.state.generation_key`) hash
+  ``prompt_version``, ``prompt_hash``, ``arm``, ``source``,
   ``model``, ``user_id``, ``ts`` — written when a request carries ``decision_id`` so the
   feedback consumer can attribute a reaction to a prompt version; TTL = reward window.
 * ``tips:exposures`` Redis stream (approximately capped): one entry per tip served, with
@@ -62,7 +63,7 @@ from tipsml.keys import (  # noqa: F401
 from tipsml.llm import LLMClient
 
 from .cache import SIGNALS_KEPT, TAKE_LUA, CandidateCache  # noqa: F401
-from .refresh import RefreshResult, Refresher, TransientError  # noqa: F401
+from .refresh import Refresher, RefreshResult, TransientError  # noqa: F401
 from .screening import BELOW_BAR, Screened, TipWriter, screen, select  # noqa: F401
 from .signals import SignalProcessor
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import logging
 
+from generator.generation import Generator, TransientError
 from tipsml import subjects as S
 from tipsml.contract import ContractError, GenerateRequest, Signal, parse
 from tipsml.messaging.endpoint import Endpoint, EndpointMetrics, Reply
 from tipsml.messaging.pull import RETRY, RetryOrDeadLetter, stream_seq
-
-from generator.generation import Generator, TransientError
 
 log = logging.getLogger(__name__)
 

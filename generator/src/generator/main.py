@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from tipsml import metrics as M
 from tipsml import prompts
 from tipsml import subjects as S

@@ -31,12 +31,15 @@ Every variable is read as ``GENERATOR_<NAME>`` first, then by its former unprefi
 | ``GENERATOR_ALLOWED_MODELS`` | empty | models a request may name besides ``LLM_MODEL`` |
 | ``GENERATOR_SIGNAL_CONCURRENCY`` | ``2`` | signals processed at once |
 | ``GENERATOR_BG_CONCURRENCY`` | ``1`` | background LLM calls at once |
-| ``GENERATOR_FETCH_BATCH`` / ``GENERATOR_FETCH_TIMEOUT_S`` | ``10`` / ``1.0`` | signals fetched at most at once; an idle fetch returns after this |
-| ``GENERATOR_BREAKER_FAILURES`` / ``GENERATOR_BREAKER_S`` | ``5`` / ``5.0`` | that many signals in a row to retry (LLM or Redis down) stop the fetching for that long |
+| ``GENERATOR_FETCH_BATCH`` | ``10`` | signals fetched at most at once |
+| ``GENERATOR_FETCH_TIMEOUT_S`` | ``1.0`` | an idle fetch returns after this |
+| ``GENERATOR_BREAKER_FAILURES`` | ``5`` | signals to retry in a row that stop the fetching … |
+| ``GENERATOR_BREAKER_S`` | ``5.0`` | … for this long (LLM or Redis down) |
 """
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+
 from tipsml.settings import BaseServiceSettings, CsvList, _split
 
 

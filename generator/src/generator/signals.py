@@ -12,7 +12,7 @@ from tipsml.contract import Context, Signal
 from tipsml.keys import ctx_key, lock_key, sig_key
 
 from .cache import SIGNALS_KEPT
-from .refresh import RefreshResult, Refresher, TransientError
+from .refresh import Refresher, RefreshResult, TransientError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,14 @@ import orjson
 import redis.exceptions
 
 from tipsml import subjects as S
-from tipsml.contract import ContractError, ErrorCode, ResetRequest, ScoreRequest, StatsRequest, parse
+from tipsml.contract import (
+    ContractError,
+    ErrorCode,
+    ResetRequest,
+    ScoreRequest,
+    StatsRequest,
+    parse,
+)
 from tipsml.messaging.endpoint import Endpoint, EndpointMetrics
 from tipsml.metrics import Children
 

@@ -78,7 +78,7 @@ class CoalescingReader:
             job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch], **kw))
             try:
                 results = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # A busy loop fires the deadline in the same turn as the reply's socket
                 # event, before the reader resumes: give the reply a few turns before
                 # calling Redis slow (our own queueing is not Redis's fault).
@@ -93,7 +93,7 @@ class CoalescingReader:
                 # the pipeline finishes in the background (its reply is read and dropped);
                 # only the waiting requests give up
                 job.add_done_callback(_consume_exception)
-                self._fail(batch, asyncio.TimeoutError(
+                self._fail(batch, TimeoutError(
                     f"state store did not answer within {self.timeout_s * 1000:.0f} ms"))
                 return
             except Exception as e:  # noqa: BLE001 - every waiter gets the failure
@@ -213,7 +213,7 @@ class Scorer:
         }
         try:
             blobs, priors = await self._load_models(pols, skeys, arms)
-        except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
+        except (TimeoutError, Exception) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
         choices = [p.choose(arms, b, xs[p.name], self.rng, pr)
                    for p, b, pr in zip(pols, blobs, priors)]

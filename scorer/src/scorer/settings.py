@@ -4,16 +4,17 @@ Every variable is read as ``SCORER_<NAME>`` first, then by its former unprefixed
 (``REDIS_TIMEOUT_S`` still works; ``SCORER_REDIS_TIMEOUT_S`` wins when both are set);
 the shared ones too (``SCORER_METRICS_PORT`` over ``METRICS_PORT``).
 
-| variable | default | meaning |
-|---|---|---|
-| ``SCORER_REDIS_TIMEOUT_S`` | ``0.025`` | past it the reply is a flagged uniform fallback |
-| ``SCORER_REDIS_BREAKER_FAILURES`` / ``SCORER_REDIS_BREAKER_S`` | ``3`` / ``0.5`` | that many failed reads in a row open the breaker for that long: requests then fall back at once instead of waiting |
-| ``SCORER_ADMIN_REDIS_TIMEOUT_S`` | ``1.0`` | ``tips.stats`` / ``tips.reset``: past it, ``unavailable`` |
-| ``SCORER_SHADOW_LEARN`` | ``true`` | shadow policies learn from the served arm's reward |
-| ``SCORER_DECISION_QUEUE_MAX`` | ``20000`` | bound of the decision-log queue |
-| ``SCORER_DECISION_QUEUE_HIGH_WATER`` | ``2000`` | above it replies wait (back-pressure) for the writer |
-| ``SCORER_REDIS_READ_BATCH`` / ``SCORER_REDIS_READ_INFLIGHT`` | ``32`` / ``2`` | concurrent requests' state reads leave together, one pipeline per batch, at most 2 batches out |
-| ``SCORER_SHUTDOWN_TIMEOUT_S`` | ``8`` | SIGTERM → answered, logged and closed within it |
+* ``SCORER_REDIS_TIMEOUT_S`` (0.025): past it the reply is a flagged uniform fallback;
+* ``SCORER_REDIS_BREAKER_FAILURES`` (3) failed reads in a row open the breaker for
+  ``SCORER_REDIS_BREAKER_S`` (0.5 s): requests then fall back at once instead of waiting;
+* ``SCORER_ADMIN_REDIS_TIMEOUT_S`` (1.0): ``tips.stats`` / ``tips.reset``: past it,
+  ``unavailable``;
+* ``SCORER_SHADOW_LEARN`` (true): shadow policies learn from the served arm's reward;
+* ``SCORER_DECISION_QUEUE_MAX`` (20000): bound of the decision-log queue; above
+  ``SCORER_DECISION_QUEUE_HIGH_WATER`` (2000) replies wait (back-pressure) for the writer;
+* ``SCORER_REDIS_READ_BATCH`` (32) / ``SCORER_REDIS_READ_INFLIGHT`` (2): concurrent
+  requests' state reads leave together, one pipeline per batch, at most 2 batches out;
+* ``SCORER_SHUTDOWN_TIMEOUT_S`` (8): SIGTERM → answered, logged and closed within it.
 """
 
 from pydantic_settings import SettingsConfigDict

@@ -55,7 +55,7 @@ Shared variables (unprefixed, or with the worker's prefix):
 | ``NATS_TLS_CA`` | unset | CA file to verify the NATS server's certificate (TLS on the client port); required in production |
 | ``NATS_PROVISION`` | ``true`` (dev), ``false`` (production) | create/update the streams and this worker's durables at start; off: only check that they exist (``python -m tipsml.provision`` creates them as admin) |
 | ``TIPS_ENV`` | ``dev`` | ``production``: refuse to start with an empty or placeholder (``change-me…``) secret, without ``ADMIN_TOKEN``, without TLS to NATS |
-| ``SHUTDOWN_TIMEOUT_S`` | ``8`` | SIGTERM → stop taking work, finish the work in hand, close, all within this |
+| ``SHUTDOWN_TIMEOUT_S`` | ``8`` | SIGTERM → stop, finish the work in hand, close: within it |
 """
 
 from __future__ import annotations

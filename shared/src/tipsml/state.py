@@ -70,10 +70,29 @@ GLOBAL_REFRESH_S = float(os.environ.get("GLOBAL_REFRESH_S", "1.0"))
 
 # every key is spelled once, in tipsml.keys; re-exported here for the callers of state
 from tipsml.keys import (  # noqa: E402,F401
-    DEC, DUE_SHARDS, GLOBAL_SHARDS, HP_IDS_KEY, decision_key, default_event_id, due_key,
-    due_shard, event_key, generation_key, global_marker_key, global_pulls_key,
-    global_shard, global_shard_key, hp_tag, pulls_key, state_key, user_of_tag, utag,
-    VERSION_SHARDS, version_marker_key, version_shard, version_stat_key,
+    DEC,
+    DUE_SHARDS,
+    GLOBAL_SHARDS,
+    HP_IDS_KEY,
+    VERSION_SHARDS,
+    decision_key,
+    default_event_id,
+    due_key,
+    due_shard,
+    event_key,
+    generation_key,
+    global_marker_key,
+    global_pulls_key,
+    global_shard,
+    global_shard_key,
+    hp_tag,
+    pulls_key,
+    state_key,
+    user_of_tag,
+    utag,
+    version_marker_key,
+    version_shard,
+    version_stat_key,
 )
 
 
@@ -699,7 +718,7 @@ class StateStore:
         try:
             blobs = await (asyncio.wait_for(asyncio.shield(job), timeout_s)
                            if timeout_s else job)
-        except (Exception, asyncio.TimeoutError):
+        except (TimeoutError, Exception):
             job.add_done_callback(lambda f: f.cancelled() or f.exception())
             if hit is not None:
                 return hit[1]

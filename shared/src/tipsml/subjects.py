@@ -2,9 +2,9 @@
 
 Every stream and durable is created idempotently by :mod:`tipsml.provision` (production:
 the admin user, before the workers start) or by the workers themselves at start-up in dev
-(:func:`tipsml.messaging.connection.prepare_jetstream`); every durable states ack_wait / max_deliver /
-backoff / max_ack_pending, and ``ensure_consumer`` updates an existing durable whose config
-drifted.
+(:func:`tipsml.messaging.connection.prepare_jetstream`); every durable states ack_wait /
+max_deliver / backoff / max_ack_pending, and ``ensure_consumer`` updates an existing
+durable whose config drifted.
 """
 
 from __future__ import annotations

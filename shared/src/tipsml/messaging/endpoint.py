@@ -17,7 +17,8 @@ Per message, in this order:
 2. ``request`` (a pydantic model, through :func:`tipsml.contract.parse`) or ``parse`` (any
    callable on the raw bytes, e.g. a fast parser) turns the payload into the request;
    ``raw=True`` hands the handler the message itself (it parses, reads headers, …);
-3. the handler (``handler(request, msg)``, or ``handler(msg)`` when raw) returns the reply: ``bytes`` (sent as is: the fast path), a ``dict``
+3. the handler (``handler(request, msg)``, or ``handler(msg)`` when raw) returns the
+   reply: ``bytes`` (sent as is: the fast path), a ``dict``
    (JSON-encoded) or a :class:`Reply` (body, extra latency labels, a callback run after
    the reply is sent);
 4. any exception becomes a typed error reply, never a crash: :class:`ContractError` → its
