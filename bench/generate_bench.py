@@ -32,15 +32,16 @@ from pathlib import Path
 
 import nats
 import redis.asyncio as aioredis
+
+from generator.generation import cand_key, screen
+from tipsdev.launcher import EmbeddedStack
+from tipsdev.testing import spawn_worker
 from tipsml import guard as G
 from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.context import assemble
-from generator.generation import cand_key, screen
-from tipsdev.launcher import EmbeddedStack
 from tipsml.llm import STOP_SEQUENCES, LLMClient
-from tipsml.natsutil import request_json
-from tipsdev.testing import spawn_worker
+from tipsml.messaging.connection import request_json
 
 OUT = Path(__file__).resolve().parent / "results" / "generate.json"
 ARMS = ["focus_block", "break_reminder", "task_breakdown", "prioritize", "plan_tomorrow"]

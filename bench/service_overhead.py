@@ -8,7 +8,7 @@ One real nats-server (embedded), one responder process holding three endpoints w
 the same trivial handler (answer ``{"ok":true}``):
 
 * ``raw``: ``nc.subscribe`` + a task per message (the scorer's dispatch before issue 13);
-* ``service``: :meth:`tipsml.service.TipsService.add_request_endpoint` (the same dispatch
+* ``service``: :meth:`tipsml.messaging.service.TipsService.add_request_endpoint` (the same dispatch
   plus the per-endpoint $SRV.STATS counters), the way the workers register now;
 * ``micro``: nats.micro's own ``Service.add_endpoint`` (awaits the handler in the
   subscription callback), for reference.
@@ -43,7 +43,8 @@ BODY = b'{"ok":true}'
 async def responder(url: str, sleep_s: float = 0.0) -> None:
     import nats
     from nats.micro import add_service
-    from tipsml.service import start_service
+
+    from tipsml.messaging.service import start_service
 
     nc = await nats.connect(url)
     tasks: set = set()
@@ -103,7 +104,7 @@ async def dispatch_cost(n: int, rounds: int = 5) -> dict:
     driving a handler that does nothing, in this process, best of ``rounds``."""
     from types import SimpleNamespace
 
-    from tipsml.service import TipsService
+    from tipsml.messaging.service import TipsService
 
     class FakeClient:  # only what Service/add_request_endpoint touch
         _nuid = SimpleNamespace(next=lambda: b"bench")
@@ -150,6 +151,7 @@ def pct(a: list[float], q: float) -> float:
 
 async def run(args) -> dict:
     import nats
+
     from tipsdev.launcher import EmbeddedStack, child_preexec
 
     stack = EmbeddedStack(redis=False).start()

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tipsml.bandits import decode_arm, dim_of, stored_update
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from tipsml.state import StateStore, decision_key, event_key, state_key
 
 SHORT = os.environ.get("CHAOS_SHORT") == "1"  # the CI form (`make chaos`)

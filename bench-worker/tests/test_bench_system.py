@@ -9,15 +9,15 @@ import signal
 import statistics
 
 import pytest
+
+from bench_worker import human
 from bench_worker.cli import run_job
+from bench_worker.job import BenchJob
+from tipsdev.llmserver import MODEL_ALIAS
 from tipsml import rubric as R
 from tipsml import subjects as S
-from bench_worker import human
-from bench_worker.job import BenchJob
 from tipsml.contract import ContractError
-from tipsml.natsutil import request_json
-
-from tipsdev.llmserver import MODEL_ALIAS
+from tipsml.messaging.connection import request_json
 
 MODEL = f"openai/{MODEL_ALIAS}"
 

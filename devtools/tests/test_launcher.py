@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tipsdev.launcher import EmbeddedStack, redis_ping
 
 pytestmark = pytest.mark.system
@@ -81,7 +82,8 @@ async def test_cli_up_is_the_whole_service_status_and_down_stop_it(tmp_path):
     """`make up` (without the LLM here): servers + the four workers, detached; it returns
     only when tips.score answers; `status` shows them; `down` stops every process."""
     import nats
-    from tipsml.natsutil import request_json
+
+    from tipsml.messaging.connection import request_json
 
     env = dict(os.environ, TIPS_RUN_DIR=str(tmp_path / "run"))
     py = sys.executable

@@ -7,8 +7,9 @@ import asyncio
 import json
 
 import numpy as np
+
 from tipsml.bandits import decode_arm, dim_of, stored_update
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from tipsml.state import StateStore, state_key
 
 

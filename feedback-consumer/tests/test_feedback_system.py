@@ -13,6 +13,7 @@ from fb_helpers import (
     publish_feedback,
     wait_for,
 )
+
 from tipsml.rewards import REWARD_TABLE
 from tipsml.state import StateStore, event_key, state_key
 
@@ -46,7 +47,7 @@ async def _eq(coro, n):
 
 
 async def _stats(nc, uid):
-    from tipsml.natsutil import request_json
+    from tipsml.messaging.connection import request_json
     return await request_json(nc, "tips.stats", {"user_id": uid, "policy": "egreedy-v1"})
 
 

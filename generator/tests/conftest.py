@@ -16,6 +16,7 @@ import time
 
 import pytest
 import pytest_asyncio
+
 from tipsdev.launcher import EmbeddedStack
 
 
@@ -153,7 +154,7 @@ def gen_request(nc):
     SUB (nats-server#2876). The retried requests never reached a worker.
     """
     from tipsml import subjects as S
-    from tipsml.natsutil import request_json
+    from tipsml.messaging.connection import request_json
 
     async def call(payload, timeout: float = 3.0) -> dict:
         for _ in range(100):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from scorer.decisionlog import expand_entry
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 
 pytestmark = [pytest.mark.system, pytest.mark.cluster]
 

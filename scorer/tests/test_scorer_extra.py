@@ -4,12 +4,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from scorer.settings import ScorerSettings
-from tipsml.contract import ScoreRequest
-from tipsml.natsutil import request_json
+
 from scorer.scoring import Scorer
-from tipsml.state import StateStore
+from scorer.settings import ScorerSettings
 from tipsdev.testing import spawn_worker, wait_responding
+from tipsml.contract import ScoreRequest
+from tipsml.messaging.connection import request_json
+from tipsml.state import StateStore
 
 pytestmark = pytest.mark.system
 

@@ -6,7 +6,8 @@ import asyncio
 import json
 
 import pytest
-from tipsml.natsutil import request_json
+
+from tipsml.messaging.connection import request_json
 from tipsml.state import pulls_key
 
 pytestmark = pytest.mark.system

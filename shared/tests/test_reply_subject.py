@@ -1,8 +1,9 @@
-"""tipsml.natsutil.reply_is_inbox and inbox_prefix_for: which reply subjects a worker
+"""tipsml.messaging.connection.reply_is_inbox and inbox_prefix_for: which reply subjects a worker
 answers (pure logic)."""
 
 import pytest
-from tipsml.natsutil import inbox_prefix_for, reply_is_inbox
+
+from tipsml.messaging.connection import inbox_prefix_for, reply_is_inbox
 
 
 @pytest.mark.parametrize("reply", [

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from tipsdev.launcher import EmbeddedStack
-from tipsml.natsutil import inbox_prefix_for
+from tipsml.messaging.connection import inbox_prefix_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -24,9 +24,10 @@ import uuid
 import nats
 import nats.errors
 import pytest
+
 from tests.deploylib import client_tls, scrape
 from tipsml import subjects as S
-from tipsml.natsutil import (
+from tipsml.messaging.connection import (
     ProvisioningError,
     ensure_consumer,
     ensure_streams,
@@ -289,6 +290,7 @@ VICTIM_POLICY = "egreedy-v1"
 async def victim_with_state(redis_url: str) -> tuple[str, str]:
     """A user with bandit state in Redis (the keys tips.reset deletes); returns (user, key)."""
     import redis.asyncio as aioredis
+
     from tipsml.state import pulls_key
 
     user = f"victim-{uuid.uuid4().hex[:8]}"
@@ -396,7 +398,8 @@ async def test_attack_workers_cannot_rewrite_streams(connect_as, provisioned, us
     """STREAM.UPDATE by a worker: max_msgs=1 on DECISIONS purged it in disguise, and
     adding tips.stats to SIGNALS made JetStream answer the recommender's stats requests."""
     from nats.js.api import StreamConfig
-    from tipsml.natsutil import stream_config
+
+    from tipsml.messaging.connection import stream_config
 
     admin, nc = await connect_as("admin"), await connect_as(user)
     ajs, js = admin.jetstream(timeout=3), nc.jetstream(timeout=1)
@@ -475,7 +478,7 @@ async def test_workers_register_their_services_and_clients_discover_them(
     and every endpoint of tipsml.subjects on its queue group); the roles it serves may ask
     $SRV.PING / INFO / STATS (the bench worker replies to admin inboxes only)."""
     from tipsml.client import discover
-    from tipsml.service import respond, start_service
+    from tipsml.messaging.service import respond, start_service
 
     worker, rec = await connect_as(user), await connect_as(asker)
 

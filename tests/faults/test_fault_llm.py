@@ -16,9 +16,10 @@ import time
 import nats
 import pytest
 import redis.asyncio as aioredis
+
 from tests.chaoslib import record
 from tipsdev.launcher import EmbeddedStack
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 
 pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.llm]
 

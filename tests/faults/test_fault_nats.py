@@ -16,6 +16,7 @@ import signal
 import time
 
 import pytest
+
 from tests.chaoslib import (
     FAST_FEEDBACK,
     SHORT,
@@ -31,7 +32,7 @@ from tests.chaoslib import (
     score_traffic,
     wait_applied,
 )
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

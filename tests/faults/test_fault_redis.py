@@ -17,6 +17,7 @@ import signal
 import time
 
 import pytest
+
 from tests.chaoslib import (
     FAST_FEEDBACK,
     SHORT,
@@ -31,7 +32,7 @@ from tests.chaoslib import (
     record,
     wait_applied,
 )
-from tipsml.natsutil import request_json
+from tipsml.messaging.connection import request_json
 from tipsml.state import decision_key
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

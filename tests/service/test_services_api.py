@@ -8,10 +8,11 @@ import json
 import re
 
 import pytest
+
+from tipsdev.testing import wait_responding
 from tipsml import subjects as S
 from tipsml.client import discover
-from tipsml.natsutil import request_json
-from tipsdev.testing import wait_responding
+from tipsml.messaging.connection import request_json
 
 pytestmark = pytest.mark.system
 

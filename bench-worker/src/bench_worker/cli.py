@@ -25,9 +25,9 @@ import sys
 import time
 import uuid
 
-from tipsml import subjects as S
 from bench_worker import leaderboard as LB
 from bench_worker.job import BenchJob
+from tipsml import subjects as S
 from tipsml.contract import ContractError, describe_validation_error
 
 from .settings import BenchSettings
@@ -50,7 +50,7 @@ def _bar(ev: dict, width: int = 30) -> str:
 async def run_job(job: BenchJob, settings: BenchSettings | None = None, *, nc=None,
                   timeout: float = 3600.0, on_event=None, leaderboard: bool = True) -> dict:
     """Submit ``job`` and follow it to the end; returns events, final event, leaderboard."""
-    from tipsml.natsutil import connect, ensure_streams, request_json
+    from tipsml.messaging.connection import connect, ensure_streams, request_json
 
     settings = settings or BenchSettings()
     own = nc is None
@@ -170,7 +170,7 @@ def _cmd_run(a) -> int:
 
 
 def _cmd_leaderboard(a) -> int:
-    from tipsml.natsutil import connect, request_json
+    from tipsml.messaging.connection import connect, request_json
 
     settings = BenchSettings()
 
@@ -199,7 +199,7 @@ def _cmd_leaderboard(a) -> int:
 
 
 def _admin_request(subject: str, payload: dict) -> dict:
-    from tipsml.natsutil import connect, request_json
+    from tipsml.messaging.connection import connect, request_json
 
     settings = BenchSettings()
 

@@ -1,14 +1,18 @@
-"""Subject → shared-library call (bench_worker.service). Every message ends acked,
-nak'ed with a delay, or terminated; every request ends in exactly one reply."""
+"""Subject → bench call (:class:`bench_worker.service.BenchService`). JetStream messages
+go through the shared pull loop (every message ends acked, nak'ed with the consumer's
+delay, or dead-lettered); requests through the shared endpoint helper (every request
+ends in exactly one reply)."""
 
 from __future__ import annotations
 
-import logging
 import time
 
-from tipsml.natsutil import reply_is_inbox
+from tipsml import subjects as S
+from tipsml.contract import ErrorCode
+from tipsml.messaging.endpoint import Endpoint, EndpointMetrics
 
-log = logging.getLogger("bench_worker")
+# a query that outlives BENCH_LEADERBOARD_TIMEOUT_S
+TOO_LONG = [(TimeoutError, ErrorCode.timeout, "{subject} took too long")]
 
 
 class Handlers:
@@ -16,47 +20,24 @@ class Handlers:
         self.svc = service
         self.m = metrics
 
-    async def job(self, msg) -> None:
+    async def job(self, msg) -> str:
         t0 = time.perf_counter()
         try:
-            await self.svc.handle_job(msg)
-        except Exception:
-            log.exception("bench.run handler crashed")
-            await _nak(msg, 5.0)
-        self.m.latency.labels("bench.run").observe(time.perf_counter() - t0)
+            return await self.svc.handle_job(msg)
+        finally:
+            self.m.latency.labels("bench.run").observe(time.perf_counter() - t0)
 
-    async def cell(self, msg) -> None:
+    async def cell(self, msg) -> str:
         t0 = time.perf_counter()
         try:
-            await self.svc.handle_cell(msg)
-        except Exception:
-            log.exception("bench.cell handler crashed")
-            await _nak(msg, 10.0)
-        self.m.latency.labels("bench.cell").observe(time.perf_counter() - t0)
+            return await self.svc.handle_cell(msg)
+        finally:
+            self.m.latency.labels("bench.cell").observe(time.perf_counter() - t0)
 
-    async def _request(self, msg, subject: str, fn) -> str:
-        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
-            self.m.refused.labels(subject, "refused_reply").inc()
-            log.warning("refused %s whose reply subject is not an inbox: %r", subject,
-                        (msg.reply or "")[:80])
-            return "refused_reply"
-        t0 = time.perf_counter()
-        code = await fn(msg)
-        self.m.latency.labels(subject).observe(time.perf_counter() - t0)
-        return code  # the outcome, for $SRV.STATS (tipsml.service)
-
-    async def leaderboard(self, msg) -> str:
-        return await self._request(msg, "bench.leaderboard", self.svc.handle_leaderboard)
-
-    async def experiments(self, msg) -> str:
-        return await self._request(msg, "bench.experiments", self.svc.handle_experiments)
-
-    async def runs(self, msg) -> str:
-        return await self._request(msg, "bench.runs", self.svc.handle_runs)
-
-
-async def _nak(msg, delay: float) -> None:
-    try:
-        await msg.nak(delay=delay)
-    except Exception as e:  # noqa: BLE001 - connection gone: ack_wait redelivers
-        log.info("nak failed: %s", e)
+    def endpoints(self) -> list[tuple[S.EndpointSpec, Endpoint]]:
+        m = EndpointMetrics(self.m.latency, self.m.requests, refused=self.m.refused)
+        fns = {"leaderboard": self.svc.handle_leaderboard,
+               "experiments": self.svc.handle_experiments, "runs": self.svc.handle_runs}
+        return [(spec, Endpoint(spec.subject, fns[spec.name], raw=True, metrics=m,
+                                errors=TOO_LONG))
+                for spec in S.BENCH_ENDPOINTS]

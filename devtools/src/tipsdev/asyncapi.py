@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from tipsml import contract as C
 from tipsml import subjects as S
-from tipsml.service import ERROR_CODE_HEADER, ERROR_HEADER, STATUS
+from tipsml.messaging.service import ERROR_CODE_HEADER, ERROR_HEADER, STATUS
 
 ASYNCAPI_VERSION = "3.0.0"
 DEFAULT_PATH = Path("docs/asyncapi.yaml")

@@ -378,7 +378,7 @@ def probe_score(nats_url: str, timeout: float = 2.0) -> dict:
     async def go() -> dict:
         import nats
 
-        from tipsml.natsutil import request_json
+        from tipsml.messaging.connection import request_json
 
         try:
             nc = await nats.connect(nats_url, connect_timeout=timeout, max_reconnect_attempts=0,

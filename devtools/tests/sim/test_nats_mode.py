@@ -11,13 +11,14 @@ Then the DECISIONS log of the run feeds the off-policy estimators.
 
 import numpy as np
 import pytest
-from tipsml.bandits import decode_arm, dim_of
-from tipsml.natsutil import request_json
+
 from tipsdev.ope import evaluate, load_from_nats
 from tipsdev.sim.inproc import policy_rng, replay, run_policy
 from tipsdev.sim.natsmode import LiveStats, run_nats
 from tipsdev.sim.runner import policies_from_env
 from tipsdev.sim.world import make_episode
+from tipsml.bandits import decode_arm, dim_of
+from tipsml.messaging.connection import request_json
 from tipsml.state import state_key
 
 pytestmark = pytest.mark.system

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import json
 
-from tipsml.natsutil import connect, ensure_streams
+from tipsml.messaging.connection import connect, ensure_streams
 from tipsml.settings import BaseServiceSettings
 
 

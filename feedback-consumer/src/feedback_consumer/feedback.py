@@ -25,17 +25,18 @@ import time
 from dataclasses import dataclass
 
 from tipsml.contract import ContractError, Feedback, parse
-from tipsml.natsutil import publish_dead_letter
+from tipsml.messaging.pull import DEAD_LETTERED, RetryOrDeadLetter, delivered
 from tipsml.rewards import reward_of
 from tipsml.state import StateStore
-from tipsml import subjects as S
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Outcome:
-    kind: str  # applied | duplicate | expired | pending | mismatch | already_rewarded | hyper_mismatch | invalid | retry | dead_lettered
+    # applied | duplicate | expired | pending | mismatch | already_rewarded |
+    # hyper_mismatch | invalid | retry | dead_lettered
+    kind: str
     policy: str = ""
     arm: str = ""
     reaction: str = ""
@@ -44,50 +45,48 @@ class Outcome:
 
 
 class FeedbackProcessor:
-    def __init__(self, store: StateStore, js, *, max_deliver: int, backoff_s: tuple[float, ...],
-                 dlq_subject: str = S.DLQ_FEEDBACK, missing_grace_s: float = 10.0):
-        self.store = store
-        self.missing_grace_s = missing_grace_s
-        self.js = js
-        self.max_deliver = max_deliver
-        self.backoff_s = backoff_s or (1.0,)
-        self.dlq_subject = dlq_subject
+    """``handle(msg)`` settles one FEEDBACK message; ``settle`` is the consumer's
+    :class:`tipsml.messaging.pull.RetryOrDeadLetter` (one backoff formula: the durable's
+    ``backoff``; ``max_deliver``; ``dlq.feedback``)."""
 
-    def _delay(self, delivered: int) -> float:
-        return self.backoff_s[min(max(delivered - 1, 0), len(self.backoff_s) - 1)]
+    def __init__(self, store: StateStore, settle: RetryOrDeadLetter, *,
+                 missing_grace_s: float = 10.0):
+        self.store = store
+        self.settle = settle
+        self.missing_grace_s = missing_grace_s
+        self.max_deliver = settle.retry.max_deliver
 
     async def handle(self, msg) -> Outcome:
-        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        n = delivered(msg)
         try:
             fb = parse(Feedback, msg.data)
         except ContractError as e:
-            await self._dead_letter(msg, f"invalid_request: {e.message}", delivered)
-            return Outcome("invalid")
+            out = await self.settle.dead_letter(msg, f"invalid_request: {e.message}")
+            return Outcome("invalid" if out == DEAD_LETTERED else "retry")
         reward = reward_of(fb.reaction, fb.reward)
-        claim_missing = (delivered >= self.max_deliver - 1
-                         or self._age_s(msg) >= self.missing_grace_s)
+        claim_missing = (n >= self.max_deliver - 1 or self._age_s(msg) >= self.missing_grace_s)
         try:
             res = await self.store.apply_reward(fb.event_id, fb.decision_id, fb.user_id, reward,
                                                 claim_missing=claim_missing)
         except Exception as e:  # noqa: BLE001 - Redis unavailable: retry later, never ack
-            if delivered >= self.max_deliver:
-                await self._dead_letter(msg, f"unapplied after {delivered} deliveries: {e!r}",
-                                        delivered)
+            out = await self.settle(msg, f"unapplied after {n} deliveries: {e!r}")
+            if out == DEAD_LETTERED:
                 return Outcome("dead_lettered", reaction=fb.reaction or "")
-            await msg.nak(delay=self._delay(delivered))
             return Outcome("retry")
         if res.outcome == "pending":
-            await msg.nak(delay=self.pending_delay(delivered, self._age_s(msg)))
+            await self.settle.nak(msg, self.pending_delay(n, self._age_s(msg)))
             return Outcome("pending")
         if res.outcome == "hyper_mismatch":
             # scored with other hyper-parameters than this updater's: refuse, loudly; park it
             # in the DLQ (no claim was made) so a replay applies it once the config is fixed
             log.error("reward REFUSED (hyper_mismatch) event %s decision %s: %s",
                       fb.event_id, fb.decision_id, res.detail)
-            await self._dead_letter(msg, f"hyper_mismatch: {res.detail}", delivered)
+            out = await self.settle.dead_letter(msg, f"hyper_mismatch: {res.detail}")
+            if out != DEAD_LETTERED:
+                return Outcome("retry")
             return Outcome("hyper_mismatch", res.policy, res.arm, fb.reaction or "explicit",
                            reward, fb.prompt_version or res.prompt_version)
-        await msg.ack()
+        await msg.ack()  # the reward is in Redis (the Lua script ran): now, and only now
         return Outcome(res.outcome, res.policy, res.arm, fb.reaction or "explicit", reward,
                        fb.prompt_version or res.prompt_version)
 
@@ -110,14 +109,3 @@ class FeedbackProcessor:
         if ts is None:
             return float("inf")
         return time.time() - ts.timestamp()
-
-    async def _dead_letter(self, msg, reason: str, delivered: int) -> None:
-        hdrs = msg.headers or {}
-        try:
-            await publish_dead_letter(self.js, self.dlq_subject, msg.data, reason,
-                                      origin_subject=msg.subject, deliveries=delivered,
-                                      msg_id=hdrs.get("Nats-Msg-Id"))
-        except Exception:  # noqa: BLE001 - could not park it: leave it for redelivery
-            await msg.nak(delay=self._delay(delivered))
-            raise
-        await msg.term()

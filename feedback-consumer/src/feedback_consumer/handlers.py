@@ -1,4 +1,5 @@
-"""FEEDBACK messages → shared FeedbackProcessor, with metrics."""
+"""FEEDBACK messages → FeedbackProcessor, with metrics. The pull loop, retries and
+dead letters are the shared toolkit's (:mod:`tipsml.messaging.pull`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ class Handlers:
         self.p = processor
         self.m = metrics
 
-    async def feedback(self, msg) -> None:
+    async def feedback(self, msg) -> str:
         t0 = time.perf_counter()
         out = await self.p.handle(msg)
         m = self.m
@@ -23,3 +24,4 @@ class Handlers:
         if out.kind in ("applied", "already_rewarded"):
             m.reactions.labels(out.policy, out.reaction, out.prompt_version or "unknown").inc()
         m.latency.observe(time.perf_counter() - t0)
+        return out.kind  # "retry" counts toward the loop's breaker

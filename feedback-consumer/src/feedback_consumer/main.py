@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats.errors
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tipsml import metrics as M
-from feedback_consumer.feedback import FeedbackProcessor
-from tipsml.natsutil import connect, prepare_jetstream
+from tipsml import subjects as S
+from tipsml.messaging.breaker import CircuitBreaker
+from tipsml.messaging.connection import prepare_jetstream
+from tipsml.messaging.lifecycle import Worker, run_service
+from tipsml.messaging.pull import PullConsumer, RetryOrDeadLetter, RetryPolicy
 from tipsml.state import StateStore
-from tipsml.worker import announce, run_service, stop_event
 
+from .feedback import FeedbackProcessor
 from .handlers import Handlers
 from .settings import FeedbackSettings
 from .window import DefaultRewardSweeper
@@ -56,60 +58,31 @@ class FeedbackMetrics:
 
 async def serve(settings: FeedbackSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
-    m = FeedbackMetrics()
-    port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
-    store = StateStore.from_url(settings.redis_url, reward_window_s=settings.reward_window_s,
-                                lam=settings.ridge_lambda, pooled_lambda=settings.pooled_lambda,
-                                record_grace_s=settings.reward_record_grace_s,
-                                global_policies=settings.global_policies,
-                                state_ttl_s=settings.state_ttl_s,
-                                global_refresh_s=settings.global_refresh_s)
-    nc = await connect(settings, "feedback-consumer")
-    js = nc.jetstream()
-    spec = settings.consumer_spec()
-    await prepare_jetstream(js, settings, ["FEEDBACK", "DEADLETTER"], [spec],
-                            provision_all_streams=True)
-    sub = await js.pull_subscribe_bind(spec.durable, stream=spec.stream)
-    proc = FeedbackProcessor(store, js, max_deliver=spec.max_deliver, backoff_s=spec.backoff_s,
-                             missing_grace_s=settings.feedback_missing_grace_s)
-    h = Handlers(proc, m)
-    stop = stop or stop_event()
-    sweeper = DefaultRewardSweeper(store, reward=settings.default_reward,
-                                   every_s=settings.default_reward_sweep_s,
-                                   batch=settings.default_reward_batch, metrics=m)
-    sweeping = asyncio.create_task(sweeper.run(stop), name="default-reward-sweeper")
-    announce("feedback-consumer", metrics_port=port, durable=spec.durable,
-             default_reward=settings.default_reward)
-    if ready:
-        ready.set()
-
-    async def _one(msg):
-        try:
-            await h.feedback(msg)
-        except Exception:  # noqa: BLE001 - message stays unacked and is redelivered
-            log.exception("feedback handling failed")
-
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(settings.feedback_batch, timeout=settings.feedback_fetch_timeout_s)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError, TimeoutError):
-            continue  # idle: nothing to fetch
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.Error, asyncio.TimeoutError) as e:
-            m.fetch_errors.inc()
-            log.warning("fetch failed: %r", e)
-            await asyncio.sleep(0.5)
-            continue
-        await asyncio.gather(*(_one(x) for x in msgs))
-    try:
-        await asyncio.wait_for(sweeping, 5.0)
-    except Exception:  # noqa: BLE001 - a sweep cut short is redone by the next consumer
-        sweeping.cancel()
-    # every fetched message has been acked or nak'ed by now; a pull subscription
-    # cannot be drained (the drain would wait out its timeout), so flush and close
-    await nc.flush(timeout=5)
-    await nc.close()
-    await store.close()
+    async with Worker("feedback-consumer", settings, ready=ready, stop=stop) as w:
+        m = FeedbackMetrics()
+        port = w.metrics(m.registry)
+        store = w.closing(StateStore.from_settings(settings))
+        await w.connect()
+        spec = settings.consumer_spec()
+        await prepare_jetstream(w.js, settings, ["FEEDBACK", "DEADLETTER"], [spec],
+                                provision_all_streams=True)
+        settle = RetryOrDeadLetter(w.js, RetryPolicy.of(spec), S.DLQ_FEEDBACK)
+        proc = FeedbackProcessor(store, settle, missing_grace_s=settings.feedback_missing_grace_s)
+        sweeper = DefaultRewardSweeper(store, reward=settings.default_reward,
+                                       every_s=settings.default_reward_sweep_s,
+                                       batch=settings.default_reward_batch, metrics=m)
+        w.task(sweeper.run, name="default-reward-sweeper", share=5.0)
+        # replicas share the durable; a fetched batch is handled concurrently
+        w.consume(PullConsumer(
+            w.js, spec, Handlers(proc, m).feedback, settle=settle,
+            concurrency=settings.feedback_batch, batch=settings.feedback_batch,
+            fetch_timeout_s=settings.feedback_fetch_timeout_s,
+            breaker=CircuitBreaker(settings.feedback_breaker_failures,
+                                   settings.feedback_breaker_s),
+            count=lambda outcome: (m.fetch_errors if outcome == "fetch_error"
+                                   else m.outcomes.labels(outcome)).inc()))
+        await w.run(metrics_port=port, durable=spec.durable,
+                    default_reward=settings.default_reward)
 
 
 def run() -> None:

@@ -1,4 +1,24 @@
-from pydantic import field_validator
+"""Feedback-consumer settings: the shared ones (:mod:`tipsml.settings`) plus its own.
+
+Every variable is read as ``FEEDBACK_<NAME>`` first, then by its former unprefixed name
+(``DEFAULT_REWARD`` still works; ``FEEDBACK_DEFAULT_REWARD`` wins when both are set); the
+``FEEDBACK_…`` options already carry the prefix and keep their names.
+
+* ``FEEDBACK_BATCH`` (256): messages fetched (and handled concurrently) at most at once;
+* ``FEEDBACK_FETCH_TIMEOUT_S`` (0.25): an idle fetch returns after this;
+* ``FEEDBACK_ACK_WAIT_S`` / ``FEEDBACK_MAX_DELIVER`` / ``FEEDBACK_BACKOFF_S`` /
+  ``FEEDBACK_MAX_ACK_PENDING`` (``subjects.FEEDBACK_CONSUMER``): the durable's limits
+  (``BACKOFF_S`` is also the nak schedule);
+* ``FEEDBACK_MISSING_GRACE_S`` (10): an event for a decision not (yet) in Redis is retried
+  this long before it counts as expired;
+* ``FEEDBACK_DEFAULT_REWARD`` (0.0): applied once when a decision's window closes without a
+  reaction; ``off``: none. ``FEEDBACK_DEFAULT_REWARD_SWEEP_S`` (1.0) /
+  ``FEEDBACK_DEFAULT_REWARD_BATCH`` (256): the window sweep's period and batch;
+* ``FEEDBACK_BREAKER_FAILURES`` (32) / ``FEEDBACK_BREAKER_S`` (1.0): that many messages in a
+  row to retry (Redis down) stop the fetching for that long.
+"""
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from tipsml import subjects as S
@@ -6,10 +26,7 @@ from tipsml.settings import BaseServiceSettings
 
 
 class FeedbackSettings(BaseServiceSettings):
-    """Feedback-consumer settings; the durable's limits default to ``subjects.FEEDBACK_CONSUMER``
-    and can be overridden (``FEEDBACK_ACK_WAIT_S``, ``FEEDBACK_MAX_DELIVER``, ...)."""
-
-    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FEEDBACK_")
 
     feedback_batch: int = 256
     feedback_fetch_timeout_s: float = 0.25  # a partial batch is returned after this
@@ -26,6 +43,10 @@ class FeedbackSettings(BaseServiceSettings):
     default_reward: float | None = 0.0
     default_reward_sweep_s: float = 1.0
     default_reward_batch: int = 256
+    # that many messages in a row to retry (Redis down) stop the fetching for that long,
+    # instead of burning the deliveries of every waiting message
+    feedback_breaker_failures: int = Field(default=32, ge=1)
+    feedback_breaker_s: float = Field(default=1.0, ge=0)
 
     @field_validator("default_reward", mode="before")
     @classmethod
@@ -38,7 +59,8 @@ class FeedbackSettings(BaseServiceSettings):
     @classmethod
     def _range(cls, v):
         if v is not None and not 0.0 <= v <= 1.0:
-            raise ValueError("DEFAULT_REWARD must be in [0, 1] (or 'off')")
+            raise ValueError("FEEDBACK_DEFAULT_REWARD (DEFAULT_REWARD) must be in [0, 1] "
+                             "(or 'off')")
         return v
 
     def consumer_spec(self) -> S.ConsumerSpec:

@@ -13,7 +13,8 @@ Redis keys (``{u}`` user, ``{a}`` arm, ``{v}`` prompt version, ``{m}`` model str
   by the refresh; ``tips:sig:{u}`` the user's recent signal kinds (list, bounded);
   ``tips:gencombo:{u}`` set of ``version\\x1fmodel`` pairs the user was served (the
   refresh keeps those warm); ``tips:genlock:...`` refresh throttles (SET NX EX).
-* ``tips:gen:{u}:{decision_id}`` (user hash tag, :func:`tipsml.state.generation_key`) hash ``prompt_version``, ``prompt_hash``, ``arm``, ``source``,
+* ``tips:gen:{u}:{decision_id}`` (user hash tag, :func:`tipsml.state.generation_key`) hash
+  ``prompt_version``, ``prompt_hash``, ``arm``, ``source``,
   ``model``, ``user_id``, ``ts`` — written when a request carries ``decision_id`` so the
   feedback consumer can attribute a reaction to a prompt version; TTL = reward window.
 * ``tips:exposures`` Redis stream (approximately capped): one entry per tip served, with
@@ -22,6 +23,12 @@ Redis keys (``{u}`` user, ``{a}`` arm, ``{v}`` prompt version, ``{m}`` model str
 
 The request path is one pipelined Redis round trip on a cache hit (take + recent
 signals), the reply, then the bookkeeping writes in the background.
+
+:class:`Generator` puts the pieces together, each testable alone: the candidate cache
+(:mod:`generator.cache`), the LLM call and screening (:mod:`generator.screening`), the
+refresh and refill in the background (:mod:`generator.refresh`), the signals
+(:mod:`generator.signals`) and the curated fallback (:mod:`tipsml.fallbacks`). What
+stays here: choosing arm, prompt version and model, the request path, the bookkeeping.
 
 Every generated candidate goes through the guard (:mod:`tipsml.guard`) before it is
 cached or served; a refresh generates ``candidates`` per (arm, version, model), keeps
@@ -34,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -46,41 +52,28 @@ from tipsml import fallbacks, prompts
 from tipsml import guard as G
 from tipsml import keys as K
 from tipsml.context import assemble
-from tipsml.contract import Context, ContractError, ErrorCode, GenerateRequest, Signal
+from tipsml.contract import ContractError, ErrorCode, GenerateRequest, Signal
 from tipsml.keys import (  # noqa: F401
     EXPOSURES_STREAM,
     PV_SERVED_KEY,
     cand_key,
     combo_key,
     ctx_key,
-    lock_key,
-    sig_key,
 )
-from tipsml.llm import STOP_SEQUENCES, LLMClient, LLMError, postprocess
+from tipsml.llm import LLMClient
 
-log = logging.getLogger(__name__)
+from .cache import SIGNALS_KEPT, TAKE_LUA, CandidateCache  # noqa: F401
+from .refresh import Refresher, RefreshResult, TransientError  # noqa: F401
+from .screening import BELOW_BAR, Screened, TipWriter, screen, select  # noqa: F401
+from .signals import SignalProcessor
 
 GENERAL_ARM = "general"
 ARM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-SIGNALS_KEPT = 20
-BELOW_BAR = "below_min_score"  # passed the guard, ranked under GENERATOR_MIN_SCORE
-
-# KEYS[1] candidate list. Returns {entry, remaining} or nil.
-TAKE_LUA = r"""
-local n = redis.call('LLEN', KEYS[1])
-if n == 0 then return false end
-if n > 1 then return {redis.call('LPOP', KEYS[1]), n - 1} end
-return {redis.call('LINDEX', KEYS[1], 0), 1}
-"""
 
 
 def gen_key(decision_id: str, user_id: str) -> str:
     # in the user's hash slot: the reward script reads it with the user's other keys
     return K.generation_key(decision_id, user_id)
-
-
-class TransientError(Exception):
-    """The work can succeed later (Redis or LLM down): nak with delay, do not dead-letter."""
 
 
 @dataclass
@@ -120,7 +113,9 @@ class GenConfig:
 
     @classmethod
     def from_settings(cls, s) -> GenConfig:
-        g = lambda name, default: getattr(s, name, default)
+        def g(name, default):
+            return getattr(s, name, default)
+
         from tipsml.versions import parse_mode
 
         mode, listed = parse_mode(list(g("tip_prompt_version", [])))
@@ -163,46 +158,6 @@ class GenerateOutcome:
     llm: Any = None       # LLMResult on the llm path
 
 
-@dataclass
-class RefreshResult:
-    written: int = 0
-    skipped_full: int = 0
-    failed: int = 0
-    bad_output: int = 0          # candidates the guard rejected or under the ranker's bar
-    generated: int = 0           # candidates screened
-    rejected: dict[str, int] = field(default_factory=dict)  # primary reason -> count
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Screened:
-    """One LLM completion after clean-up and the guard."""
-
-    text: str
-    raw: str
-    overlong: bool
-    verdict: G.Verdict
-
-
-def screen(bound: G.Bound, raw: str, truncated: bool = False,
-           max_chars: int = G.MAX_CHARS) -> Screened:
-    """Post-process a raw completion and judge it with the guard."""
-    tp = postprocess(raw, max_chars, truncated=truncated)
-    v = bound.check(tp.text, raw)
-    if v.ok and not tp.ok:  # the clean-up refused it (e.g. an injected instruction)
-        why = "echo" if tp.reason == "unsafe" else "length"
-        v = G.Verdict(False, (why,), {why: f"postprocess: {tp.reason}"})
-    return Screened(tp.text, raw or "", tp.overlong, v)
-
-
-def select(bound: G.Bound, screened: list[Screened], keep: int,
-           min_score: float = 0.0) -> list[G.Ranked]:
-    """The best ``keep`` candidates that passed the guard and score at least
-    ``min_score`` (:meth:`tipsml.guard.Bound.score`), best first."""
-    ok = [(s.text, s.overlong, s.raw) for s in screened if s.verdict.ok]
-    return [c for c in G.rank(bound, ok) if c.score >= min_score][:max(0, keep)]
-
-
 class Generator:
     def __init__(self, cfg: GenConfig, redis, llm: LLMClient, metrics=None):
         self.cfg = cfg
@@ -221,10 +176,11 @@ class Generator:
         self._vrng = np.random.default_rng()
         prompts.get(None, cfg.default_prompt_version)  # unknown default: fail at start-up
         self.allowed_models = {cfg.default_model, *cfg.allowed_models}
-        self._take = redis.register_script(TAKE_LUA)
-        self._fg = 0  # requests waiting on the LLM: background refresh yields to them
-        self._bg = asyncio.Semaphore(max(1, cfg.bg_concurrency))
-        self._bg_tasks: set[asyncio.Task] = set()
+        self.cache = CandidateCache(cfg, redis, metrics)
+        self.writer = TipWriter(cfg, llm, metrics)
+        self.refresher = Refresher(cfg, redis, self.cache, self.writer, self.allowed_models,
+                                   lambda user_id: self.select_version(user_id, None), metrics)
+        self.signals = SignalProcessor(cfg, redis, self.refresher)
 
     # ------------------------------------------------------------ selection
     def select_version(self, user_id: str, requested: str | None) -> prompts.PromptVersion:
@@ -280,29 +236,9 @@ class Generator:
         arm = self.select_arm(req.arm)
         pv, pv_how, pv_p = await self.choose_version(req.user_id, arm, req.prompt_version)
         model = self.select_model(req.model)
-        key = cand_key(req.user_id, arm, pv.version, model)
-        entry, remaining, signals = None, 0, []
-        try:
-            pipe = self.r.pipeline(transaction=False)
-            if self.cfg.cache_enabled:
-                await self._take(keys=[key], client=pipe)
-            pipe.lrange(sig_key(req.user_id), 0, SIGNALS_KEPT - 1)
-            res = await asyncio.wait_for(pipe.execute(), self.cfg.redis_timeout_s * 4)
-            if self.cfg.cache_enabled:
-                taken, raw_sigs = res
-                if taken:
-                    entry = json.loads(taken[0])
-                    remaining = int(taken[1])
-            else:
-                raw_sigs = res[0]
-            signals = [json.loads(s) for s in raw_sigs]
-        except (TimeoutError, Exception) as e:  # noqa: BLE001 - Redis trouble = miss
-            log.debug("cache read failed: %r", e)
-            if self.m:
-                self.m.redis_errors.labels("cache_read").inc()
+        entry, remaining, signals = await self.cache.take(req.user_id, arm, pv.version, model)
         source, reason, llm_res, overlong = "cache", None, None, False
-        if (entry is not None and entry.get("prompt_hash") == pv.hash and entry.get("tip")
-                and entry.get("guard") == G.GUARD_ID):
+        if self.cache.servable(entry, pv.hash):
             tip, used_model = entry["tip"], entry.get("model", model)
             overlong = bool(entry.get("overlong"))
         else:
@@ -310,33 +246,12 @@ class Generator:
                 remaining = 0
             ctx = assemble(req.context, req.profile_features, signals)
             bound = G.bind(ctx, arm, pv)
-            self._fg += 1
-            try:
-                for attempt in range(max(1, self.cfg.miss_attempts)):
-                    left = self.cfg.deadline_s - (time.perf_counter() - t0)
-                    if attempt and left < self.cfg.deadline_s / 2:
-                        break  # no time for another answer: the fallback serves
-                    try:
-                        llm_res = await self.llm.complete(
-                            pv.render(ctx, arm), model=model, max_tokens=self.cfg.max_tokens,
-                            temperature=self.cfg.temperature, timeout=max(0.05, left),
-                            stop=STOP_SEQUENCES)
-                    except LLMError as e:
-                        if self.m:
-                            self.m.llm_errors.labels(model, e.kind).inc()
-                        reason = reason or e.kind
-                        break
-                    self._observe_llm("request", llm_res)
-                    sc = screen(bound, llm_res.text, llm_res.finish_reason == "length",
-                                self.cfg.max_tip_chars)
-                    if self._count_screened(pv.version, sc, bound):
-                        source, tip, used_model, overlong = "llm", sc.text, model, sc.overlong
-                        reason = None
-                        break
-                    reason = f"bad_output:{sc.verdict.reason or BELOW_BAR}"
-            finally:
-                self._fg -= 1
-            if source != "llm":
+            miss = await self.writer.for_request(pv.render(ctx, arm), bound, pv.version, model,
+                                                 t0)
+            llm_res, reason = miss.llm, miss.reason
+            if miss.tip is not None:
+                source, tip, used_model, overlong = "llm", miss.tip, model, miss.overlong
+            else:
                 reason = reason or "bad_output:none"
                 source, used_model = "fallback", "fallback"
                 tip = fallbacks.pick(arm, ctx, req.user_id, bound)
@@ -394,231 +309,20 @@ class Generator:
                      ex=self.cfg.ctx_ttl_s)
         await pipe.execute()
 
-    # ------------------------------------------------------------ refresh path
-    async def _stored_context(self, user_id: str) -> tuple[Any, dict | None, list]:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.get(ctx_key(user_id))
-        pipe.lrange(sig_key(user_id), 0, SIGNALS_KEPT - 1)
-        raw, sigs = await pipe.execute()
-        context, profile = None, None
-        if raw:
-            d = json.loads(raw)
-            profile = d.get("profile_features")
-            c = d.get("context")
-            if c:
-                try:
-                    context = Context.model_validate(c)
-                except ValueError:
-                    context = None
-                if context is not None and context.hour_of_day is not None:
-                    # the stored hour is the user's clock at request time: move it forward
-                    elapsed_h = int(max(0.0, time.time() - float(d.get("stored_at", time.time())))
-                                    // 3600)
-                    if elapsed_h:
-                        h = context.hour_of_day + elapsed_h
-                        dow = context.day_of_week
-                        if dow is not None:
-                            dow = (dow + h // 24) % 7
-                        context = context.model_copy(update={"hour_of_day": h % 24,
-                                                             "day_of_week": dow})
-        return context, profile, [json.loads(s) for s in sigs]
-
-    async def _combos(self, user_id: str) -> list[tuple[str, str]]:
-        raw = await self.r.smembers(combo_key(user_id))
-        out = []
-        for b in raw:
-            v, _, m = (b.decode() if isinstance(b, bytes) else b).partition("\x1f")
-            if v in prompts.REGISTRY and m in self.allowed_models:
-                out.append((v, m))
-        if not out:
-            out = [(self.select_version(user_id, None).version, self.cfg.default_model)]
-        return sorted(set(out))
-
+    # ------------------------------------------------------------ the other pieces
     async def refresh(self, user_id: str, arms: list[str] | None = None,
                       combos: list[tuple[str, str]] | None = None, progress=None,
                       only_below: int | None = None) -> RefreshResult:
-        """Refresh ``user_id``'s candidates: per (arm, version, model), generate
-        ``candidates``, guard them, keep the best ``keep`` that pass.
-
-        ``only_below``: skip a list already holding that many candidates.
-        ``progress``: async callable invoked before each LLM call (JetStream in_progress).
-        Raises :class:`TransientError` when nothing could be written because Redis or the
-        LLM is down.
-        """
-        res = RefreshResult()
-        try:
-            context, profile, signals = await self._stored_context(user_id)
-            combos = combos or await self._combos(user_id)
-        except Exception as e:  # noqa: BLE001
-            raise TransientError(f"redis: {type(e).__name__}: {e}") from None
-        ctx = assemble(context, profile, signals)
-        arms = arms or list(self.cfg.arms)
-        for version, model in combos:
-            pv = prompts.REGISTRY[version]
-            down = False
-            for arm in arms:
-                key = cand_key(user_id, arm, version, model)
-                if only_below is not None:
-                    try:
-                        if await self.r.llen(key) >= only_below:
-                            res.skipped_full += 1
-                            continue
-                    except Exception as e:  # noqa: BLE001
-                        raise TransientError(f"redis: {e}") from None
-                bound = G.bind(ctx, arm, pv)
-                screened: list[Screened] = []
-                for _ in range(max(1, self.cfg.candidates)):
-                    if progress is not None:
-                        await progress()
-                    while self._fg:  # requests waiting on the LLM go first
-                        await asyncio.sleep(0.02)
-                    async with self._bg:
-                        try:
-                            out = await self.llm.complete(
-                                pv.render(ctx, arm), model=model,
-                                max_tokens=self.cfg.max_tokens,
-                                temperature=self.cfg.temperature,
-                                timeout=self.cfg.refresh_timeout_s, stop=STOP_SEQUENCES)
-                        except LLMError as e:
-                            res.failed += 1
-                            res.errors.append(e.kind)
-                            if self.m:
-                                self.m.llm_errors.labels(model, e.kind).inc()
-                            if e.kind in ("timeout", "unavailable", "circuit_open"):
-                                down = True  # the server is down: do not burn the rest
-                                break
-                            continue
-                    self._observe_llm("refresh", out)
-                    sc = screen(bound, out.text, out.finish_reason == "length",
-                                self.cfg.max_tip_chars)
-                    res.generated += 1
-                    if not self._count_screened(version, sc, bound):
-                        res.bad_output += 1
-                        r = sc.verdict.reason or BELOW_BAR
-                        res.rejected[r] = res.rejected.get(r, 0) + 1
-                    screened.append(sc)
-                kept = select(bound, screened, self.cfg.keep, self.cfg.min_score)
-                if kept:
-                    now = round(time.time(), 3)
-                    try:
-                        pipe = self.r.pipeline(transaction=True)
-                        for c in reversed(kept):  # the best ends up first (served first)
-                            pipe.lpush(key, json.dumps(
-                                {"tip": c.text, "model": model, "prompt_hash": pv.hash,
-                                 "guard": G.GUARD_ID, "score": c.score,
-                                 "overlong": c.overlong, "ts": now}))
-                        pipe.ltrim(key, 0, self.cfg.cache_max - 1)
-                        pipe.expire(key, self.cfg.cache_ttl_s)
-                        await pipe.execute()
-                    except Exception as e:  # noqa: BLE001
-                        raise TransientError(f"redis: {type(e).__name__}: {e}") from None
-                    res.written += len(kept)
-                    if self.m:
-                        self.m.candidates.labels(version).inc(len(kept))
-                if down:
-                    break
-        if res.written == 0 and res.failed and not res.skipped_full:
-            raise TransientError(f"llm: {', '.join(sorted(set(res.errors)))}")
-        return res
+        return await self.refresher.refresh(user_id, arms, combos, progress, only_below)
 
     async def on_signal(self, sig: Signal, progress=None) -> tuple[str, RefreshResult | None]:
-        """Record the signal, merge its context, refresh the user's candidates (throttled).
+        return await self.signals.on_signal(sig, progress)
 
-        Returns (outcome, result); outcome is ``refreshed`` | ``throttled``.
-        Raises :class:`TransientError` (nak with delay) when Redis or the LLM is down.
-        """
-        uid = sig.user_id
-        try:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.lpush(sig_key(uid), json.dumps({"kind": sig.kind, "ts": sig.ts}))
-            pipe.ltrim(sig_key(uid), 0, SIGNALS_KEPT - 1)
-            pipe.expire(sig_key(uid), self.cfg.ctx_ttl_s)
-            await pipe.execute()
-            await self._merge_signal_context(sig)
-            if self.cfg.refresh_min_interval_s > 0:
-                got = await self.r.set(lock_key(uid), "1", nx=True,
-                                       px=int(self.cfg.refresh_min_interval_s * 1000))
-                if not got:
-                    return "throttled", None
-        except Exception as e:  # noqa: BLE001
-            raise TransientError(f"redis: {type(e).__name__}: {e}") from None
-        try:
-            return "refreshed", await self.refresh(uid, progress=progress)
-        except TransientError:
-            try:  # let the redelivery (or the next signal) try again at once
-                await self.r.delete(lock_key(uid))
-            except Exception as e:  # noqa: BLE001
-                log.debug("could not release the refresh throttle: %r", e)
-            raise
-
-    async def _merge_signal_context(self, sig: Signal) -> None:
-        p = sig.payload or {}
-        upd: dict[str, Any] = {}
-        src = p.get("context") if isinstance(p.get("context"), dict) else p
-        for k in ("hour_of_day", "day_of_week", "tasks"):
-            if k in src:
-                upd[k] = src[k]
-        prof = p.get("profile_features") if isinstance(p.get("profile_features"), dict) else None
-        if not upd and prof is None:
-            return
-        raw = await self.r.get(ctx_key(sig.user_id))
-        d = json.loads(raw) if raw else {}
-        ctx = dict(d.get("context") or {})
-        ctx.update(upd)
-        try:
-            ctx = Context.model_validate(ctx).model_dump(exclude_none=True)
-        except ValueError:  # a malformed payload part is ignored, the signal still counts
-            ctx = d.get("context")
-        d.update(context=ctx, stored_at=time.time())
-        if prof is not None:
-            d["profile_features"] = prof
-        await self.r.set(ctx_key(sig.user_id), json.dumps(d), ex=self.cfg.ctx_ttl_s)
-
-    # ------------------------------------------------------------ background
     def schedule_refill(self, user_id: str, arm: str, version: str, model: str) -> None:
-        """Top the (user, arm, version, model) list up in the background (throttled)."""
-        async def run():
-            try:
-                lk = lock_key(f"{user_id}:{arm}:{version}:{model}", "refill")
-                if not await self.r.set(lk, "1", nx=True,
-                                        px=int(max(self.cfg.refresh_min_interval_s, 1.0) * 1000)):
-                    return
-                await self.refresh(user_id, [arm], [(version, model)],
-                                   only_below=self.cfg.cache_max)
-                await self.r.delete(lk)
-            except TransientError as e:
-                log.info("refill for %s/%s failed: %s", user_id, arm, e)
-            except Exception:
-                log.exception("refill failed")
-        self.spawn(run())
+        self.refresher.schedule_refill(user_id, arm, version, model)
 
-    def spawn(self, coro) -> asyncio.Task:
-        t = asyncio.create_task(coro)
-        self._bg_tasks.add(t)
-        t.add_done_callback(self._bg_tasks.discard)
-        return t
+    def spawn(self, coro):
+        return self.refresher.spawn(coro)
 
     async def drain(self, timeout: float = 10.0) -> None:
-        if self._bg_tasks:
-            _done, pending = await asyncio.wait(set(self._bg_tasks), timeout=timeout)
-            for t in pending:
-                t.cancel()
-
-    def _count_screened(self, version: str, sc: Screened, bound: G.Bound) -> bool:
-        """Count a screened candidate; True when it may be served (passes the guard and
-        the ranker's bar). Below the bar counts as reason ``below_min_score``."""
-        ok = sc.verdict.ok and bound.score(sc.text) >= self.cfg.min_score
-        if self.m:
-            self.m.generated.labels(version).inc()
-            if not sc.verdict.ok:
-                self.m.rejected.labels(sc.verdict.reason, version).inc()
-            elif not ok:
-                self.m.rejected.labels(BELOW_BAR, version).inc()
-        return ok
-
-    def _observe_llm(self, purpose: str, r) -> None:
-        if not self.m:
-            return
-        self.m.llm_latency.labels(r.model, purpose).observe(r.latency_ms / 1000.0)
-        self.m.llm_tokens.labels(r.model, "prompt").inc(r.prompt_tokens)
-        self.m.llm_tokens.labels(r.model, "completion").inc(r.completion_tokens)
+        await self.refresher.drain(timeout)

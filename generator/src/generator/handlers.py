@@ -1,17 +1,18 @@
-"""Subject → shared-library call. Every request ends in exactly one reply; every
-JetStream message ends acked, nak'ed with a delay, or dead-lettered."""
+"""Subject → generator call. The request-reply mechanics are the shared endpoint helper's
+(:class:`tipsml.messaging.endpoint.Endpoint`: reply-subject check, parse, typed error
+reply, metrics); the JetStream ones the shared pull loop's (:mod:`tipsml.messaging.pull`:
+ack after the effect, one backoff formula, dead letters). Here only what each does."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 
-from tipsml import subjects as S
-from tipsml.contract import ContractError, ErrorCode, GenerateRequest, Signal, error_bytes, parse
 from generator.generation import Generator, TransientError
-from tipsml.natsutil import publish_dead_letter, reply_is_inbox
-from tipsml.service import respond
+from tipsml import subjects as S
+from tipsml.contract import ContractError, GenerateRequest, Signal, parse
+from tipsml.messaging.endpoint import Endpoint, EndpointMetrics, Reply
+from tipsml.messaging.pull import RETRY, RetryOrDeadLetter, stream_seq
 
 log = logging.getLogger(__name__)
 
@@ -21,43 +22,29 @@ def _dumps(obj) -> bytes:
 
 
 class Handlers:
-    def __init__(self, gen: Generator, metrics, settings, js=None):
+    def __init__(self, gen: Generator, metrics, settings, settle: RetryOrDeadLetter | None = None):
         self.gen = gen
         self.m = metrics
         self.settings = settings
-        self.js = js
-        self.spec = S.SIGNALS_CONSUMER
+        self.settle = settle  # signals: the consumer's retry_or_dead_letter
+
+    def endpoints(self) -> list[tuple[S.EndpointSpec, Endpoint]]:
+        (spec,) = S.GENERATOR_ENDPOINTS
+        return [(spec, Endpoint(S.TIPS_GENERATE, self.generate, request=GenerateRequest,
+                                metrics=EndpointMetrics(self.m.latency, self.m.requests),
+                                error_labels=("none",)))]
 
     # ---------------------------------------------------------------- tips.generate
-    async def generate(self, msg) -> str:
-        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
-            self.m.requests.labels(S.TIPS_GENERATE, "refused_reply").inc()
-            log.warning("refused tips.generate whose reply subject is not an inbox: %r",
-                        (msg.reply or "")[:80])
-            return "refused_reply"
-        t0 = time.perf_counter()
-        code, source, out, outcome = "ok", "none", None, None
-        try:
-            req = parse(GenerateRequest, msg.data)
-            for why in req.profile_fallbacks.values():  # bad values use the fallback
-                self.m.profile_fallbacks.labels(why).inc()
-            outcome = await self.gen.generate(req)
-            source = outcome.reply["source"]
-            out = _dumps(outcome.reply)
-        except ContractError as e:
-            code = e.code.value
-            out = error_bytes(e.code, e.message)
-        except Exception as e:
-            log.exception("internal error on tips.generate")
-            code = "internal"
-            out = error_bytes(ErrorCode.internal, type(e).__name__)
-        code = await respond(msg, out, code)  # error replies also get ADR-32 headers
-        self.m.latency.labels(S.TIPS_GENERATE, source).observe(time.perf_counter() - t0)
-        self.m.requests.labels(S.TIPS_GENERATE, code).inc()
-        if outcome is not None:
-            self._count(outcome)
-            self.gen.spawn(self._after(outcome))
-        return code  # the outcome, for $SRV.STATS (tipsml.service)
+    async def generate(self, req: GenerateRequest, msg) -> Reply:
+        for why in req.profile_fallbacks.values():  # bad values use the fallback
+            self.m.profile_fallbacks.labels(why).inc()
+        outcome = await self.gen.generate(req)
+        return Reply(_dumps(outcome.reply), (outcome.reply["source"],),
+                     lambda: self._after_reply(outcome))
+
+    def _after_reply(self, outcome) -> None:
+        self._count(outcome)
+        self.gen.spawn(self._after(outcome))
 
     def _count(self, o) -> None:
         r = o.reply
@@ -79,52 +66,33 @@ class Handlers:
             self.gen.schedule_refill(*o.refill)
 
     # ---------------------------------------------------------------- signals.>
-    async def signal(self, msg) -> None:
-        md = msg.metadata
-        deliveries = md.num_delivered if md else 1
+    async def signal(self, msg) -> str:
+        """One ``signals.>`` message; the pull loop acks it when this returns unsettled."""
         try:
             sig = parse(Signal, msg.data)
         except ContractError as e:
-            await self._dead_letter(msg, f"invalid: {e.message}", deliveries)
+            await self.settle.dead_letter(msg, f"invalid: {e.message}")
             self.m.signals.labels("poison").inc()
-            return
+            return "poison"
         try:
             outcome, res = await self.gen.on_signal(sig, progress=msg.in_progress)
-        except TransientError as e:
-            if deliveries >= self.spec.max_deliver:
-                await self._dead_letter(msg, f"retries_exhausted: {e}", deliveries)
-                self.m.signals.labels("exhausted").inc()
-                return
-            delay = self.spec.backoff_s[min(deliveries - 1, len(self.spec.backoff_s) - 1)] \
-                if self.spec.backoff_s else 5.0
-            await msg.nak(delay=delay)
-            self.m.signals.labels("retry").inc()
-            return
-        except Exception as e:
-            log.exception("signal handling failed")
-            if deliveries >= self.spec.max_deliver:
-                await self._dead_letter(msg, f"error: {type(e).__name__}", deliveries)
-                self.m.signals.labels("exhausted").inc()
+        except Exception as e:  # noqa: BLE001 - TransientError (Redis/LLM down) or a bug
+            if isinstance(e, TransientError):
+                reason = f"retries_exhausted: {e}"
             else:
-                await msg.nak(delay=5.0)
-                self.m.signals.labels("retry").inc()
-            return
-        await msg.ack()
+                log.exception("signal handling failed")
+                reason = f"error: {type(e).__name__}"
+            out = await self.settle(msg, reason)
+            self.m.signals.labels("retry" if out == RETRY else "exhausted").inc()
+            return RETRY
         self.m.signals.labels(outcome).inc()
         if res is not None:
             self.m.refresh.labels("written").inc(res.written)
             self.m.refresh.labels("failed").inc(res.failed)
             self.m.refresh.labels("bad_output").inc(res.bad_output)
+        return outcome
 
-    async def _dead_letter(self, msg, reason: str, deliveries: int) -> None:
-        md = msg.metadata
-        seq = md.sequence.stream if md else None
-        try:
-            await publish_dead_letter(self.js, S.DLQ_SIGNALS, msg.data, reason,
-                                      origin_subject=msg.subject, deliveries=deliveries,
-                                      msg_id=f"signals:{seq}" if seq is not None else None)
-        except Exception as e:  # noqa: BLE001 - keep the message; it comes back later
-            log.warning("dead-letter publish failed: %r", e)
-            await msg.nak(delay=10.0)
-            return
-        await msg.term()
+
+def signal_dlq_id(msg) -> str | None:
+    seq = stream_seq(msg)
+    return f"signals:{seq}" if seq is not None else None

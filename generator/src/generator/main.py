@@ -1,10 +1,12 @@
 """Generator worker: ``tips.generate`` (request-reply, ``generator`` queue group) and the
 durable JetStream consumer ``generator-signals`` on ``signals.>``.
 
-Raw nats-py on the request path (a cache hit is one Redis round trip; FastStream's
-per-message overhead would be most of the budget). Each request runs in its own task so
-one cache miss waiting on the LLM never queues the cache hits behind it. Signals are
-pulled in small batches, at most ``GENERATOR_SIGNAL_CONCURRENCY`` at once.
+Wiring only (:class:`tipsml.messaging.lifecycle.Worker`): the request path is an
+:class:`tipsml.messaging.endpoint.Endpoint` on raw nats-py (a cache hit is one Redis round
+trip), each request in its own task so one cache miss waiting on the LLM never queues the
+cache hits behind it; signals go through the shared pull loop
+(:class:`tipsml.messaging.pull.PullConsumer`), at most ``GENERATOR_SIGNAL_CONCURRENCY`` at
+once.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from tipsml import metrics as M
 from tipsml import prompts
 from tipsml import subjects as S
-from generator.generation import GenConfig, Generator
 from tipsml.llm import LLMClient, litellm_module
-from tipsml.natsutil import connect, ensure_or_check_consumer, prepare_jetstream
+from tipsml.messaging.breaker import CircuitBreaker
+from tipsml.messaging.connection import prepare_jetstream
+from tipsml.messaging.lifecycle import Worker, run_service
+from tipsml.messaging.pull import PullConsumer, RetryOrDeadLetter, RetryPolicy
+from tipsml.messaging.service import package_version
 from tipsml.state import connect_redis
-from tipsml.service import package_version, start_service
-from tipsml.worker import announce, run_service, stop_event
 
-from .handlers import Handlers
+from .generation import GenConfig, Generator
+from .handlers import Handlers, signal_dlq_id
 from .settings import GeneratorSettings
 
 log = logging.getLogger("generator")
@@ -78,64 +82,6 @@ class GeneratorMetrics:
         self.inflight = Gauge("generator_signals_inflight", "signals being processed", registry=r)
 
 
-async def _signal_loop(js, h: Handlers, settings: GeneratorSettings, stop: asyncio.Event,
-                       m: GeneratorMetrics) -> None:
-    spec = S.SIGNALS_CONSUMER
-    psub = None
-    slots = asyncio.Semaphore(max(1, settings.generator_signal_concurrency))
-    tasks: set[asyncio.Task] = set()
-
-    async def one(msg):
-        m.inflight.inc()
-        try:
-            await h.signal(msg)
-        except Exception:
-            log.exception("signal handler crashed")
-        finally:
-            m.inflight.dec()
-            slots.release()
-
-    while not stop.is_set():
-        try:
-            if psub is None:
-                await ensure_or_check_consumer(js, spec, settings)
-                psub = await js.pull_subscribe_bind(consumer=spec.durable, stream=spec.stream)
-        except Exception as e:  # noqa: BLE001 - NATS down or reconnecting: try again shortly
-            log.warning("signal consumer bind failed: %r", e)
-            await asyncio.sleep(1.0)
-            continue
-        await slots.acquire()
-        free = 1
-        while free < settings.generator_fetch_batch and not slots.locked():
-            await slots.acquire()
-            free += 1
-        msgs = []
-        try:
-            msgs = await psub.fetch(batch=free, timeout=settings.generator_fetch_timeout_s)
-        except (TimeoutError, nats.errors.TimeoutError):
-            pass
-        except asyncio.CancelledError:
-            break
-        except Exception as e:  # noqa: BLE001 - reconnecting, consumer deleted, ...
-            log.warning("signal fetch failed: %r", e)
-            if isinstance(e, nats.js.errors.NotFoundError):
-                psub = None
-            await asyncio.sleep(0.5)
-        for _ in range(free - len(msgs)):
-            slots.release()
-        for msg in msgs:
-            t = asyncio.create_task(one(msg))
-            tasks.add(t)
-            t.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks, timeout=10)
-    if psub is not None:
-        try:
-            await psub.unsubscribe()
-        except Exception as e:  # noqa: BLE001 - connection already gone
-            log.debug("unsubscribe failed: %r", e)
-
-
 async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None, metrics: GeneratorMetrics | None = None
                 ) -> None:
@@ -146,49 +92,46 @@ async def serve(settings: GeneratorSettings, ready: asyncio.Event | None = None,
     prompts.validate(pv_listed)
     prompts.get(None, settings.default_prompt_version)
     litellm_module()  # ~2 s import, paid before announcing ready
-    m = metrics or GeneratorMetrics()
-    port = M.serve(m.registry, settings.metrics_port, settings.metrics_addr)
-    # blocking pool: a burst of signals waits for a connection instead of failing
-    # (a RedisCluster client for a redis-cluster:// URL: tips:gen:{user}:… is read by the
-    # reward script in the user's slot)
-    r = connect_redis(settings.redis_url, max_connections=64, pool_timeout_s=5.0,
-                      socket_timeout=5.0)
-    llm = LLMClient.from_settings(settings)
-    gen = Generator(GenConfig.from_settings(settings), r, llm, m)
-    nc = await connect(settings, "generator")
-    js = nc.jetstream()
-    await prepare_jetstream(js, settings, ["SIGNALS", "DEADLETTER"],
-                            provision_all_streams=True)
-    h = Handlers(gen, m, settings, js)
-    # NATS Services API (ADR-32): discoverable as tips-generator; a task per request
-    svc = await start_service(
-        nc, name="tips-generator", version=package_version("tips-generator"),
-        queue_group=S.Q_GENERATOR, description="writes tips with a local LLM; cached candidates",
-        metadata={"model": settings.llm_model or "", "prompt_versions": ",".join(prompts.known()),
-                  "contract": "tipsml.contract", "asyncapi": "docs/asyncapi.yaml"})
-    for ep in S.GENERATOR_ENDPOINTS:
-        await svc.add_request_endpoint(ep.name, ep.subject, getattr(h, ep.name),
-                                       metadata=ep.metadata())
-    await nc.flush()
-    stop = stop or stop_event()
-    sig_task = asyncio.create_task(_signal_loop(js, h, settings, stop, m))
-    announce("generator", metrics_port=port, model=settings.llm_model,
-             api_base=settings.llm_api_base, prompt_versions=prompts.known(),
-             default_prompt_version=prompts.get(None, settings.default_prompt_version).version,
-             **{"rotation" if pv_mode == "rotation" else "version_bandit": pv_listed})
-    if ready:
-        ready.set()
-    await stop.wait()
-    await svc.stop_endpoints()
-    await svc.wait_idle(5)
-    try:
-        await asyncio.wait_for(sig_task, timeout=15)
-    except TimeoutError:
-        sig_task.cancel()
-    await gen.drain(timeout=5)
-    await svc.stop()
-    await nc.drain()
-    await r.aclose()
+    async with Worker("generator", settings, ready=ready, stop=stop) as w:
+        m = metrics or GeneratorMetrics()
+        port = w.metrics(m.registry)
+        # blocking pool: a burst of signals waits for a connection instead of failing
+        # (a RedisCluster client for a redis-cluster:// URL: tips:gen:{user}:… is read by the
+        # reward script in the user's slot)
+        r = w.closing(connect_redis(settings.redis_url, max_connections=64, pool_timeout_s=5.0,
+                                    socket_timeout=5.0))
+        gen = Generator(GenConfig.from_settings(settings), r, LLMClient.from_settings(settings), m)
+        w.on_close(lambda: gen.drain(timeout=w.left(5.0)), what="background refreshes")
+        await w.connect()
+        await prepare_jetstream(w.js, settings, ["SIGNALS", "DEADLETTER"],
+                                provision_all_streams=True)
+        spec = S.SIGNALS_CONSUMER
+        settle = RetryOrDeadLetter(w.js, RetryPolicy.of(spec), S.DLQ_SIGNALS,
+                                   dlq_msg_id=signal_dlq_id)
+        h = Handlers(gen, m, settings, settle)
+        await w.service(
+            name="tips-generator", version=package_version("tips-generator"),
+            queue_group=S.Q_GENERATOR,
+            description="writes tips with a local LLM; cached candidates",
+            metadata={"model": settings.llm_model or "",
+                      "prompt_versions": ",".join(prompts.known()),
+                      "contract": "tipsml.contract", "asyncapi": "docs/asyncapi.yaml"},
+            endpoints=h.endpoints())
+        # signals: small batches, at most GENERATOR_SIGNAL_CONCURRENCY at once; the durable
+        # is created (or checked) when bound, and re-bound if it is deleted
+        w.consume(PullConsumer(
+            w.js, spec, h.signal, settle=settle, settings=settings,
+            concurrency=settings.generator_signal_concurrency,
+            batch=settings.generator_fetch_batch,
+            fetch_timeout_s=settings.generator_fetch_timeout_s,
+            breaker=CircuitBreaker(settings.generator_breaker_failures,
+                                   settings.generator_breaker_s),
+            inflight=m.inflight))
+        await w.run(metrics_port=port, model=settings.llm_model, api_base=settings.llm_api_base,
+                    prompt_versions=prompts.known(),
+                    default_prompt_version=prompts.get(
+                        None, settings.default_prompt_version).version,
+                    **{"rotation" if pv_mode == "rotation" else "version_bandit": pv_listed})
 
 
 def run() -> None:

@@ -1,4 +1,9 @@
-"""Generator settings: the shared ones plus the LLM / prompt / cache options.
+"""Generator settings: the shared ones (:mod:`tipsml.settings`) plus the LLM / prompt /
+cache options.
+
+Every variable is read as ``GENERATOR_<NAME>`` first, then by its former unprefixed name
+(``LLM_MODEL`` still works; ``GENERATOR_LLM_MODEL`` wins when both are set); the
+``GENERATOR_…`` options below already carry the prefix and keep their names.
 
 | variable | default | meaning |
 |---|---|---|
@@ -26,15 +31,20 @@
 | ``GENERATOR_ALLOWED_MODELS`` | empty | models a request may name besides ``LLM_MODEL`` |
 | ``GENERATOR_SIGNAL_CONCURRENCY`` | ``2`` | signals processed at once |
 | ``GENERATOR_BG_CONCURRENCY`` | ``1`` | background LLM calls at once |
+| ``GENERATOR_FETCH_BATCH`` | ``10`` | signals fetched at most at once |
+| ``GENERATOR_FETCH_TIMEOUT_S`` | ``1.0`` | an idle fetch returns after this |
+| ``GENERATOR_BREAKER_FAILURES`` | ``5`` | signals to retry in a row that stop the fetching … |
+| ``GENERATOR_BREAKER_S`` | ``5.0`` | … for this long (LLM or Redis down) |
 """
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+
 from tipsml.settings import BaseServiceSettings, CsvList, _split
 
 
 class GeneratorSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GENERATOR_")
 
     llm_model: str = "ollama_chat/qwen2.5:0.5b"
     llm_api_base: str | None = None
@@ -67,6 +77,8 @@ class GeneratorSettings(BaseServiceSettings):
     generator_bg_concurrency: int = 1
     generator_fetch_batch: int = 10
     generator_fetch_timeout_s: float = 1.0
+    generator_breaker_failures: int = Field(default=5, ge=1)
+    generator_breaker_s: float = Field(default=5.0, ge=0)
 
     @field_validator("tip_prompt_version", "generator_allowed_models", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ import numpy as np
 from tipsml.bandits import Policy, build_policies, choose_many
 from tipsml.contract import ContractError, ErrorCode, ScoreRequest
 from tipsml.features import build_vectors, resolve_time
+from tipsml.messaging.breaker import CircuitBreaker
 from tipsml.state import StateStore, pulls_key, state_key
 
 
@@ -38,10 +39,7 @@ class CoalescingReader:
     def __init__(self, store: StateStore, *, timeout_s: float, max_batch: int = 32,
                  max_inflight: int = 2, breaker_failures: int = 3, breaker_s: float = 0.5):
         self.store = store
-        self.breaker_failures = breaker_failures
-        self.breaker_s = breaker_s
-        self._down_until = 0.0
-        self._failures = 0  # consecutive failed batches
+        self.breaker = CircuitBreaker(breaker_failures, breaker_s)  # counts failed batches
         self.timeout_s = timeout_s
         self.max_batch = max(1, max_batch)
         self.max_inflight = max(1, max_inflight)
@@ -53,7 +51,7 @@ class CoalescingReader:
     def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        if time.monotonic() < self._down_until:
+        if self.breaker.is_open:
             fut.set_exception(ConnectionError("redis circuit open"))
             return fut
         self._pending.append((keys, arms, fut))
@@ -80,7 +78,7 @@ class CoalescingReader:
             job = asyncio.ensure_future(self.store.load_batch([(k, a) for k, a, _ in batch], **kw))
             try:
                 results = await asyncio.wait_for(asyncio.shield(job), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # A busy loop fires the deadline in the same turn as the reply's socket
                 # event, before the reader resumes: give the reply a few turns before
                 # calling Redis slow (our own queueing is not Redis's fault).
@@ -95,7 +93,7 @@ class CoalescingReader:
                 # the pipeline finishes in the background (its reply is read and dropped);
                 # only the waiting requests give up
                 job.add_done_callback(_consume_exception)
-                self._fail(batch, asyncio.TimeoutError(
+                self._fail(batch, TimeoutError(
                     f"state store did not answer within {self.timeout_s * 1000:.0f} ms"))
                 return
             except Exception as e:  # noqa: BLE001 - every waiter gets the failure
@@ -114,17 +112,14 @@ class CoalescingReader:
         down, so they fall back now instead of waiting for a batch of their own. After
         ``breaker_failures`` failed batches in a row the breaker opens for ``breaker_s``:
         requests then fall back at once, until a probe batch goes through."""
-        self._failures += 1
-        if self._failures >= self.breaker_failures:
-            self._down_until = time.monotonic() + self.breaker_s
-            self._failures = 0
+        self.breaker.failure()
         waiting, self._pending = self._pending, []
         for *_, fut in (*batch, *waiting):
             if not fut.done():
                 fut.set_exception(err)
 
     def _resolve(self, batch, results) -> None:
-        self._failures = 0
+        self.breaker.success()
         for (*_, fut), res in zip(batch, results):
             if not fut.done():
                 if isinstance(res, Exception):
@@ -221,7 +216,7 @@ class Scorer:
         }
         try:
             blobs, priors = await self._load_models(pols, skeys, arms)
-        except (Exception, asyncio.TimeoutError) as e:  # Redis down/slow: safe uniform fallback
+        except (TimeoutError, Exception) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
         choices = choose_many(pols, arms, blobs, [xs[p.name] for p in pols], self.rng, priors)
         c = choices[0]

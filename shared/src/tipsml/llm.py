@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fallbacks as _FB
+from .messaging.breaker import CircuitBreaker
 
 # never fetch the model price map from the internet at import time
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -107,8 +108,10 @@ class LLMClient:
     keep_alive: str | int | None = None  # Ollama only, e.g. "10m"; 0 unloads after the call
     breaker_failures: int = 3  # consecutive "unavailable" failures that open the breaker
     breaker_s: float = 5.0     # how long it stays open
-    _fails: int = field(default=0, init=False, repr=False)
-    _open_until: float = field(default=0.0, init=False, repr=False)
+    breaker: CircuitBreaker = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.breaker = CircuitBreaker(self.breaker_failures, self.breaker_s)
 
     @classmethod
     def from_settings(cls, s, **kw) -> LLMClient:
@@ -122,7 +125,7 @@ class LLMClient:
 
     @property
     def circuit_open(self) -> bool:
-        return time.monotonic() < self._open_until
+        return self.breaker.is_open
 
     def _kwargs(self, model: str, keep_alive, api_base: str | None = None) -> dict:
         kw: dict[str, Any] = {"num_retries": 0, "max_retries": 0}
@@ -186,14 +189,14 @@ class LLMClient:
                 kind, retry = _classify(e)
                 last = LLMError(kind, f"{model}: {type(e).__name__}: {str(e)[:200]}", attempt)
                 if kind == "unavailable":  # refused / 5xx: down. A timeout may be a
-                    self._failed()         # short deadline on a busy server, not an outage
+                    self.breaker.failure()  # short deadline on a busy server, not an outage
                 if not retry or attempt > self.retries or self.circuit_open:
                     break
                 await asyncio.sleep(min(self.retry_backoff_s * attempt,
                                         max(0.0, deadline - time.monotonic())))
                 continue
             latency_ms = (time.perf_counter() - t0) * 1000.0
-            self._fails = 0
+            self.breaker.success()
             try:
                 choice = resp.choices[0]
                 text = choice.message.content or ""
@@ -217,12 +220,6 @@ class LLMClient:
         if obj is None:
             raise LLMError("bad_response", f"{res.model}: no JSON object in the reply", res.attempts)
         return obj, res
-
-    def _failed(self) -> None:
-        self._fails += 1
-        if self._fails >= self.breaker_failures:
-            self._open_until = time.monotonic() + self.breaker_s
-            self._fails = 0
 
 
 def _provider(model: str) -> str:

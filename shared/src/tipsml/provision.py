@@ -26,7 +26,7 @@ import sys
 import time
 
 from . import subjects as S
-from .natsutil import connect, ensure_consumer, ensure_streams
+from .messaging.connection import connect, ensure_consumer, ensure_streams
 from .settings import BaseServiceSettings, secret_problem
 
 

@@ -1,9 +1,26 @@
-"""Settings shared by every worker, read from environment variables.
+"""Settings shared by every worker, read from environment variables (and ``.env``).
 
-Each worker subclasses :class:`BaseServiceSettings` in its own ``settings.py``
-(with its own env prefix for worker-only options). The common connection
-settings are read *without* prefix so one ``NATS_URL`` / ``REDIS_URL`` serves
-every process.
+One idiom: each worker subclasses :class:`BaseServiceSettings` in its own
+``settings.py`` with its own ``env_prefix`` (``SCORER_``, ``GENERATOR_``, ``FEEDBACK_``,
+``BENCH_``). Every field of a worker's settings, the shared ones included, is then read
+from two names, the prefixed one first:
+
+* ``<PREFIX><FIELD>`` — e.g. ``SCORER_REDIS_TIMEOUT_S``, ``SCORER_METRICS_PORT``,
+  ``FEEDBACK_DEFAULT_REWARD`` (a field already named after the worker keeps its name:
+  ``generator_deadline_s`` is ``GENERATOR_DEADLINE_S``, ``feedback_batch`` is
+  ``FEEDBACK_BATCH``);
+* today's unprefixed name, as an alias — ``REDIS_TIMEOUT_S``, ``METRICS_PORT``,
+  ``DEFAULT_REWARD``, so one ``NATS_URL`` / ``REDIS_URL`` still serves every process and no
+  deployment has to change. A worker whose name was never unprefixed lists its real
+  former name in :attr:`BaseServiceSettings.legacy_env` (``()``: none).
+
+When both are set in the same place (process environment, or ``.env``), the prefixed
+one wins; a process environment variable wins over ``.env`` as usual. Values are
+validated at start: a bad one stops the worker with one clear line naming the variable
+(:func:`describe_settings_error`) and exit status 2
+(:func:`tipsml.messaging.lifecycle.run_service`).
+
+Shared variables (unprefixed, or with the worker's prefix):
 
 | variable | default | meaning |
 |---|---|---|
@@ -38,14 +55,16 @@ every process.
 | ``NATS_TLS_CA`` | unset | CA file to verify the NATS server's certificate (TLS on the client port); required in production |
 | ``NATS_PROVISION`` | ``true`` (dev), ``false`` (production) | create/update the streams and this worker's durables at start; off: only check that they exist (``python -m tipsml.provision`` creates them as admin) |
 | ``TIPS_ENV`` | ``dev`` | ``production``: refuse to start with an empty or placeholder (``change-me…``) secret, without ``ADMIN_TOKEN``, without TLS to NATS |
+| ``SHUTDOWN_TIMEOUT_S`` | ``8`` | SIGTERM → stop, finish the work in hand, close: within it |
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import copy
+from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]  # ``a,b,c`` (or a JSON list) in the environment
@@ -85,8 +104,62 @@ def _split(v):
     return list(v)
 
 
+class SettingsError(ValueError):
+    """A setting that cannot be used (raised by validators; reported at start)."""
+
+
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "KEY", "URL")
+
+
+def describe_settings_error(e: Exception) -> str:
+    """One line for a settings failure: ``VARIABLE=value: why`` per bad value (secrets and
+    URLs, which may carry a password, are not echoed)."""
+    if not isinstance(e, ValidationError):
+        return str(e)
+    parts = []
+    for err in e.errors():
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        if not loc:
+            parts.append(msg)
+            continue
+        name = loc.upper()
+        shown = "" if any(w in name for w in SECRET_WORDS) else f"={err.get('input')!r}"
+        parts.append(f"{name}{shown}: {msg}")
+    return "; ".join(parts)
+
+
+def env_names(name: str, prefix: str, legacy: tuple[str, ...] | None = None) -> list[str]:
+    """The environment names of field ``name`` under ``prefix``: the prefixed one first,
+    then the legacy (unprefixed) ones."""
+    n = name.upper()
+    p = prefix.upper()
+    prefixed = n if not p or n.startswith(p) else p + n
+    return list(dict.fromkeys([prefixed, *((n,) if legacy is None else legacy)]))
+
+
 class BaseServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore",
+                                      populate_by_name=True)
+    # field -> its former environment names, where they are not simply the field's
+    # name in upper case (``()``: it had only the prefixed name)
+    legacy_env: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kw):
+        """A subclass with an ``env_prefix`` reads every field from ``<PREFIX><FIELD>``
+        first, then from the legacy unprefixed name (see the module doc)."""
+        super().__pydantic_init_subclass__(**kw)
+        prefix = cls.model_config.get("env_prefix") or ""
+        if not prefix:
+            return
+        fields = cls.__pydantic_fields__
+        for name, f in list(fields.items()):
+            nf = copy.copy(f)  # the parent's FieldInfo stays as it was
+            nf.validation_alias = AliasChoices(*env_names(name, prefix,
+                                                          cls.legacy_env.get(name)))
+            fields[name] = nf
+        cls.model_rebuild(force=True)
 
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
@@ -122,6 +195,9 @@ class BaseServiceSettings(BaseSettings):
     nats_tls_ca: str | None = None
     nats_provision: bool | None = None
     tips_env: str = "dev"
+    # SIGTERM -> stop taking work, finish what is in hand, close: all within this
+    # (under the 10 s compose and Kubernetes give before SIGKILL)
+    shutdown_timeout_s: float = Field(default=8.0, gt=0)
 
     @field_validator("arms", "shadow_policies", "global_policies", mode="before")
     @classmethod
@@ -155,7 +231,7 @@ class BaseServiceSettings(BaseSettings):
     def inbox_prefix(self) -> str:
         if self.nats_inbox_prefix:
             return self.nats_inbox_prefix
-        from .natsutil import inbox_prefix_for
+        from .messaging.connection import inbox_prefix_for
 
         return inbox_prefix_for(self.nats_user)
 

@@ -81,10 +81,29 @@ FAST_PATH = os.environ.get("REDIS_FAST_PATH", "1").lower() not in ("0", "false",
 
 # every key is spelled once, in tipsml.keys; re-exported here for the callers of state
 from tipsml.keys import (  # noqa: E402,F401
-    DEC, DUE_SHARDS, GLOBAL_SHARDS, HP_IDS_KEY, decision_key, default_event_id, due_key,
-    due_shard, event_key, generation_key, global_marker_key, global_pulls_key,
-    global_shard, global_shard_key, hp_tag, pulls_key, state_key, user_of_tag, utag,
-    VERSION_SHARDS, version_marker_key, version_shard, version_stat_key,
+    DEC,
+    DUE_SHARDS,
+    GLOBAL_SHARDS,
+    HP_IDS_KEY,
+    VERSION_SHARDS,
+    decision_key,
+    default_event_id,
+    due_key,
+    due_shard,
+    event_key,
+    generation_key,
+    global_marker_key,
+    global_pulls_key,
+    global_shard,
+    global_shard_key,
+    hp_tag,
+    pulls_key,
+    state_key,
+    user_of_tag,
+    utag,
+    version_marker_key,
+    version_shard,
+    version_stat_key,
 )
 
 
@@ -425,6 +444,16 @@ class StateStore:
         return cls(connect_redis(url, max_connections=max_connections,
                                  pool_timeout_s=pool_timeout_s), **kw)
 
+    @classmethod
+    def from_settings(cls, s) -> StateStore:
+        """The store as a worker's settings describe it (scorer and feedback consumer must
+        agree on every one of these)."""
+        return cls.from_url(s.redis_url, reward_window_s=s.reward_window_s,
+                            lam=s.ridge_lambda, pooled_lambda=getattr(s, "pooled_lambda", None),
+                            record_grace_s=s.reward_record_grace_s,
+                            global_policies=s.global_policies, state_ttl_s=s.state_ttl_s,
+                            global_refresh_s=s.global_refresh_s)
+
     async def close(self) -> None:
         for f in (self._fast_read, self._fast_write):
             if f is not None:
@@ -744,7 +773,7 @@ class StateStore:
         try:
             blobs = await (asyncio.wait_for(asyncio.shield(job), timeout_s)
                            if timeout_s else job)
-        except (Exception, asyncio.TimeoutError):
+        except (TimeoutError, Exception):
             job.add_done_callback(lambda f: f.cancelled() or f.exception())
             if hit is not None:
                 return hit[1]

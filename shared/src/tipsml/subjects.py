@@ -2,9 +2,9 @@
 
 Every stream and durable is created idempotently by :mod:`tipsml.provision` (production:
 the admin user, before the workers start) or by the workers themselves at start-up in dev
-(:func:`tipsml.natsutil.prepare_jetstream`); every durable states ack_wait / max_deliver /
-backoff / max_ack_pending, and ``ensure_consumer`` updates an existing durable whose config
-drifted.
+(:func:`tipsml.messaging.connection.prepare_jetstream`); every durable states ack_wait /
+max_deliver / backoff / max_ack_pending, and ``ensure_consumer`` updates an existing
+durable whose config drifted.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ DAY_NS = 86_400 * 1_000_000_000
 @dataclass(frozen=True)
 class EndpointSpec:
     """One request-reply endpoint: registered with the NATS Services API by its worker
-    (tipsml.service) and documented in docs/asyncapi.yaml (tipsdev.asyncapi). ``request``
+    (tipsml.messaging.service) and documented in docs/asyncapi.yaml (tipsdev.asyncapi). ``request``
     and ``reply`` name models in tipsml.contract (or bench_worker.job)."""
 
     service: str

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tipsml import subjects as S
-from tipsml.natsutil import request_json
-from tipsml.rewards import REWARD_TABLE
 from tipsdev.sim.inproc import Trace
 from tipsdev.sim.world import REACTIONS, Episode
+from tipsml import subjects as S
+from tipsml.messaging.connection import request_json
+from tipsml.rewards import REWARD_TABLE
 
 
 @dataclass

@@ -1,9 +1,8 @@
-"""NATS helpers: connection, idempotent stream/consumer set-up, JSON request-reply,
+"""NATS plumbing: connection, idempotent stream/consumer set-up, JSON request-reply,
 and the reply-subject check every request handler makes first."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -12,12 +11,19 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
-                         StorageType, StoreCompression, StreamConfig)
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StoreCompression,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError
 
-from . import subjects as S
-from .contract import ErrorCode, error_reply
+from .. import subjects as S
+from ..contract import ErrorCode, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +197,7 @@ async def request_json(nc: NATS, subject: str, payload: Any, timeout: float = 2.
         msg = await nc.request(subject, data, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError:
         return error_reply(ErrorCode.unavailable, f"no responders on {subject}")
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         return error_reply(ErrorCode.timeout, f"{subject} did not answer within {timeout}s")
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
             nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError) as e:

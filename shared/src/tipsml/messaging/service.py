@@ -47,7 +47,7 @@ from nats.micro.service import (
     ServiceStats,
 )
 
-from .contract import ErrorCode
+from ..contract import ErrorCode
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,180 @@
+"""The request-reply endpoint helper: parse → handler → reply → metrics, once.
+
+Every request-reply verb of every worker (``tips.score``, ``tips.generate``,
+``bench.leaderboard``, …) is an :class:`Endpoint`::
+
+    ep = Endpoint("tips.stats", stats, request=StatsRequest,
+                  metrics=EndpointMetrics(m.latency, m.requests),
+                  errors=[(redis.exceptions.ConnectionError, ErrorCode.unavailable,
+                           "state store unavailable: {name}")])
+    await service.add_request_endpoint("stats", "tips.stats", ep)
+
+Per message, in this order:
+
+1. the reply subject must be a requester's inbox (:func:`reply_is_inbox`); otherwise the
+   request is refused unanswered (never acted on, never published onto a forged subject)
+   and counted as ``refused_reply``;
+2. ``request`` (a pydantic model, through :func:`tipsml.contract.parse`) or ``parse`` (any
+   callable on the raw bytes, e.g. a fast parser) turns the payload into the request;
+   ``raw=True`` hands the handler the message itself (it parses, reads headers, …);
+3. the handler (``handler(request, msg)``, or ``handler(msg)`` when raw) returns the
+   reply: ``bytes`` (sent as is: the fast path), a ``dict``
+   (JSON-encoded) or a :class:`Reply` (body, extra latency labels, a callback run after
+   the reply is sent);
+4. any exception becomes a typed error reply, never a crash: :class:`ContractError` → its
+   code, a pydantic ``ValidationError`` → ``invalid_request``, the endpoint's declared
+   ``errors`` → their code, anything else → ``internal`` (logged with its traceback);
+   error replies carry ADR-32's headers (:func:`tipsml.messaging.service.respond`);
+5. metrics once: the latency histogram (labels: subject, then the handler's extra labels)
+   and the requests counter by subject and outcome code; the outcome is returned for
+   ``$SRV.STATS`` (:class:`tipsml.messaging.service.TipsService`).
+
+An ``ok`` reply is ``msg.respond(body)``, nothing more: on the scorer's hot path the helper
+costs what the hand-written block it replaces did (bench/service_overhead.py,
+``--variant endpoint``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ..contract import ContractError, ErrorCode, describe_validation_error, error_bytes, parse
+from ..metrics import Children
+from .connection import reply_is_inbox
+from .service import OK, respond
+
+log = logging.getLogger(__name__)
+
+REFUSED_REPLY = "refused_reply"
+
+
+class Reply:
+    """A handler's reply with what the helper needs besides the body."""
+
+    __slots__ = ("after", "body", "labels")
+
+    def __init__(self, body: bytes | dict, labels: tuple[str, ...] = (),
+                 after: Callable[[], Any] | None = None):
+        self.body = body
+        self.labels = labels   # extra latency labels (after the subject)
+        self.after = after     # called once the reply is sent (bookkeeping, metrics)
+
+
+class EndpointMetrics:
+    """The two metrics every endpoint keeps: a latency histogram whose first label is the
+    subject, and an optional requests counter labelled (subject, code). ``refused`` (a
+    counter labelled (subject, reason)) counts refused requests instead of ``requests``."""
+
+    __slots__ = ("latency", "refused", "requests")
+
+    def __init__(self, latency=None, requests=None, refused=None):
+        self.latency = Children(latency) if latency is not None else None
+        self.requests = Children(requests) if requests is not None else None
+        self.refused = Children(refused) if refused is not None else None
+
+
+ErrorMap = Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], ErrorCode, str]]
+
+
+def dumps(obj) -> bytes:
+    return orjson.dumps(obj)
+
+
+class Endpoint:
+    """One request-reply verb; an instance is the message handler (``await ep(msg)``)."""
+
+    __slots__ = ("_error_labels", "_errors", "_latency", "_parse", "_requests", "handler",
+                 "metrics", "raw", "subject")
+
+    def __init__(self, subject: str, handler: Callable[..., Awaitable[bytes | dict | Reply]], *,
+                 request: type[BaseModel] | None = None,
+                 parse_fn: Callable[[bytes], Any] | None = None, raw: bool = False,
+                 metrics: EndpointMetrics | None = None, errors: ErrorMap = (),
+                 error_labels: tuple[str, ...] = ()):
+        if sum(x is not None and x is not False for x in (request, parse_fn, raw or None)) > 1:
+            raise ValueError("give one of request, parse_fn, raw")
+        self.subject = subject
+        self.handler = handler
+        self.raw = raw or (request is None and parse_fn is None)
+        if request is not None:
+            self._parse = lambda data, _m=request: parse(_m, data)
+        else:
+            self._parse = parse_fn
+        self.metrics = metrics or EndpointMetrics()
+        self._errors = tuple(errors)
+        self._error_labels = error_labels  # latency labels of a reply that is an error
+        m = self.metrics
+        self._latency = m.latency
+        self._requests = m.requests
+
+    def _refuse(self, msg) -> str:
+        m = self.metrics
+        if m.refused is not None:
+            m.refused(self.subject, REFUSED_REPLY).inc()
+        elif m.requests is not None:
+            m.requests(self.subject, REFUSED_REPLY).inc()
+        log.warning("refused %s whose reply subject is not an inbox: %r", self.subject,
+                    (msg.reply or "")[:80])
+        return REFUSED_REPLY
+
+    def _error(self, e: Exception) -> tuple[str, bytes]:
+        if isinstance(e, ContractError):
+            return e.code.value, error_bytes(e.code, e.message)
+        if isinstance(e, ValidationError):
+            return (ErrorCode.invalid_request.value,
+                    error_bytes(ErrorCode.invalid_request, describe_validation_error(e)))
+        for types, code, message in self._errors:
+            if isinstance(e, types):
+                return code.value, error_bytes(code, message.format(
+                    name=type(e).__name__, subject=self.subject, error=str(e)[:300]))
+        log.exception("internal error on %s", self.subject)
+        return ErrorCode.internal.value, error_bytes(ErrorCode.internal, type(e).__name__)
+
+    async def __call__(self, msg) -> str:
+        if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
+            return self._refuse(msg)
+        t0 = time.perf_counter()
+        code = OK
+        labels: tuple[str, ...] = ()
+        after = None
+        try:
+            if self.raw:
+                out = await self.handler(msg)
+            else:
+                out = await self.handler(self._parse(msg.data), msg)
+            if type(out) is not bytes:  # noqa: E721 - the fast path is exactly bytes
+                if isinstance(out, Reply):
+                    labels, after = out.labels, out.after
+                    out = out.body
+                if isinstance(out, dict):
+                    out = dumps(out)
+        except Exception as e:  # noqa: BLE001 - every failure is a typed reply
+            code, out = self._error(e)
+            labels = self._error_labels
+        if code is OK:  # the hot path: a plain reply
+            try:
+                await msg.respond(out)
+            except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
+                code = "reply_failed"
+        else:
+            code = await respond(msg, out, code)  # error replies also get ADR-32 headers
+        if self._latency is not None:
+            self._latency(self.subject, *labels).observe(time.perf_counter() - t0)
+        if self._requests is not None:
+            self._requests(self.subject, code).inc()
+        if after is not None:
+            after()
+        return code  # the outcome, for $SRV.STATS
+
+
+async def add_endpoints(service, endpoints: Sequence[tuple[Any, Endpoint]]) -> None:
+    """Register each ``(spec, endpoint)`` (``spec``: a :class:`tipsml.subjects.EndpointSpec`)
+    with the NATS Services API, so ``$SRV.PING/INFO/STATS`` find it."""
+    for spec, ep in endpoints:
+        await service.add_request_endpoint(spec.name, spec.subject, ep, metadata=spec.metadata())
