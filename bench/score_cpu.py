@@ -347,7 +347,7 @@ def main() -> int:
 
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 50)  # as tipsml.worker.tune_gc does for the real worker
+    gc.set_threshold(20_000, 20, 50)  # as the worker lifecycle tunes it for the real worker
     t0 = time.time()
     out = asyncio.run(callgrind(args) if args.mode == "callgrind" else in_process(args))
     summarise(out)
