@@ -25,6 +25,7 @@ run: setup  ## embedded NATS + Redis + LLM, all workers, simulated traffic demo 
 	$(BIN)/python -m tipsdev.demo
 
 test: setup  ## the whole suite against real servers started by the fixtures, then its cluster set on a real NATS cluster + Redis Cluster
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --cluster -m "cluster and not slow"
 
@@ -129,7 +130,7 @@ lock:  ## rewrite requirements.lock (the versions every install and image uses) 
 	   $(BIN)/pip freeze --exclude-editable | grep -v "^-e \|@ file:\|^tips\(ml\|-\)" | LC_ALL=C sort -f; } > requirements.lock
 
 lint: setup
-	$(BIN)/ruff check shared scorer generator feedback-consumer bench-worker devtools bench tests
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf .run .pytest_cache

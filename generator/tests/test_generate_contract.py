@@ -12,11 +12,12 @@ import json
 import time
 
 import pytest
+
+from generator.generation import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, gen_key
 from tipsml import guard as G
 from tipsml import prompts
 from tipsml import subjects as S
 from tipsml.context import assemble
-from generator.generation import EXPOSURES_STREAM, PV_SERVED_KEY, cand_key, gen_key
 from tipsml.llm import FALLBACK_TIPS
 
 pytestmark = pytest.mark.system
@@ -38,7 +39,8 @@ async def seed(redis_client, user, arm, version="v1", model=MODEL, tips=("Seeded
     return key
 
 
-async def test_cache_hit_reply_has_contract_fields(nc, redis_client, generator_worker, uid, gen_request):
+async def test_cache_hit_reply_has_contract_fields(nc, redis_client, generator_worker, uid,
+                                                    gen_request):
     await seed(redis_client, uid, "focus_block", tips=["Older tip, served second.",
                                                        "Newest tip, served first."])
     async with generator_worker():
@@ -59,8 +61,8 @@ async def test_cache_hit_reply_has_contract_fields(nc, redis_client, generator_w
         assert r3["source"] == "cache"
 
 
-async def test_stale_candidate_of_an_edited_prompt_is_not_served(nc, redis_client,
-                                                                 generator_worker, uid, gen_request):
+async def test_stale_candidate_of_an_edited_prompt_is_not_served(
+        nc, redis_client, generator_worker, uid, gen_request):
     await seed(redis_client, uid, "prioritize", prompt_hash="0ldc0ntent00")
     async with generator_worker(generator_deadline_s=0.5) as w:
         r = await gen_request({"user_id": uid, "arm": "prioritize"})
@@ -188,7 +190,8 @@ async def test_llm_down_falls_back_fast(nc, generator_worker, dead_llm_url, uid,
                        arm="break_reminder") == 2
 
 
-async def test_llm_hung_falls_back_within_the_deadline(nc, generator_worker, hung_llm_url, uid, gen_request):
+async def test_llm_hung_falls_back_within_the_deadline(nc, generator_worker, hung_llm_url, uid,
+                                                        gen_request):
     deadline = 0.6
     async with generator_worker(llm_api_base=hung_llm_url, generator_deadline_s=deadline) as w:
         t0 = time.perf_counter()
@@ -207,8 +210,8 @@ async def test_no_arm_means_a_general_tip(nc, generator_worker, uid, gen_request
         assert r["ok"] and r["arm"] == "general" and r["tip"]
 
 
-async def test_decision_id_records_the_prompt_version_for_feedback(nc, redis_client,
-                                                                   generator_worker, uid, gen_request):
+async def test_decision_id_records_the_prompt_version_for_feedback(
+        nc, redis_client, generator_worker, uid, gen_request):
     did = f"dec-{uid}"
     await seed(redis_client, uid, "focus_block", version="v3-few-shot")
     async with generator_worker(reward_window_s=3600) as w:
@@ -231,7 +234,8 @@ async def test_decision_id_records_the_prompt_version_for_feedback(nc, redis_cli
         assert mine[0][b"decision_id"] == did.encode()
 
 
-async def test_rotation_is_sticky_per_user_and_logged(nc, redis_client, generator_worker, uid, gen_request):
+async def test_rotation_is_sticky_per_user_and_logged(nc, redis_client, generator_worker, uid,
+                                                       gen_request):
     rotation = ["v1", "v2-mentor", "v3-few-shot"]
     async with generator_worker(tip_prompt_version=rotation, prompt_experiment="exp-a",
                                 generator_deadline_s=0.2):
@@ -320,6 +324,7 @@ async def test_version_bandit_picks_versions_and_logs_the_propensity(nc, redis_c
     the version's propensity, equal to the bandit's probability for the statistics in
     Redis; the version the rewards favour is served most."""
     import numpy as np
+
     from tipsml.state import VERSION_SHARDS, read_version_stats, version_stat_key
     from tipsml.versions import VersionBandit
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tipsml.bandits import Policy, initial_arm, pack, sherman_morrison_update, split
-from tipsml.features import FS_CTX, FS_CTX_PROFILE, build_vector, profile_vector, resolve_profile
 from tipsml.contract import Context, Task
+from tipsml.features import FS_CTX, FS_CTX_PROFILE, build_vector, profile_vector, resolve_profile
 
 ARMS = ["a", "b", "c"]
 
@@ -202,7 +202,8 @@ def test_dwell_log_encoding_is_versioned_and_not_tiny():
         lin = build_vector(FS_CTX_PROFILE, ctx, p)[9]
         log = build_vector(FS_CTX_PROFILE_V2, ctx, p)[9]
         assert lin < 0.04 and 0.2 < log < 0.5
-    assert build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 10_000_000})[9] == pytest.approx(1.0)
+    big = build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 10_000_000})
+    assert big[9] == pytest.approx(1.0)
     assert build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 0})[9] == 0.0
 
 

@@ -95,7 +95,8 @@ async def test_nats_restart_mid_traffic(own_stack, workers, clients, sig):
     record(f"NATS restart ({signal.Signals(sig).name}, {OUTAGE_S:.0f} s down) mid-traffic",
            injected=f"nats {signal.Signals(sig).name} + {OUTAGE_S} s outage",
            requests=len(log.rows), requests_failed=len(failed),
-           failed_outside_outage=len([x for x in failed if not (t_down - timeout <= x[0] <= t_up + 3)]),
+           failed_outside_outage=len([x for x in failed
+                                      if not (t_down - timeout <= x[0] <= t_up + 3)]),
            failure_codes=sorted({x[2] for x in failed}),
            max_failed_latency_ms=round(max((x[1] for x in failed), default=0) * 1000, 1),
            recovered_s=None if first_ok is None else round(first_ok - t_up, 2),

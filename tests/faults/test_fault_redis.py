@@ -144,7 +144,8 @@ async def test_redis_outage_fallback_and_no_feedback_lost(own_stack, workers, cl
         unrecorded += len(keys) - await r.exists(*keys)
 
     record(f"Redis {mode} ({OUTAGE_S:.0f} s) mid-traffic",
-           injected=f"redis {'SIGKILL + restart from AOF' if mode == 'kill' else 'SIGSTOP/SIGCONT'}",
+           injected="redis " + ("SIGKILL + restart from AOF" if mode == "kill"
+                                else "SIGSTOP/SIGCONT"),
            requests=len(log.rows), requests_failed=len(errors),
            failure_codes=sorted({x[2] for x in errors}), fallback_replies=len(fallbacks),
            p99_during_outage_ms=round(sorted(x[1] for x in during)[int(0.99 * (len(during) - 1))]

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tipsdev.testing import wait_responding
 from tipsml import contract as C
 from tipsml import subjects as S
 from tipsml.client import (
@@ -23,7 +25,6 @@ from tipsml.client import (
     UnknownPromptVersion,
     error_for,
 )
-from tipsdev.testing import wait_responding
 
 pytestmark = pytest.mark.system
 

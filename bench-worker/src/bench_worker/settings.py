@@ -5,25 +5,29 @@ where it had one (``LLM_MODEL``, ``LLM_API_BASE``, ``LLM_API_KEY``, ``MLFLOW_TRA
 and the shared ``NATS_URL``, ``ADMIN_TOKEN``, …; ``BENCH_LLM_MODEL`` wins when both are
 set). The bench-only options always had the prefix and keep their names.
 
-| variable | default | meaning |
-|---|---|---|
-| ``LLM_API_BASE`` | unset | OpenAI-compatible / Ollama base URL of the models under test |
-| ``LLM_MODEL`` | ``ollama_chat/qwen2.5:1.5b`` | default judge model (LiteLLM string) |
-| ``LLM_API_KEY`` | unset | key for hosted providers |
-| ``MLFLOW_TRACKING_URI`` | ``sqlite:///<TIPS_RUN_DIR or .run>/mlflow/mlflow.db`` | tracking store |
-| ``BENCH_ARTIFACT_ROOT`` | beside the sqlite file | artifact root for new experiments |
-| ``BENCH_JUDGE_MODEL`` | ``LLM_MODEL`` | LLM judge when a job names none |
-| ``BENCH_JUDGE_MAX_RETRIES`` | ``2`` | re-asks after an unusable judge answer |
-| ``BENCH_JUDGE_MAX_TOKENS`` | ``48`` | |
-| ``BENCH_JUDGE_RESPONSE_FORMAT`` | ``auto`` | auto, json_schema, json_object_schema, json_object, none |
-| ``BENCH_LLM_TIMEOUT_S`` | ``180`` | deadline of one generation / judge call (cold model loads) |
-| ``BENCH_KEEP_ALIVE`` | ``0`` | Ollama keep_alive: 0 unloads the weights after each call |
-| ``BENCH_CELL_ACK_WAIT_S`` | ``60`` | ack_wait of the cell consumer (heartbeats every third) |
-| ``BENCH_CELL_MAX_DELIVER`` | ``5`` | deliveries of a cell before it is dead-lettered |
-| ``BENCH_RETRY_DELAY_S`` | ``10`` | nak delay of a cell after a transient failure (× delivery) |
-| ``BENCH_MODEL_INFO_TIMEOUT_S`` | ``3`` | timeout asking the server for a model's size |
-| ``BENCH_LEADERBOARD_TIMEOUT_S`` | ``30`` | past it a query answers ``timeout`` |
-| ``ADMIN_TOKEN`` | unset | when set, ``bench.run`` / ``bench.leaderboard`` need header ``Tips-Admin-Token`` |
+* ``LLM_API_BASE`` (unset): OpenAI-compatible / Ollama base URL of the models under test;
+* ``LLM_MODEL`` (``ollama_chat/qwen2.5:1.5b``): default judge model (LiteLLM string);
+* ``LLM_API_KEY`` (unset): key for hosted providers;
+* ``MLFLOW_TRACKING_URI`` (``sqlite:///<TIPS_RUN_DIR or .run>/mlflow/mlflow.db``):
+  tracking store;
+* ``BENCH_ARTIFACT_ROOT`` (beside the sqlite file): artifact root for new experiments;
+* ``BENCH_JUDGE_MODEL`` (``LLM_MODEL``): LLM judge when a job names none;
+* ``BENCH_JUDGE_MAX_RETRIES`` (``2``): re-asks after an unusable judge answer;
+* ``BENCH_JUDGE_MAX_TOKENS`` (``48``);
+* ``BENCH_JUDGE_RESPONSE_FORMAT`` (``auto``): auto, json_schema, json_object_schema,
+  json_object, none;
+* ``BENCH_LLM_TIMEOUT_S`` (``180``): deadline of one generation / judge call (cold model
+  loads);
+* ``BENCH_KEEP_ALIVE`` (``0``): Ollama keep_alive: 0 unloads the weights after each call;
+* ``BENCH_CELL_ACK_WAIT_S`` (``60``): ack_wait of the cell consumer (heartbeats every
+  third);
+* ``BENCH_CELL_MAX_DELIVER`` (``5``): deliveries of a cell before it is dead-lettered;
+* ``BENCH_RETRY_DELAY_S`` (``10``): nak delay of a cell after a transient
+  failure (× delivery);
+* ``BENCH_MODEL_INFO_TIMEOUT_S`` (``3``): timeout asking the server for a model's size;
+* ``BENCH_LEADERBOARD_TIMEOUT_S`` (``30``): past it a query answers ``timeout``;
+* ``ADMIN_TOKEN`` (unset): when set, ``bench.run`` / ``bench.leaderboard`` need header
+  ``Tips-Admin-Token``.
 """
 
 from __future__ import annotations

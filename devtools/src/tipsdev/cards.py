@@ -187,7 +187,8 @@ def to_markdown(card: dict) -> str:
                      "cumulative regret per user vs the oracle, 95% CI over seeds:")
         lines += ["", "| round | " + " | ".join(sim.get("regret_at", {})) + " |",
                   "|---|" + "---|" * len(sim.get("regret_at", {})),
-                  "| regret | " + " | ".join(_ci(v) for v in sim.get("regret_at", {}).values()) + " |",
+                  "| regret | "
+                  + " | ".join(_ci(v) for v in sim.get("regret_at", {}).values()) + " |",
                   "", f"Mean reward {_ci(sim.get('mean_reward'), 4)}."]
     for o in card["offline_metrics"]["ope"]:
         lines.append(f"- OPE from a {o['logging']} log ({o['source']}, seeds {o['seeds']}): "

@@ -5,16 +5,16 @@
 2. spawns every worker as a subprocess: ``scorer.main``, ``feedback_consumer.main`` and,
    when installed, ``generator.main`` and ``bench_worker.main``;
 3. plays simulated traffic through NATS: persona users in five cohorts, one per policy
-   (egreedy-v1, egreedy-v2, linucb, thompson, egreedy-pooled); every decision is a real ``tips.score``,
-   every reaction a real ``feedback.>`` event applied by the feedback consumer; one tip
-   in a while is written by the generator; the client is realistic (an ignored tip sends
-   nothing: the feedback consumer applies its default reward when the decision's reward
-   window, ``--reward-window-s`` here, closes);
+   (egreedy-v1, egreedy-v2, linucb, thompson, egreedy-pooled); every decision is a real
+   ``tips.score``, every reaction a real ``feedback.>`` event applied by the feedback
+   consumer; one tip in a while is written by the generator; the client is realistic (an
+   ignored tip sends nothing: the feedback consumer applies its default reward when the
+   decision's reward window, ``--reward-window-s`` here, closes);
 4. shows a live view (requests/s, p99 latency, reward per policy) and ends with a report:
    reward per policy, cold-start regret (% of the oracle by rounds 10 / 30 / 100 / 300,
-   of this run and of the in-process sweep), an off-policy estimate from the DECISIONS log, the promotion
-   gate's verdict, a model card per policy in the local MLflow model registry, and
-   where the plots and MLflow runs are.
+   of this run and of the in-process sweep), an off-policy estimate from the DECISIONS log,
+   the promotion gate's verdict, a model card per policy in the local MLflow model
+   registry, and where the plots and MLflow runs are.
 
 Ctrl-C stops the traffic and everything started here, cleanly (twice: at once).
 
@@ -216,7 +216,8 @@ async def _report(args, svc, traces, stats, run_id, stop) -> dict:
             rep["policies"][p]["regret_pct_at"] = pct
             _say(f"  {p:14s}" + "".join(f"{pct[t]:9.1f}%" for t in cps))
     if stats.fallbacks:
-        _say(f"  note: {stats.fallbacks} decisions ({100 * stats.fallbacks / stats.requests:.0f}%) were "
+        _say(f"  note: {stats.fallbacks} decisions "
+             f"({100 * stats.fallbacks / stats.requests:.0f}%) were "
              "the scorer's uniform fallback (its Redis read missed SCORER redis_timeout_s and "
              "the breaker opened): those rounds did not use the policy — on a busy box lower "
              "--rate")

@@ -47,6 +47,7 @@ from tipsdev.sim.runner import (
 from tipsdev.sim.stats import mean_ci
 
 DEFAULT_MIN_EFFECT = 0.005  # absolute reward; ≈1.3% of egreedy-v1's mean reward
+DEFAULT_SEEDS = tuple(range(10))
 
 
 def decide(diffs, min_effect: float = DEFAULT_MIN_EFFECT, level: float = 0.95) -> dict:
@@ -59,7 +60,8 @@ def decide(diffs, min_effect: float = DEFAULT_MIN_EFFECT, level: float = 0.95) -
     elif ci["hi"] < 0:
         verdict, why = "reject", f"the whole {level:.0%} CI is below 0 (candidate worse)"
     else:
-        verdict, why = "hold", f"the {level:.0%} CI includes {'0' if ci['lo'] <= 0 else 'values below the minimum effect'}"
+        below = "0" if ci["lo"] <= 0 else "values below the minimum effect"
+        verdict, why = "hold", f"the {level:.0%} CI includes {below}"
     return {"diff": ci, "verdict": verdict, "why": why}
 
 
@@ -83,7 +85,7 @@ def offline_metrics(rows: list[dict], label: str, cfg: SimConfig) -> dict:
 
 
 def gate(candidate: str, baseline: str, *, users: int = 200, rounds: int = 300,
-         seeds=tuple(range(10)), mode: str = "inproc", min_effect: float | None = None,
+         seeds=DEFAULT_SEEDS, mode: str = "inproc", min_effect: float | None = None,
          workers: int = 0, progress=None, personas=None, client: str = "realistic",
          default_reward: float | None = 0.0, window: int = 1) -> dict:
     min_effect = DEFAULT_MIN_EFFECT if min_effect is None else min_effect
@@ -101,7 +103,8 @@ def gate(candidate: str, baseline: str, *, users: int = 200, rounds: int = 300,
 
 
 def gate_from_rows(rows: list[dict], cfg: SimConfig, candidate: str, baseline: str,
-                   cand_label: str, base_label: str, min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
+                   cand_label: str, base_label: str,
+                   min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
     """The verdict from a sweep that played both (labels of their cohorts) on paired seeds."""
     by = {(r["policy"], r["seed"]): r for r in rows if r["policy"] in (cand_label, base_label)}
     seeds = sorted({sd for _, sd in by})
@@ -177,7 +180,8 @@ def summary(res: dict) -> str:
     cfg = res["config"]
     return (f"gate {res['candidate']} vs {res['baseline']}: Δ mean reward = {d['mean']:+.4f} "
             f"(95% CI [{d['lo']:+.4f}, {d['hi']:+.4f}], {res['relative_lift_pct']:+.1f}%) over "
-            f"{d['n']} paired seeds × {cfg['users']} users × {cfg['rounds']} rounds ({cfg['mode']}) "
+            f"{d['n']} paired seeds × {cfg['users']} users × {cfg['rounds']} rounds "
+            f"({cfg['mode']}) "
             f"→ {res['verdict'].upper()} ({res['why']})")
 
 
@@ -202,14 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=seeds_arg, default=tuple(range(10)))
     ap.add_argument("--mode", choices=["inproc", "nats"], default="inproc")
     ap.add_argument("--min-effect", type=float, default=DEFAULT_MIN_EFFECT,
-                    help="smallest mean-reward gain worth a promotion (absolute; default %(default)s)")
+                    help="smallest mean-reward gain worth a promotion "
+                         "(absolute; default %(default)s)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--client", choices=["realistic", "explicit"], default="realistic",
                     help="realistic: ignored tips send nothing (default); explicit: the former sim")
     ap.add_argument("--default-reward", type=default_reward_arg, default=0.0,
                     help="reward applied at window close without a reaction; none = off")
     ap.add_argument("--window", type=int, default=1, help="reward window in rounds")
-    ap.add_argument("--out", default=None, help="json path (default bench/results/gate_<B>_vs_<A>.json)")
+    ap.add_argument("--out", default=None,
+                    help="json path (default bench/results/gate_<B>_vs_<A>.json)")
     ap.add_argument("--no-mlflow", action="store_true")
     ap.add_argument("--no-cards", action="store_true", help="do not write model cards")
     args = ap.parse_args(argv)

@@ -218,8 +218,8 @@ class EmbeddedStack:
         mport = self.nats_monitor_port or free_port()
         self.nats_monitor_port = mport
         sd = self.workdir / "nats"
-        argv = [*self.nats_wrapper, find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
-                "-js", "-sd", str(sd)]
+        argv = [*self.nats_wrapper, find_nats_server(), "-a", "127.0.0.1", "-p", str(port),
+                "-m", str(mport), "-js", "-sd", str(sd)]
         if self.nats_config:
             argv += ["-c", self.nats_config]
         p = self._spawn("nats", argv, port)
@@ -290,7 +290,8 @@ class EmbeddedStack:
 
     def describe(self) -> dict:
         return {"env": self.env(), "workdir": str(self.workdir),
-                "nats_monitor": f"http://127.0.0.1:{self.nats_monitor_port}" if self.nats_monitor_port else None,
+                "nats_monitor": (f"http://127.0.0.1:{self.nats_monitor_port}"
+                                 if self.nats_monitor_port else None),
                 "pids": {n: p.popen.pid for n, p in self.procs.items()},
                 "ports": {n: p.port for n, p in self.procs.items()},
                 "logs": {n: str(p.log) for n, p in self.procs.items()}}
@@ -559,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "background")
     up.add_argument("--llm", action="store_true", help="also start the embedded LLM server")
     up.add_argument("--cluster", action="store_true",
-                    help="3 nats-server nodes (JetStream cluster) + Redis Cluster 3 masters/3 replicas")
+                    help="3 nats-server nodes (JetStream cluster) "
+                         "+ Redis Cluster 3 masters/3 replicas")
     up.add_argument("--servers-only", action="store_true",
                     help="only NATS, Redis (and the LLM): no workers")
     up.add_argument("--timeout", type=float, default=180.0,

@@ -227,9 +227,8 @@ async def load_from_nats(js, target: str, logging_policy: str | None = None,
 
         window_s = float(BaseServiceSettings().reward_window_s)
     now = _time.time()
-    from tipsml.rewards import reward_of
-
     from scorer.decisionlog import expand_entry
+    from tipsml.rewards import reward_of
 
     dec = [x for m in await _read_stream(js, "DECISIONS", "decisions.>") for x in expand_entry(m)]
     fb = await _read_stream(js, "FEEDBACK", "feedback.>")
@@ -305,11 +304,11 @@ def validate_pair(logging_policy: str, target: str, *, users: int = 200, warmup:
     """Train ``target`` for ``warmup`` rounds and freeze it; log ``rounds`` more rounds under
     ``logging_policy`` (learning online from scratch); estimate the frozen target offline;
     then run it online on the same rounds (same users and contexts, its own randomness)."""
+    from dataclasses import replace
+
     from tipsdev.sim.inproc import StateBook, policy_rng, run_policy
     from tipsdev.sim.runner import policies_from_env
     from tipsdev.sim.world import make_episode
-
-    from dataclasses import replace
 
     reg = policies_from_env([logging_policy, target])
     L, T = reg[logging_policy], reg[target]
@@ -358,14 +357,19 @@ DEFAULT_PAIRS = (("egreedy-v1", "egreedy-v2"), ("egreedy-v1", "linucb"),
 
 
 def validation_table(rows: list[dict]) -> str:
-    lines = ["| logging → target | seed | n | logged reward | online reward (target run live) | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | within ±10% (IPS/SNIPS/DR) |",
+    lines = ["| logging → target | seed | n | logged reward | online reward (target run live) "
+             "| IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | within ±10% (IPS/SNIPS/DR) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cell = lambda k: f"{r[k]['value']:.3f} [{r[k]['lo']:.3f}, {r[k]['hi']:.3f}] ({r[k]['rel_err_pct']:+.1f}%)"
+        def cell(k, r=r):
+            return (f"{r[k]['value']:.3f} [{r[k]['lo']:.3f}, {r[k]['hi']:.3f}] "
+                    f"({r[k]['rel_err_pct']:+.1f}%)")
         ok = "/".join("yes" if r[k]["within_10pct"] else "no" for k in ("ips", "snips", "dr"))
         note = "" if r["valid_logging"] else " ⚠ deterministic logging (invalid)"
-        lines.append(f"| {r['logging']} → {r['target']}{note} | {r['seed']} | {r['n']} | {r['logged_reward']:.3f} | "
-                     f"{r['online_reward']:.3f} | {cell('ips')} | {cell('snips')} | {cell('dr')} | {ok} |")
+        lines.append(f"| {r['logging']} → {r['target']}{note} | {r['seed']} | {r['n']} "
+                     f"| {r['logged_reward']:.3f} | "
+                     f"{r['online_reward']:.3f} | {cell('ips')} | {cell('snips')} | {cell('dr')} "
+                     f"| {ok} |")
     return "\n".join(lines)
 
 
@@ -374,19 +378,21 @@ def summary_table(rows: list[dict]) -> str:
     pairs: dict = {}
     for r in rows:
         pairs.setdefault((r["logging"], r["target"]), []).append(r)
-    lines = ["| logging → target | seeds | online reward | IPS | SNIPS | DR | within ±10% (IPS / SNIPS / DR) |",
+    lines = ["| logging → target | seeds | online reward | IPS | SNIPS | DR "
+             "| within ±10% (IPS / SNIPS / DR) |",
              "|---|---|---|---|---|---|---|"]
     for (lp, tp), rs in pairs.items():
         on = np.mean([r["online_reward"] for r in rs])
 
-        def cell(k):
+        def cell(k, rs=rs, on=on):
             v = np.mean([r[k]["value"] for r in rs])
             worst = max((r[k]["rel_err_pct"] for r in rs), key=abs)
             return f"{v:.3f} (mean err {100 * (v - on) / on:+.1f}%, worst {worst:+.1f}%)"
-        ok = " / ".join(f"{sum(r[k]['within_10pct'] for r in rs)}/{len(rs)}" for k in ("ips", "snips", "dr"))
+        ok = " / ".join(f"{sum(r[k]['within_10pct'] for r in rs)}/{len(rs)}"
+                        for k in ("ips", "snips", "dr"))
         note = "" if rs[0]["valid_logging"] else " ⚠ invalid: deterministic logging"
-        lines.append(f"| {lp} → {tp}{note} | {len(rs)} | {on:.3f} | {cell('ips')} | {cell('snips')} | "
-                     f"{cell('dr')} | {ok} |")
+        lines.append(f"| {lp} → {tp}{note} | {len(rs)} | {on:.3f} | {cell('ips')} "
+                     f"| {cell('snips')} | {cell('dr')} | {ok} |")
     return "\n".join(lines)
 
 

@@ -172,7 +172,7 @@ class DecisionLogWriter:
                 self.m.backpressure.inc()
             try:
                 await asyncio.wait_for(self._caught_up.wait(), self.backpressure_max_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if len(self.q) >= self.maxsize:
             self.lost += 1
@@ -315,7 +315,7 @@ class DecisionLogWriter:
         self._caught_up.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             left = len(self.q) + self._unfinished
             self.lost += left
             log.error("decision log not fully drained at shutdown: %d decisions not written",

@@ -170,7 +170,8 @@ class Scorer:
         p = self.policies.get(name)
         if p is None:
             raise ContractError(ErrorCode.unknown_policy,
-                                f"unknown policy {name!r}; known: {', '.join(sorted(self.policies))}")
+                                f"unknown policy {name!r}; "
+                                f"known: {', '.join(sorted(self.policies))}")
         return p
 
     async def _load_models(self, pols, skeys, arms):

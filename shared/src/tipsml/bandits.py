@@ -124,7 +124,8 @@ def shared_add(stats: np.ndarray | None, x: np.ndarray, r: float) -> np.ndarray:
     ``[n, Σr, b = Σ r x, triu(Σ x xᵀ)]`` (float64; x as recorded, float32)."""
     x = np.asarray(x, dtype="<f4").astype(np.float64)
     d = x.shape[0]
-    out = np.zeros(HEADER + d + d * (d + 1) // 2) if stats is None else np.array(stats, dtype=np.float64)
+    out = (np.zeros(HEADER + d + d * (d + 1) // 2) if stats is None
+           else np.array(stats, dtype=np.float64))
     flat, _ = _tri_index(d)
     out[0] += 1
     out[1] += r

@@ -224,7 +224,8 @@ class TipsClient:
                        request_id: str | None = None,
                        timeout: float | None = None) -> C.GenerateReply:
         req = self._build(C.GenerateRequest, {
-            "user_id": user_id, "arm": arm, "context": context, "profile_features": profile_features,
+            "user_id": user_id, "arm": arm, "context": context,
+            "profile_features": profile_features,
             "prompt_version": prompt_version, "model": model, "decision_id": decision_id,
             "request_id": request_id})
         return await self.request(S.TIPS_GENERATE, req, C.GenerateReply, timeout=timeout)
@@ -291,7 +292,8 @@ class TipsClient:
         with ``Nats-Msg-Id = event_id``. Pass your own stable ``event_id`` (e.g. the app's
         event id) so a re-sent event is recognised; a fresh one is made otherwise."""
         fb = self._build(C.Feedback, {
-            "event_id": event_id or uuid.uuid4().hex, "decision_id": decision_id, "user_id": user_id,
+            "event_id": event_id or uuid.uuid4().hex, "decision_id": decision_id,
+            "user_id": user_id,
             "reaction": reaction, "reward": reward, "dwell_ms": dwell_ms,
             "ts": ts if ts is not None else time.time(), "prompt_version": prompt_version})
         subject = f"feedback.{fb.reaction or 'reward'}"

@@ -11,8 +11,15 @@ import math
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # ---- limits (declared once, enforced by the models below and by the workers) ----
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -350,9 +357,6 @@ class Signal(_Model):
     kind: str = Field(default="", max_length=64)
     ts: float | str | None = None
     payload: dict[str, Any] | None = None
-
-
-REACTIONS = ("completed", "accepted", "dismissed", "ignored")
 
 
 class Feedback(_Model):

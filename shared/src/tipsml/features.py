@@ -115,7 +115,8 @@ def resolve_profile(profile: dict | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, spec in PROFILE_SCHEMA.items():
         v = _num(profile.get(name))
-        if v is None or (spec.lo is not None and v < spec.lo) or (spec.hi is not None and v > spec.hi):
+        if (v is None or (spec.lo is not None and v < spec.lo)
+                or (spec.hi is not None and v > spec.hi)):
             out[name] = spec.fallback
         else:
             out[name] = int(v) if spec.dtype == "int" else v
@@ -126,7 +127,7 @@ def resolve_time(context: Any, now: _dt.datetime | None = None) -> tuple[int, in
     hour = getattr(context, "hour_of_day", None) if context is not None else None
     dow = getattr(context, "day_of_week", None) if context is not None else None
     if hour is None or dow is None:
-        now = now or _dt.datetime.now(_dt.timezone.utc)
+        now = now or _dt.datetime.now(_dt.UTC)
         hour = now.hour if hour is None else hour
         dow = now.weekday() if dow is None else dow
     return int(hour), int(dow)
@@ -181,7 +182,8 @@ class FeatureSet:
 
 
 FS_CTX = FeatureSet("ctx7", CONTEXT_DIM, FEATURE_VERSION_CTX, False)
-FS_CTX_PROFILE = FeatureSet("ctx7+prof5", CONTEXT_DIM + PROFILE_DIM, FEATURE_VERSION_CTX_PROFILE, True)
+FS_CTX_PROFILE = FeatureSet("ctx7+prof5", CONTEXT_DIM + PROFILE_DIM, FEATURE_VERSION_CTX_PROFILE,
+                            True)
 FS_CTX_PROFILE_V2 = FeatureSet("ctx7+prof5", CONTEXT_DIM + PROFILE_DIM,
                                FEATURE_VERSION_CTX_PROFILE_V2, True, profile_encoding=2)
 FEATURE_NAMES = {
@@ -196,7 +198,8 @@ def feature_names(fs: FeatureSet) -> list[str]:
     names = list(FEATURE_NAMES["ctx7"])
     if fs.uses_profile:
         names += list(FEATURE_NAMES["prof5"])
-        names[CONTEXT_DIM + 2] = "mean_dwell_log" if fs.profile_encoding == 2 else "mean_dwell_linear"
+        names[CONTEXT_DIM + 2] = ("mean_dwell_log" if fs.profile_encoding == 2
+                                  else "mean_dwell_linear")
     return names
 
 

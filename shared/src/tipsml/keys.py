@@ -18,11 +18,15 @@ by their own tags. Bytes per user and per decision: see README "Scale-out".
 | ``tips:due:{<s>}`` | zset, windows to close | scorer | feedback consumer sweeper |
 | ``tips:hpids`` | hash, hp tag → update id | scorer | feedback consumer |
 | ``tips:cand:<u>:<arm>:<version>:<model>`` | list, tip candidates | generator | generator |
-| ``tips:genctx:<u>`` / ``tips:sig:<u>`` / ``tips:gencombo:<u>`` / ``tips:genlock:<what>:<u>`` | generator caches | generator | generator |
-| ``tips:exposures`` / ``tips:pv:served`` | stream / hash, prompt-version exposure counts | generator | bench, dashboards |
-| ``tips:pv:st:{<s>}`` | hash ``arm\x1fversion`` → [n, Σr], rewards per prompt version | feedback consumer | generator (version bandit) |
+| ``tips:genctx:<u>`` / ``tips:sig:<u>`` | generator caches | generator | generator |
+| ``tips:gencombo:<u>`` / ``tips:genlock:<what>:<u>`` | generator caches | generator | generator |
+| ``tips:exposures`` | stream, prompt-version exposures | generator | bench, dashboards |
+| ``tips:pv:served`` | hash, prompt-version exposure counts | generator | bench, dashboards |
+| ``tips:pv:st:{<s>}`` | hash ``arm\x1fversion`` → [n, Σr] (1) | feedback consumer | generator |
 | ``tips:pv:done:{<s>}:<decision>`` | marker, once per decision | feedback consumer | — |
 | ``bench:job:<id>`` / ``bench:lease:<cell>`` | bench job state | bench worker | bench worker |
+
+(1) rewards per prompt version, read by the generator's version bandit.
 """
 
 from __future__ import annotations

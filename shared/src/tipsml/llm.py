@@ -218,7 +218,8 @@ class LLMClient:
         res = await self.complete(messages, **kw)
         obj = extract_json(res.text)
         if obj is None:
-            raise LLMError("bad_response", f"{res.model}: no JSON object in the reply", res.attempts)
+            raise LLMError("bad_response", f"{res.model}: no JSON object in the reply",
+                           res.attempts)
         return obj, res
 
 

@@ -22,40 +22,62 @@ validated at start: a bad one stops the worker with one clear line naming the va
 
 Shared variables (unprefixed, or with the worker's prefix):
 
-| variable | default | meaning |
-|---|---|---|
-| ``NATS_URL`` | ``nats://127.0.0.1:4222`` | NATS server(s), comma separated |
-| ``NATS_USER`` / ``NATS_PASSWORD`` | unset | credentials of this worker's NATS user |
-| ``REDIS_URL`` | ``redis://127.0.0.1:6379/0`` | Redis holding bandit state and decisions |
-| ``ARMS`` | ``focus_block,break_reminder,task_breakdown,prioritize,plan_tomorrow`` | default arm catalogue |
-| ``DEFAULT_POLICY`` | ``egreedy-pooled`` | policy served when a request names none (egreedy-v1 before issue 15; the gate promoted egreedy-pooled over egreedy-v2) |
-| ``SHADOW_POLICIES`` | ``egreedy-v2,linucb`` | policies scored beside the live one, never served |
-| ``GLOBAL_POLICIES`` | empty | policies keeping one global model instead of one per user |
-| ``EPSILON`` | ``0.1`` | exploration rate of the egreedy policies |
-| ``LINUCB_ALPHA`` | ``0.5`` | LinUCB exploration width |
-| ``THOMPSON_V`` | ``0.1`` | posterior scale of linear Thompson sampling (0.3 before issue 15: explored too long, see bench/results/sim_sweep.md) |
-| ``THOMPSON_PROPENSITY`` | ``exact`` | Thompson's propensity: ``exact`` (quadrature of P(argmax)) or ``mc`` (``THOMPSON_SAMPLES`` draws; the former estimate, kept for comparison) |
-| ``THOMPSON_SAMPLES`` | ``256`` | Monte Carlo draws of ``THOMPSON_PROPENSITY=mc`` |
-| ``RIDGE_LAMBDA`` | ``1.0`` | ridge prior (A = λI) of every linear arm model (and of the shared model of the pooled policies) |
-| ``POOLED_LAMBDA`` | ``50.0`` | pooled policies: strength λ_p of the shared prior (a user's model is shrunk toward the population's with weight λ_p; bandits.py) |
-| ``POOLED_EPSILON`` | ``0.03`` | exploration rate of ``egreedy-pooled`` |
-| ``POOLED_ALPHA`` | ``0.1`` | LinUCB width of ``linucb-pooled`` |
-| ``POOLED_V`` | ``0.1`` | posterior scale of ``thompson-pooled`` |
-| ``REWARD_WINDOW_S`` | ``86400`` | how long a decision can still be rewarded |
-| ``STATE_TTL_S`` | ``7776000`` (90 days) | a user's bandit state and pull counters expire this long after their last reward / decision (idle users cost no memory); ``0`` keeps them forever |
-| ``GLOBAL_SHARDS`` | ``16`` | shard keys of each global model's statistics (same value in every process) |
-| ``GLOBAL_REFRESH_S`` | ``1.0`` | how stale a scorer's merged copy of a global model may be |
-| ``STREAM_REPLICAS`` | ``1`` | JetStream replicas of every stream (``3`` on a 3-node NATS cluster) |
-| ``REDIS_CLUSTER`` | unset | ``1``: ``REDIS_URL`` names Redis Cluster nodes (or write ``redis-cluster://h1:p1,h2:p2``) |
-| ``REQUEST_TIMEOUT_S`` | ``2.0`` | timeout of every outgoing request |
-| ``METRICS_PORT`` | ``0`` (worker default) | Prometheus HTTP port; 0 picks a free port, -1 disables |
-| ``METRICS_ADDR`` | ``127.0.0.1`` | address the metrics server binds (``0.0.0.0`` in containers) |
-| ``ADMIN_TOKEN`` | unset | when set, admin requests (``tips.reset``, ``bench.run``) must carry header ``Tips-Admin-Token`` with it (on top of the NATS permissions in deploy/); required when ``TIPS_ENV=production`` |
-| ``NATS_INBOX_PREFIX`` | ``_INBOX_<NATS_USER>`` (``_INBOX`` without a user) | prefix of this client's reply inboxes; deploy/nats/nats-server.conf lets each user subscribe to its own prefix only |
-| ``NATS_TLS_CA`` | unset | CA file to verify the NATS server's certificate (TLS on the client port); required in production |
-| ``NATS_PROVISION`` | ``true`` (dev), ``false`` (production) | create/update the streams and this worker's durables at start; off: only check that they exist (``python -m tipsml.provision`` creates them as admin) |
-| ``TIPS_ENV`` | ``dev`` | ``production``: refuse to start with an empty or placeholder (``change-me…``) secret, without ``ADMIN_TOKEN``, without TLS to NATS |
-| ``SHUTDOWN_TIMEOUT_S`` | ``8`` | SIGTERM → stop, finish the work in hand, close: within it |
+* ``NATS_URL`` (``nats://127.0.0.1:4222``): NATS server(s), comma separated;
+* ``NATS_USER`` / ``NATS_PASSWORD`` (unset): credentials of this worker's NATS user;
+* ``REDIS_URL`` (``redis://127.0.0.1:6379/0``): Redis holding bandit state and decisions;
+* ``ARMS`` (``focus_block,break_reminder,task_breakdown,prioritize,plan_tomorrow``):
+  default arm catalogue;
+* ``DEFAULT_POLICY`` (``egreedy-pooled``): policy served when a request names none
+  (egreedy-v1 before issue 15; the gate promoted egreedy-pooled over egreedy-v2);
+* ``SHADOW_POLICIES`` (``egreedy-v2,linucb``): policies scored beside the live one, never
+  served;
+* ``GLOBAL_POLICIES`` (empty): policies keeping one global model instead of one per user;
+* ``EPSILON`` (``0.1``): exploration rate of the egreedy policies;
+* ``LINUCB_ALPHA`` (``0.5``): LinUCB exploration width;
+* ``THOMPSON_V`` (``0.1``): posterior scale of linear Thompson sampling (0.3 before
+  issue 15: explored too long, see bench/results/sim_sweep.md);
+* ``THOMPSON_PROPENSITY`` (``exact``): Thompson's propensity: ``exact`` (quadrature of
+  P(argmax)) or ``mc`` (``THOMPSON_SAMPLES`` draws; the former estimate, kept for
+  comparison);
+* ``THOMPSON_SAMPLES`` (``256``): Monte Carlo draws of ``THOMPSON_PROPENSITY=mc``;
+* ``RIDGE_LAMBDA`` (``1.0``): ridge prior (A = λI) of every linear arm model (and of the
+  shared model of the pooled policies);
+* ``POOLED_LAMBDA`` (``50.0``): pooled policies: strength λ_p of the shared prior (a
+  user's model is shrunk toward the population's with weight λ_p; bandits.py);
+* ``POOLED_EPSILON`` (``0.03``): exploration rate of ``egreedy-pooled``;
+* ``POOLED_ALPHA`` (``0.1``): LinUCB width of ``linucb-pooled``;
+* ``POOLED_V`` (``0.1``): posterior scale of ``thompson-pooled``;
+* ``REWARD_WINDOW_S`` (``86400``): how long a decision can still be rewarded;
+* ``STATE_TTL_S`` (``7776000``, 90 days): a user's bandit state and pull counters expire
+  this long after their last reward / decision (idle users cost no memory); ``0`` keeps
+  them forever;
+* ``GLOBAL_SHARDS`` (``16``): shard keys of each global model's statistics (same value in
+  every process);
+* ``GLOBAL_REFRESH_S`` (``1.0``): how stale a scorer's merged copy of a global model may
+  be;
+* ``STREAM_REPLICAS`` (``1``): JetStream replicas of every stream (``3`` on a 3-node NATS
+  cluster);
+* ``REDIS_CLUSTER`` (unset): ``1``: ``REDIS_URL`` names Redis Cluster nodes (or write
+  ``redis-cluster://h1:p1,h2:p2``);
+* ``METRICS_PORT`` (``0``, worker default): Prometheus HTTP port; 0 picks a free port, -1
+  disables;
+* ``METRICS_ADDR`` (``127.0.0.1``): address the metrics server binds (``0.0.0.0`` in
+  containers);
+* ``ADMIN_TOKEN`` (unset): when set, admin requests (``tips.reset``, ``bench.run``) must
+  carry header ``Tips-Admin-Token`` with it (on top of the NATS permissions in deploy/);
+  required when ``TIPS_ENV=production``;
+* ``NATS_INBOX_PREFIX`` (``_INBOX_<NATS_USER>``, ``_INBOX`` without a user): prefix of
+  this client's reply inboxes; deploy/nats/nats-server.conf lets each user subscribe to
+  its own prefix only;
+* ``NATS_TLS_CA`` (unset): CA file to verify the NATS server's certificate (TLS on the
+  client port); required in production;
+* ``NATS_PROVISION`` (``true`` in dev, ``false`` in production): create/update the streams
+  and this worker's durables at start; off: only check that they exist
+  (``python -m tipsml.provision`` creates them as admin);
+* ``TIPS_ENV`` (``dev``): ``production``: refuse to start with an empty or placeholder
+  (``change-me…``) secret, without ``ADMIN_TOKEN``, without TLS to NATS;
+* ``SHUTDOWN_TIMEOUT_S`` (``8``): SIGTERM → stop, finish the work in hand, close: within
+  it.
 """
 
 from __future__ import annotations
@@ -183,7 +205,6 @@ class BaseServiceSettings(BaseSettings):
     # a decision record (and its due entry) outlives its window by this much, so the
     # default reward still finds it after the sweeping consumer was down for a while
     reward_record_grace_s: float = 3600.0
-    request_timeout_s: float = 2.0
     state_ttl_s: int = 90 * 86400
     global_refresh_s: float = 1.0
     stream_replicas: int = 1

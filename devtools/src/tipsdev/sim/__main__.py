@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m tipsdev.sim                                  # 4 policies, 200 users × 300 rounds × 10 seeds, in-process
+    python -m tipsdev.sim        # 4 policies, 200 users × 300 rounds × 10 seeds, in-process
     python -m tipsdev.sim --mode nats --users 20 --rounds 15 --seeds 2   # through the real workers
     python -m tipsdev.sim --policies egreedy-v1,egreedy-v2 --seeds 0-4 --out bench/results/sim_small
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     png = regret_plot(res, f"{args.out}.png")
     print(f"\nwrote {js} and {png} ({time.time() - t0:.0f}s)")
     if not args.no_mlflow:
-        metrics = {p: {"mean_reward": v["mean_reward"]["mean"], "mean_expected": v["mean_expected"]["mean"],
+        metrics = {p: {"mean_reward": v["mean_reward"]["mean"],
+                       "mean_expected": v["mean_expected"]["mean"],
                        "regret": v["regret"]["mean"], "regret_lo": v["regret"]["lo"],
                        "regret_hi": v["regret"]["hi"]} for p, v in res["policies"].items()}
         info = log_run("tips-sim", f"sim-{cfg.mode}-{cfg.users}x{cfg.rounds}x{len(cfg.seeds)}",

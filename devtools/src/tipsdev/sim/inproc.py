@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tipsdev.sim.world import REACTIONS, Episode
 from tipsml.bandits import (
     Policy,
     initial_arm,
@@ -37,7 +38,6 @@ from tipsml.bandits import (
     sherman_morrison_update,
 )
 from tipsml.rewards import REWARD_TABLE
-from tipsdev.sim.world import REACTIONS, Episode
 
 GLOBAL = "*global*"
 SHARED = "*shared*"  # a pooled policy's shared statistics (per arm, bandits.shared_add)
@@ -61,7 +61,9 @@ class FeedbackModel:
             return "explicit ignored"
         if self.default_reward is None:
             return "realistic, no default reward"
-        return f"realistic, default reward {self.default_reward:g} at window close ({self.window} round{'s' if self.window > 1 else ''})"
+        plural = "s" if self.window > 1 else ""
+        return (f"realistic, default reward {self.default_reward:g} at window close "
+                f"({self.window} round{plural})")
 
 
 EXPLICIT = FeedbackModel("explicit")

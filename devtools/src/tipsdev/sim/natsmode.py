@@ -159,7 +159,8 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
             await asyncio.sleep(slot - now)
 
     async def score(p: str, u: int, t: int):
-        body = {"user_id": uids[p][u], "policy": policy_of[p], "arms": arms, "context": ep.context(u, t),
+        body = {"user_id": uids[p][u], "policy": policy_of[p], "arms": arms,
+                "context": ep.context(u, t),
                 "profile_features": ep.profile[u][t], "request_id": f"{run_id}:{p}:{u}:{t}"}
         if rate:
             await paced()
@@ -190,7 +191,8 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
                 "profile_features": ep.profile[u][t], "decision_id": r["decision_id"]},
                 timeout=5.0)
             if g.get("ok"):
-                stats.last_tip = f"[{r['arm']} · {g.get('source')} · {g.get('prompt_version')}] {g.get('tip')}"
+                stats.last_tip = (f"[{r['arm']} · {g.get('source')} · "
+                                  f"{g.get('prompt_version')}] {g.get('tip')}")
             else:
                 stats.generate_errors += 1
         except Exception:  # noqa: BLE001 - the generator is optional in the demo
@@ -256,9 +258,11 @@ async def run_nats(nc, ep: Episode, cohorts: list, *, run_id: str | None = None,
         a = o["arm"][:, :rounds_done]
         exp = np.take_along_axis(ep.expected[:, :rounds_done], np.maximum(a, 0)[:, :, None],
                                  axis=2)[:, :, 0]
-        tr = Trace(policy_of[p], ep.seed, a, o["prop"][:, :rounds_done], o["rew"][:, :rounds_done], exp,
+        tr = Trace(policy_of[p], ep.seed, a, o["prop"][:, :rounds_done],
+                   o["rew"][:, :rounds_done], exp,
                    ep.oracle()[:, :rounds_done], o["react"][:, :rounds_done])
-        tr.meta = {"label": p, "client": client, "fallback": o["fb"][:, :rounds_done], "user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
-                    "rounds": rounds_done, "run_id": run_id}
+        tr.meta = {"label": p, "client": client, "fallback": o["fb"][:, :rounds_done],
+                   "user_ids": uids[p], "decision_ids": [row[:rounds_done] for row in o["did"]],
+                   "rounds": rounds_done, "run_id": run_id}
         traces[p] = tr
     return traces

@@ -48,7 +48,8 @@ class SimConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["policies"], d["seeds"], d["personas"] = list(self.policies), list(self.seeds), list(self.personas)
+        d["policies"], d["seeds"], d["personas"] = (list(self.policies), list(self.seeds),
+                                                    list(self.personas))
         return d
 
 
@@ -130,7 +131,8 @@ def summarise_trace(tr: Trace, personas: list[str] | None = None) -> dict:
         for name in sorted(set(personas)):
             m = np.array([p == name for p in personas])
             out["persona_regret"][name] = float(user_regret[m].mean())
-            out["persona_regret_pct"][name] = float(100 * user_regret[m].sum() / user_oracle[m].sum())
+            out["persona_regret_pct"][name] = float(100 * user_regret[m].sum()
+                                                    / user_oracle[m].sum())
     if tr.meta.get("updates"):
         out["updates"] = tr.meta["updates"]
     return out
@@ -271,7 +273,8 @@ def run_rows(cfg: SimConfig, progress=None, cohorts=None) -> list[dict]:
     """Rows (one per cohort × seed) in the configured mode. Cohorts: (label, policy, stream)."""
     if cfg.mode == "inproc":
         return run_inproc(cfg, progress, cohorts)
-    return asyncio.run(_nats_main(cfg, progress, [(c[0], c[1]) for c in cohorts] if cohorts else None))
+    return asyncio.run(_nats_main(cfg, progress,
+                                  [(c[0], c[1]) for c in cohorts] if cohorts else None))
 
 
 def run(cfg: SimConfig, progress=None) -> dict:
