@@ -231,6 +231,64 @@ class _TaskView:
         self.overdue = d.get("overdue")
 
 
+def strain_days(rng, n_days: int, phi: float = STRAIN_PHI) -> np.ndarray:
+    """The user's latent daily strain: a stationary AR(1) with unit variance."""
+    s = np.zeros(n_days)
+    s[0] = rng.normal()
+    for d in range(1, n_days):
+        s[d] = phi * s[d - 1] + math.sqrt(1 - phi ** 2) * rng.normal()
+    return s
+
+
+def day_profiles(rng, s: np.ndarray, base_cr: float, base_dr: float, base_dw: float,
+                 pref_h: int, rate_k: float = 0.10, dwell_k: float = 0.35) -> list[dict]:
+    """The daily profile batch (what the recommender computes overnight): completion and
+    dismiss rates and dwell move with the day's strain ``s``."""
+    return [{
+        "completion_rate": round(float(np.clip(base_cr - rate_k * s[d] + rng.normal(0, 0.02),
+                                               0.0, 1.0)), 4),
+        "dismiss_rate": round(float(np.clip(base_dr + rate_k * s[d] + rng.normal(0, 0.02),
+                                            0.0, 1.0)), 4),
+        "mean_dwell_ms": round(
+            float(base_dw * math.exp(-dwell_k * s[d] + rng.normal(0, 0.05))), 1),
+        "preferred_hour": pref_h,
+    } for d in range(len(s))]
+
+
+def draw_rounds(rng, u: int, T: int, tips_per_day: int, slot_h, slot_w, start_dow: int,
+                s: np.ndarray, tasks_mean: float, overdue_base: float, tips_before: int,
+                day_prof: list[dict], x7, x12, x12n):
+    """One user's rounds: hour, weekday, task list and profile per round; fills the user's
+    rows of the feature arrays. Returns (day index, hour, weekday, strain, tasks, profiles)."""
+    d_idx = np.arange(T) // tips_per_day
+    h = (rng.choice(slot_h, size=T, p=slot_w) + rng.integers(-1, 2, size=T)) % 24
+    wd = (start_dow + d_idx) % 7
+    sd = s[d_idx]
+    n_tasks = np.minimum(rng.poisson(np.maximum(tasks_mean * np.exp(0.25 * sd), 0.1)), 20)
+    p_over = _sigmoid(overdue_base + 0.5 * sd)
+    total = int(n_tasks.sum())
+    prio_flat = rng.integers(1, 5, size=total)
+    over_flat = rng.random(total) < np.repeat(p_over, n_tasks)
+    offs = np.concatenate([[0], np.cumsum(n_tasks)])
+    u_tasks, u_prof = [], []
+    for t in range(T):
+        a0, a1 = offs[t], offs[t + 1]
+        tl = [{"id": i + 1, "title": f"task {i + 1}", "priority": int(prio_flat[a0 + i]),
+               "overdue": bool(over_flat[a0 + i])} for i in range(a1 - a0)]
+        prof = dict(day_prof[d_idx[t]])
+        prof["tip_volume"] = int(tips_before + t)
+        ht, wdt = int(h[t]), int(wd[t])
+        xc = context_vector(ht, wdt, [_TaskView(x) for x in tl])
+        x7[u, t] = xc
+        x12[u, t, :FS_CTX.dim] = xc
+        x12[u, t, FS_CTX.dim:] = profile_vector(prof, ht)
+        x12n[u, t, :FS_CTX.dim] = xc
+        x12n[u, t, FS_CTX.dim:] = profile_vector(prof, ht, 2)
+        u_tasks.append(tl)
+        u_prof.append(prof)
+    return d_idx, h, wd, sd, u_tasks, u_prof
+
+
 def make_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig | None = None,
                  user_prefix: str = "sim") -> Episode:
     """Draw users, contexts, profiles and reaction uniforms for one seed."""
@@ -266,50 +324,13 @@ def make_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig | None =
         slot_w = np.array([w for _, w in p.slots])
         slot_w = slot_w / slot_w.sum()
         n_days = T // cfg.tips_per_day + 2
-        s = np.zeros(n_days)
-        s[0] = rng.normal()
-        for d in range(1, n_days):
-            s[d] = STRAIN_PHI * s[d - 1] + math.sqrt(1 - STRAIN_PHI ** 2) * rng.normal()
-        # daily profile batch (what the recommender computes overnight)
-        day_prof = []
-        for d in range(n_days):
-            day_prof.append({
-                "completion_rate": round(float(np.clip(base_cr - 0.10 * s[d] + rng.normal(0, 0.02),
-                                                       0.0, 1.0)), 4),
-                "dismiss_rate": round(float(np.clip(base_dr + 0.10 * s[d] + rng.normal(0, 0.02),
-                                                    0.0, 1.0)), 4),
-                "mean_dwell_ms": round(
-                    float(base_dw * math.exp(-0.35 * s[d] + rng.normal(0, 0.05))), 1),
-                "preferred_hour": pref_h,
-            })
+        sdays = strain_days(rng, n_days)
+        day_prof = day_profiles(rng, sdays, base_cr, base_dr, base_dw, pref_h)
         for a, arm in enumerate(arms):
             arm_bias[a] = p.bias.get(arm, -0.5) + taste[a]
-        d_idx = np.arange(T) // cfg.tips_per_day
-        h = (rng.choice(slot_h, size=T, p=slot_w) + rng.integers(-1, 2, size=T)) % 24
-        wd = (start_dow + d_idx) % 7
-        sd = s[d_idx]
-        n_tasks = np.minimum(rng.poisson(np.maximum(p.tasks_mean * np.exp(0.25 * sd), 0.1)), 20)
-        p_over = _sigmoid(p.overdue_base + 0.5 * sd)
-        total = int(n_tasks.sum())
-        prio_flat = rng.integers(1, 5, size=total)
-        over_flat = rng.random(total) < np.repeat(p_over, n_tasks)
-        offs = np.concatenate([[0], np.cumsum(n_tasks)])
-        u_tasks, u_prof = [], []
-        for t in range(T):
-            a0, a1 = offs[t], offs[t + 1]
-            tl = [{"id": i + 1, "title": f"task {i + 1}", "priority": int(prio_flat[a0 + i]),
-                   "overdue": bool(over_flat[a0 + i])} for i in range(a1 - a0)]
-            prof = dict(day_prof[d_idx[t]])
-            prof["tip_volume"] = int(p.tips_before + t)
-            ht, wdt = int(h[t]), int(wd[t])
-            xc = context_vector(ht, wdt, [_TaskView(x) for x in tl])
-            x7[u, t] = xc
-            x12[u, t, :FS_CTX.dim] = xc
-            x12[u, t, FS_CTX.dim:] = profile_vector(prof, ht)
-            x12n[u, t, :FS_CTX.dim] = xc
-            x12n[u, t, FS_CTX.dim:] = profile_vector(prof, ht, 2)
-            u_tasks.append(tl)
-            u_prof.append(prof)
+        d_idx, h, wd, sd, u_tasks, u_prof = draw_rounds(
+            rng, u, T, cfg.tips_per_day, slot_h, slot_w, start_dow, sdays, p.tasks_mean,
+            p.overdue_base, p.tips_before, day_prof, x7, x12, x12n)
         hour[u], dow[u], strain_t[u] = h, wd, sd
         load, over = x7[u, :, 4], x7[u, :, 5]
         we = (wd >= 5).astype(float)

@@ -26,8 +26,17 @@ import math
 
 import numpy as np
 
-from tipsdev.sim.world import REACTION_REWARD, Episode, Persona, WorldConfig, _sigmoid, _TaskView
-from tipsml.features import FS_CTX, FS_CTX_PROFILE, context_vector, profile_vector
+from tipsdev.sim.world import (
+    REACTION_REWARD,
+    Episode,
+    Persona,
+    WorldConfig,
+    _sigmoid,
+    day_profiles,
+    draw_rounds,
+    strain_days,
+)
+from tipsml.features import FS_CTX, FS_CTX_PROFILE
 
 STRAIN_PHI = 0.8
 STRAIN_EFFECT2 = {"focus_block": -0.5, "break_reminder": 0.7, "task_breakdown": 0.3,
@@ -153,43 +162,12 @@ def make_heldout_episode(seed: int, n_users: int, rounds: int, cfg: WorldConfig 
         slot_h = np.array([h for h, _ in main.slots])
         slot_w = np.array([x for _, x in main.slots])
         slot_w = slot_w / slot_w.sum()
-        s = np.zeros(n_days)
-        s[0] = rng.normal()
-        for d in range(1, n_days):
-            s[d] = STRAIN_PHI * s[d - 1] + math.sqrt(1 - STRAIN_PHI ** 2) * rng.normal()
-        day_prof = [{
-            "completion_rate": round(float(np.clip(base_cr - 0.08 * s[d] + rng.normal(0, 0.02),
-                                                   0.0, 1.0)), 4),
-            "dismiss_rate": round(float(np.clip(base_dr + 0.08 * s[d] + rng.normal(0, 0.02),
-                                                0.0, 1.0)), 4),
-            "mean_dwell_ms": round(float(base_dw * math.exp(-0.3 * s[d] + rng.normal(0, 0.05))), 1),
-            "preferred_hour": pref_h} for d in range(n_days)]
-        d_idx = np.arange(T) // cfg.tips_per_day
-        h = (rng.choice(slot_h, size=T, p=slot_w) + rng.integers(-1, 2, size=T)) % 24
-        wd = (start_dow + d_idx) % 7
-        sd = s[d_idx]
-        n_tasks = np.minimum(rng.poisson(np.maximum(tasks_mean * np.exp(0.25 * sd), 0.1)), 20)
-        p_over = _sigmoid(over_base + 0.5 * sd)
-        total = int(n_tasks.sum())
-        prio_flat = rng.integers(1, 5, size=total)
-        over_flat = rng.random(total) < np.repeat(p_over, n_tasks)
-        offs = np.concatenate([[0], np.cumsum(n_tasks)])
-        u_tasks, u_prof = [], []
-        for t in range(T):
-            a0, a1 = offs[t], offs[t + 1]
-            tl = [{"id": i + 1, "title": f"task {i + 1}", "priority": int(prio_flat[a0 + i]),
-                   "overdue": bool(over_flat[a0 + i])} for i in range(a1 - a0)]
-            prof = dict(day_prof[d_idx[t]])
-            prof["tip_volume"] = int(tips_before + t)
-            ht, wdt = int(h[t]), int(wd[t])
-            xc = context_vector(ht, wdt, [_TaskView(x) for x in tl])
-            x7[u, t] = xc
-            x12[u, t, :FS_CTX.dim] = xc
-            x12[u, t, FS_CTX.dim:] = profile_vector(prof, ht)
-            x12n[u, t, :FS_CTX.dim] = xc
-            x12n[u, t, FS_CTX.dim:] = profile_vector(prof, ht, 2)
-            u_tasks.append(tl)
-            u_prof.append(prof)
+        sdays = strain_days(rng, n_days, STRAIN_PHI)
+        day_prof = day_profiles(rng, sdays, base_cr, base_dr, base_dw, pref_h,
+                                rate_k=0.08, dwell_k=0.3)
+        d_idx, h, wd, sd, u_tasks, u_prof = draw_rounds(
+            rng, u, T, cfg.tips_per_day, slot_h, slot_w, start_dow, sdays, tasks_mean,
+            over_base, tips_before, day_prof, x7, x12, x12n)
         hour[u], dow[u], strain_t[u] = h, wd, sd
         load, over = x7[u, :, 4], x7[u, :, 5]
         we = (wd >= 5).astype(float)
