@@ -53,7 +53,7 @@ async def run(args) -> dict:
 
     with EmbeddedStack() as st:
         settings = ScorerSettings(nats_url=st.nats_url, redis_url=st.redis_url, metrics_port=-1,
-                                  shadow_policies=args.shadow)
+                                  default_policy=args.policy, shadow_policies=args.shadow)
         ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(serve(settings, ready, stop))
         await ready.wait()
@@ -79,7 +79,8 @@ async def run(args) -> dict:
         stop.set()
         await task
     n = client["ok"]
-    out = {"rate": args.rate, "duration_s": args.duration, "shadow": args.shadow,
+    out = {"rate": args.rate, "duration_s": args.duration, "policy": args.policy,
+           "shadow": args.shadow,
            "profiled": bool(prof), "decisions": n, "cpu_s": round(cpu, 3),
            "cpu_us_per_decision": round(cpu / max(n, 1) * 1e6, 1),
            "cpu_share_of_one_core": round(cpu / wall, 3), "client": client,
@@ -102,6 +103,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rate", type=float, default=500)
     ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--policy", default="egreedy-v1", help="live policy (as score_bench.py)")
     ap.add_argument("--shadow", default="egreedy-v2,linucb")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--no-uvloop", dest="uvloop", action="store_false")

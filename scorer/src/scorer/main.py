@@ -81,7 +81,8 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
                         e)
         writer = DecisionLogWriter(store, AckedPublisher(w.nc, w.js),
                                    maxsize=settings.decision_queue_max,
-                                   high_water=settings.decision_queue_high_water, metrics=m)
+                                   high_water=settings.decision_queue_high_water,
+                                   linger_s=settings.decision_log_linger_s, metrics=m)
         writer.start()
         # at shutdown, after the requests in flight answered: write what the log holds
         # (leaving a second of the deadline to drain NATS and close Redis)
