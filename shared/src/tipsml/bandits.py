@@ -292,7 +292,7 @@ def update_id(feature_version: str, lam: float) -> str:
     return f"{feature_version}/lambda={float(lam)!r}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Choice:
     arm: str
     index: int
@@ -402,21 +402,27 @@ class Policy:
         """The choice from the arms' means θ·x and (LinUCB, Thompson) xᵀA⁻¹x, as plain
         floats: K is small, and the float operations below are the ones numpy did
         elementwise (same values; ε-greedy and LinUCB need no numpy call then)."""
+        # a draw among one candidate is skipped: numpy draws nothing for a range of one
+        # (``integers(1)`` leaves the generator as it was), so the sequence is unchanged
         k = len(arms)
         if self.kind == "egreedy":
             ms = mean
-            top_v = max(ms)
-            greedy = [i for i, m in enumerate(ms) if m >= top_v - 1e-12]
-            explored = bool(rng.random() < self.epsilon)
-            idx = int(rng.integers(k)) if explored else greedy[int(rng.integers(len(greedy)))]
+            cut = max(ms) - 1e-12
+            greedy = [i for i, m in enumerate(ms) if m >= cut]
+            explored = rng.random() < self.epsilon
+            if explored:
+                idx = int(rng.integers(k))
+            else:
+                idx = greedy[0] if len(greedy) == 1 else greedy[int(rng.integers(len(greedy)))]
             p = self.epsilon / k + ((1.0 - self.epsilon) / len(greedy) if idx in greedy else 0.0)
+            explored = bool(explored)
             scores = ms
         elif self.kind == "linucb":
             a, sqrt = self.alpha, math.sqrt
             scores = [m + a * sqrt(max(w, 0.0)) for m, w in zip(mean, ux)]
-            top_v = max(scores)
-            top = [i for i, v in enumerate(scores) if v >= top_v - 1e-12]
-            idx = top[int(rng.integers(len(top)))]
+            cut = max(scores) - 1e-12
+            top = [i for i, v in enumerate(scores) if v >= cut]
+            idx = top[0] if len(top) == 1 else top[int(rng.integers(len(top)))]
             p = 1.0 / len(top)
             explored = bool(mean[idx] < max(mean) - 1e-12)
         elif self.kind == "thompson":
