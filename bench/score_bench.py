@@ -140,35 +140,51 @@ def proc_cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(nc, bodies, rate: float, duration: float, scorers) -> dict:
-    """One echo run then one tips.score run at ``rate``; the scorers' CPU per decision."""
+async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=None) -> dict:
+    """One echo run then one tips.score run at ``rate``; the scorers' CPU per decision,
+    beside the floor's: the echo responder's CPU per message in the echo run (nats-py
+    receiving a request and publishing its reply, nothing else) and the client's (this
+    process) per request, both from the same iteration."""
+    e0, m0 = (proc_cpu_s(echo_proc.pid) if echo_proc else 0.0), time.process_time()
     echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, duration)
-    c0 = sum(proc_cpu_s(p.pid) for p in scorers)
+    echo_cpu = (proc_cpu_s(echo_proc.pid) - e0) if echo_proc else None
+    client_echo = time.process_time() - m0
+    c0, m0 = sum(proc_cpu_s(p.pid) for p in scorers), time.process_time()
     score = await open_loop(nc, "tips.score", bodies, rate, duration)
     cpu = sum(proc_cpu_s(p.pid) for p in scorers) - c0
+    client_score = time.process_time() - m0
     ratio = (score["p99_ms"] / echo["p99_ms"]) if echo["p99_ms"] and score["p99_ms"] else None
+    per = lambda c, n: round(c / max(n, 1) * 1e6, 1)  # noqa: E731
     return {"rate": rate, "score": score, "echo": echo,
             "p99_ratio_to_echo": round(ratio, 2) if ratio else None,
-            "scorer_cpu_us_per_decision": round(cpu / max(score["ok"], 1) * 1e6, 1),
+            "scorer_cpu_us_per_decision": per(cpu, score["ok"]),
+            "echo_cpu_us_per_message": per(echo_cpu, echo["ok"]) if echo_cpu is not None
+            else None,
+            "client_cpu_us_per_request": {"echo": per(client_echo, echo["ok"]),
+                                          "score": per(client_score, score["ok"])},
+            "loadavg": os.getloadavg()[0],
             "ok": bool(ratio is not None and ratio <= 3.0 and score["errors"] == 0)}
 
 
-async def sweep(nc, bodies, args, scorers, results, out) -> None:
+async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None) -> None:
     """Find the knee: raise the rate by ``--step`` until the median p99 over ``--repeats``
     runs passes 3x the echo floor (or requests fail); the knee is the last rate under it."""
     rows = results.setdefault("sweep", {"repeats": args.repeats, "rates": []})["rates"]
     rate = args.sweep_start
     while rate <= args.sweep_max:
-        runs = [await measure(nc, bodies, rate, args.duration, scorers)
+        runs = [await measure(nc, bodies, rate, args.duration, scorers, echo_proc)
                 for _ in range(args.repeats)]
         ratios = sorted(r["p99_ratio_to_echo"] or 1e9 for r in runs)
         p99s = sorted(r["score"]["p99_ms"] or 1e9 for r in runs)
         cpus = sorted(r["scorer_cpu_us_per_decision"] for r in runs)
+        floor = sorted(r["echo_cpu_us_per_message"] or 0.0 for r in runs)
         row = {"rate": rate, "p99_ms_median": p99s[len(p99s) // 2],
                "p99_ms_min": p99s[0], "p99_ms_max": p99s[-1],
                "echo_p99_ms_median": sorted(r["echo"]["p99_ms"] or 0 for r in runs)[len(runs) // 2],
                "ratio_median": ratios[len(ratios) // 2], "ratio_min": ratios[0],
                "ratio_max": ratios[-1], "cpu_us_per_decision_median": cpus[len(cpus) // 2],
+               "cpu_us_per_decision_min": cpus[0], "cpu_us_per_decision_max": cpus[-1],
+               "echo_cpu_us_per_message_median": floor[len(floor) // 2],
                "errors": sum(r["score"]["errors"] for r in runs),
                "ok": ratios[len(ratios) // 2] <= 3.0 and
                sum(r["score"]["errors"] for r in runs) == 0, "runs": runs}
@@ -176,7 +192,9 @@ async def sweep(nc, bodies, args, scorers, results, out) -> None:
         print(f"sweep {rate:.0f}/s x{args.repeats}: p99 median {row['p99_ms_median']} ms "
               f"[{row['p99_ms_min']}, {row['p99_ms_max']}], ratio median {row['ratio_median']} "
               f"[{row['ratio_min']}, {row['ratio_max']}], scorer CPU "
-              f"{row['cpu_us_per_decision_median']} us/decision", flush=True)
+              f"{row['cpu_us_per_decision_median']} us/decision [{cpus[0]}, {cpus[-1]}] "
+              f"(echo responder {row['echo_cpu_us_per_message_median']} us/message)",
+              flush=True)
         write(results, out)
         if not row["ok"]:
             break
@@ -185,6 +203,8 @@ async def sweep(nc, bodies, args, scorers, results, out) -> None:
     results["sweep"]["knee_rate"] = good[-1]["rate"] if good else None
     results["sweep"]["knee_cpu_us_per_decision"] = (good[-1]["cpu_us_per_decision_median"]
                                                      if good else None)
+    results["sweep"]["knee_echo_cpu_us_per_message"] = (
+        good[-1]["echo_cpu_us_per_message_median"] if good else None)
 
 
 def write(res: dict, out: str) -> None:
@@ -213,12 +233,13 @@ async def run(args) -> dict:
         for _ in range(args.replicas):
             procs.append(spawn([sys.executable, "-m", "scorer.main"], env))
         scorers = list(procs)
-        procs.append(spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env))
+        echo_proc = spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env)
+        procs.append(echo_proc)
         nc = await nats.connect(env["NATS_URL"], pending_size=64 * 1024 * 1024)
         bodies = payloads(args.users)
         await open_loop(nc, "tips.score", bodies, 200, 3)  # warm-up: users' state, JIT paths
         if args.sweep:
-            await sweep(nc, bodies, args, scorers, results, args.out)
+            await sweep(nc, bodies, args, scorers, results, args.out, echo_proc)
         for rate in ([] if args.sweep else args.rates):
             echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, args.duration)
             score = await open_loop(nc, "tips.score", bodies, rate, args.duration)
@@ -296,7 +317,8 @@ def main() -> int:
         sw = res["sweep"]
         print(f"knee ({res['config']['replicas']} scorer replica(s)): {sw.get('knee_rate')} req/s "
               f"(median p99 <= 3x echo over {sw['repeats']} runs), scorer CPU "
-              f"{sw.get('knee_cpu_us_per_decision')} us/decision; wrote {args.out}")
+              f"{sw.get('knee_cpu_us_per_decision')} us/decision (the echo responder "
+              f"{sw.get('knee_echo_cpu_us_per_message')} us/message); wrote {args.out}")
         return 0
     ok = all(r["meets_target"] for r in res["rates"])
     summary = "; ".join(f"{int(r['rate'])}/s p99 {r['score']['p99_ms']} ms "

