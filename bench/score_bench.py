@@ -27,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "score.json"
+sys.path.insert(0, str(ROOT / "bench"))
 ECHO_SUBJECT = "bench.echo"
 
 
@@ -70,27 +71,55 @@ async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration
     n = int(rate * duration)
     interval = 1.0 / rate
     tasks = []
-
-    async def one(i: int, scheduled: float):
-        try:
-            msg = await nc.request(subject, bodies[i % len(bodies)], timeout=timeout)
-            if subject != ECHO_SUBJECT and not msg.data.startswith(b'{"ok":true'):
-                code = json.loads(msg.data).get("error", {}).get("code", "bad_reply")
-                errors[code] = errors.get(code, 0) + 1
-                return
-            lat.append(time.perf_counter() - scheduled)
-        except Exception as e:  # noqa: BLE001 - counted
-            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-
+    pending: set = set()
     clock = time.perf_counter  # uvloop's loop.time() has only millisecond resolution
+
+    def check(data: bytes, scheduled: float) -> None:
+        if subject != ECHO_SUBJECT and not data.startswith(b'{"ok":true'):
+            code = json.loads(data).get("error", {}).get("code", "bad_reply")
+            errors[code] = errors.get(code, 0) + 1
+            return
+        lat.append(clock() - scheduled)
+
+    def failed(e: BaseException) -> None:
+        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+
+    async def one(i: int, scheduled: float):  # nats-py: request() is a coroutine
+        try:
+            check((await nc.request(subject, bodies[i % len(bodies)], timeout=timeout)).data,
+                  scheduled)
+        except Exception as e:  # noqa: BLE001 - counted
+            failed(e)
+
+    def done(fut, scheduled: float) -> None:  # the lean requester: request() is a future
+        pending.discard(fut)
+        if fut.cancelled() or fut.exception() is not None:
+            failed(fut.exception() if not fut.cancelled() else TimeoutError())
+        else:
+            check(fut.result().data, scheduled)
+
+    lean = not asyncio.iscoroutinefunction(nc.request)
+    # every request due is sent at each wake-up (a timer per request would cost the
+    # generator more CPU than the request, and uvloop's timers have 1 ms resolution)
     t0 = clock() + 0.05
-    for i in range(n):
-        scheduled = t0 + i * interval
-        delay = scheduled - clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, scheduled)))
+    i = 0
+    while i < n:
+        now = clock()
+        while i < n and t0 + i * interval <= now:
+            scheduled = t0 + i * interval
+            if lean:
+                fut = nc.request(subject, bodies[i % len(bodies)], timeout)
+                pending.add(fut)
+                fut.add_done_callback(lambda f, s=scheduled: done(f, s))
+            else:
+                tasks.append(asyncio.create_task(one(i, scheduled)))
+            i += 1
+        if i < n:
+            await asyncio.sleep(max(0.0, t0 + i * interval - clock()))
     await asyncio.gather(*tasks)
+    while pending:
+        await asyncio.wait(list(pending))
+        await asyncio.sleep(0)  # the done callbacks run
     wall = clock() - t0
     a = np.array(lat) * 1000.0
     return {
@@ -140,19 +169,26 @@ def proc_cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=None) -> dict:
+async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=None,
+                  servers: dict[str, int] | None = None) -> dict:
     """One echo run then one tips.score run at ``rate``; the scorers' CPU per decision,
     beside the floor's: the echo responder's CPU per message in the echo run (nats-py
     receiving a request and publishing its reply, nothing else) and the client's (this
     process) per request, both from the same iteration."""
+    servers = servers or {}
+    s0 = {k: proc_cpu_s(pid) for k, pid in servers.items()}
     e0, m0 = (proc_cpu_s(echo_proc.pid) if echo_proc else 0.0), time.process_time()
     echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, duration)
     echo_cpu = (proc_cpu_s(echo_proc.pid) - e0) if echo_proc else None
     client_echo = time.process_time() - m0
+    server_echo = {k: proc_cpu_s(pid) - s0[k] for k, pid in servers.items()}
+    s0 = {k: proc_cpu_s(pid) for k, pid in servers.items()}
     c0, m0 = sum(proc_cpu_s(p.pid) for p in scorers), time.process_time()
     score = await open_loop(nc, "tips.score", bodies, rate, duration)
     cpu = sum(proc_cpu_s(p.pid) for p in scorers) - c0
     client_score = time.process_time() - m0
+    # where the box's cores go per decision: nats-server and redis-server beside the scorer
+    server_cpu = {k: proc_cpu_s(pid) - s0[k] for k, pid in servers.items()}
     ratio = (score["p99_ms"] / echo["p99_ms"]) if echo["p99_ms"] and score["p99_ms"] else None
     per = lambda c, n: round(c / max(n, 1) * 1e6, 1)  # noqa: E731
     return {"rate": rate, "score": score, "echo": echo,
@@ -162,17 +198,21 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
             else None,
             "client_cpu_us_per_request": {"echo": per(client_echo, echo["ok"]),
                                           "score": per(client_score, score["ok"])},
+            "server_cpu_us_per_decision": {k: per(v, score["ok"]) for k, v in
+                                           server_cpu.items()},
+            "server_cpu_us_per_echo": {k: per(v, echo["ok"]) for k, v in server_echo.items()},
             "loadavg": os.getloadavg()[0],
             "ok": bool(ratio is not None and ratio <= 3.0 and score["errors"] == 0)}
 
 
-async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None) -> None:
+async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None,
+                servers=None) -> None:
     """Find the knee: raise the rate by ``--step`` until the median p99 over ``--repeats``
     runs passes 3x the echo floor (or requests fail); the knee is the last rate under it."""
     rows = results.setdefault("sweep", {"repeats": args.repeats, "rates": []})["rates"]
     rate = args.sweep_start
     while rate <= args.sweep_max:
-        runs = [await measure(nc, bodies, rate, args.duration, scorers, echo_proc)
+        runs = [await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers)
                 for _ in range(args.repeats)]
         ratios = sorted(r["p99_ratio_to_echo"] or 1e9 for r in runs)
         p99s = sorted(r["score"]["p99_ms"] or 1e9 for r in runs)
@@ -235,11 +275,17 @@ async def run(args) -> dict:
         scorers = list(procs)
         echo_proc = spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env)
         procs.append(echo_proc)
-        nc = await nats.connect(env["NATS_URL"], pending_size=64 * 1024 * 1024)
+        if args.client == "lean":  # the generator's own CPU kept small (bench/leanclient.py)
+            from leanclient import LeanRequester
+
+            nc = await LeanRequester.connect(env["NATS_URL"])
+        else:
+            nc = await nats.connect(env["NATS_URL"], pending_size=64 * 1024 * 1024)
         bodies = payloads(args.users)
         await open_loop(nc, "tips.score", bodies, 200, 3)  # warm-up: users' state, JIT paths
         if args.sweep:
-            await sweep(nc, bodies, args, scorers, results, args.out, echo_proc)
+            servers = {n: p.popen.pid for n, p in stack.procs.items()} if stack else {}
+            await sweep(nc, bodies, args, scorers, results, args.out, echo_proc, servers)
         for rate in ([] if args.sweep else args.rates):
             echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, args.duration)
             score = await open_loop(nc, "tips.score", bodies, rate, args.duration)
@@ -273,6 +319,7 @@ async def run(args) -> dict:
         if stack:
             stack.stop()
         results["config"] = {"policy": args.policy, "shadow": args.shadow, "users": args.users,
+                             "client": args.client,
                              "replicas": args.replicas,
                              "duration_s": args.duration, "cpus": os.cpu_count(),
                              "python": platform.python_version(),
@@ -291,6 +338,9 @@ def main() -> int:
     ap.add_argument("--shadow", default="egreedy-v2,linucb")
     ap.add_argument("--external", action="store_true", help="use NATS_URL/REDIS_URL")
     ap.add_argument("--replicas", type=int, default=1, help="scorer processes (queue group)")
+    ap.add_argument("--client", choices=["lean", "nats-py"], default="lean",
+                    help="the load generator's requester: lean (the NATS protocol by hand, "
+                    "bench/leanclient.py) or nats-py's request()")
     ap.add_argument("--sweep", action="store_true", help="find the knee: the highest rate "
                     "whose median p99 over --repeats runs stays <= 3x the echo floor")
     ap.add_argument("--sweep-start", type=float, default=250)

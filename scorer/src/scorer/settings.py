@@ -12,7 +12,7 @@ the shared ones too (``SCORER_METRICS_PORT`` over ``METRICS_PORT``).
 * ``SCORER_SHADOW_LEARN`` (true): shadow policies learn from the served arm's reward;
 * ``SCORER_DECISION_QUEUE_MAX`` (20000): bound of the decision-log queue; above
   ``SCORER_DECISION_QUEUE_HIGH_WATER`` (2000) replies wait (back-pressure) for the writer;
-* ``SCORER_DECISION_LOG_LINGER_S`` (0.005): a decision waits up to this long for others
+* ``SCORER_DECISION_LOG_LINGER_S`` (0.01): a decision waits up to this long for others
   to share its write (one Redis pipeline, one flush of DECISIONS publishes); 0 writes
   each at once;
 * ``SCORER_REDIS_READ_BATCH`` (32) / ``SCORER_REDIS_READ_INFLIGHT`` (2): concurrent
@@ -36,6 +36,6 @@ class ScorerSettings(BaseServiceSettings):
     shadow_learn: bool = True
     decision_queue_max: int = 20000
     decision_queue_high_water: int = 2000  # above it, replies wait for the writer
-    decision_log_linger_s: float = Field(0.005, ge=0.0, le=1.0)  # batch the log's writes
+    decision_log_linger_s: float = Field(0.01, ge=0.0, le=1.0)  # batch the log's writes
     redis_read_batch: int = 32      # script calls per coalesced read pipeline
     redis_read_inflight: int = 2    # read pipelines out at once
