@@ -247,6 +247,31 @@ async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None,
         good[-1]["echo_cpu_us_per_message_median"] if good else None)
 
 
+def record_knee(res: dict, out: str) -> None:
+    """The knee of a finished sweep also goes into bench/results/score.json (``knee``, by
+    replica count), beside the fixed-rate figures: one file says what the scorer holds."""
+    sw, cfg = res["sweep"], res["config"]
+    good = [r for r in sw["rates"] if r["ok"]]
+    last = good[-1] if good else None
+    summary = {"knee_rate": sw.get("knee_rate"), "repeats": sw["repeats"],
+               "scorer_cpu_us_per_decision": sw.get("knee_cpu_us_per_decision"),
+               "echo_responder_cpu_us_per_message": sw.get("knee_echo_cpu_us_per_message"),
+               "p99_ms_median": last["p99_ms_median"] if last else None,
+               "ratio_median": last["ratio_median"] if last else None,
+               "first_rate_over": next(({"rate": r["rate"], "ratio_median": r["ratio_median"],
+                                         "p99_ms_median": r["p99_ms_median"]}
+                                        for r in sw["rates"] if not r["ok"]), None),
+               "client": cfg.get("client"), "duration_s": cfg["duration_s"],
+               "loadavg_at_end": cfg["loadavg_at_end"], "when": cfg["when"],
+               "details": os.path.relpath(out, ROOT)}
+    main = Path(OUT)
+    if Path(out).resolve() == main.resolve():
+        return
+    doc = json.loads(main.read_text()) if main.exists() else {}
+    doc.setdefault("knee", {})[str(cfg["replicas"])] = summary
+    write(doc, str(main))
+
+
 def write(res: dict, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".json.tmp")
@@ -365,6 +390,7 @@ def main() -> int:
     res = asyncio.run(run(args))
     if res.get("sweep"):
         sw = res["sweep"]
+        record_knee(res, args.out)
         print(f"knee ({res['config']['replicas']} scorer replica(s)): {sw.get('knee_rate')} req/s "
               f"(median p99 <= 3x echo over {sw['repeats']} runs), scorer CPU "
               f"{sw.get('knee_cpu_us_per_decision')} us/decision (the echo responder "
