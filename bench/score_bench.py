@@ -66,6 +66,27 @@ def payloads(n_users: int, seed: int = 0) -> list[bytes]:
 
 async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration: float,
                     timeout: float = 2.0) -> dict:
+    lat, errors, n, wall = await open_loop_raw(nc, subject, bodies, rate, duration, timeout)
+    return summarize(subject, rate, duration, lat, errors, n, wall)
+
+
+def summarize(subject: str, rate: float, duration: float, lat: list[float],
+              errors: dict[str, int], n: int, wall: float) -> dict:
+    a = np.array(lat) * 1000.0
+    return {
+        "subject": subject, "target_rate": rate, "duration_s": duration, "sent": n,
+        "ok": int(a.size), "errors": sum(errors.values()), "error_kinds": errors,
+        "achieved_rate": round(a.size / wall, 1) if wall else None,
+        "p50_ms": round(float(np.percentile(a, 50)), 3) if a.size else None,
+        "p90_ms": round(float(np.percentile(a, 90)), 3) if a.size else None,
+        "p99_ms": round(float(np.percentile(a, 99)), 3) if a.size else None,
+        "max_ms": round(float(a.max()), 3) if a.size else None,
+    }
+
+
+async def open_loop_raw(nc, subject: str, bodies: list[bytes], rate: float, duration: float,
+                        timeout: float = 2.0, offset: int = 0):
+    """Requests on a fixed schedule; (latencies in s, errors by kind, sent, wall seconds)."""
     lat: list[float] = []
     errors: dict[str, int] = {}
     n = int(rate * duration)
@@ -86,8 +107,8 @@ async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration
 
     async def one(i: int, scheduled: float):  # nats-py: request() is a coroutine
         try:
-            check((await nc.request(subject, bodies[i % len(bodies)], timeout=timeout)).data,
-                  scheduled)
+            check((await nc.request(subject, bodies[(offset + i) % len(bodies)],
+                                    timeout=timeout)).data, scheduled)
         except Exception as e:  # noqa: BLE001 - counted
             failed(e)
 
@@ -108,7 +129,7 @@ async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration
         while i < n and t0 + i * interval <= now:
             scheduled = t0 + i * interval
             if lean:
-                fut = nc.request(subject, bodies[i % len(bodies)], timeout)
+                fut = nc.request(subject, bodies[(offset + i) % len(bodies)], timeout)
                 pending.add(fut)
                 fut.add_done_callback(lambda f, s=scheduled: done(f, s))
             else:
@@ -120,17 +141,7 @@ async def open_loop(nc, subject: str, bodies: list[bytes], rate: float, duration
     while pending:
         await asyncio.wait(list(pending))
         await asyncio.sleep(0)  # the done callbacks run
-    wall = clock() - t0
-    a = np.array(lat) * 1000.0
-    return {
-        "subject": subject, "target_rate": rate, "duration_s": duration, "sent": n,
-        "ok": int(a.size), "errors": sum(errors.values()), "error_kinds": errors,
-        "achieved_rate": round(a.size / wall, 1),
-        "p50_ms": round(float(np.percentile(a, 50)), 3) if a.size else None,
-        "p90_ms": round(float(np.percentile(a, 90)), 3) if a.size else None,
-        "p99_ms": round(float(np.percentile(a, 99)), 3) if a.size else None,
-        "max_ms": round(float(a.max()), 3) if a.size else None,
-    }
+    return lat, errors, n, clock() - t0
 
 
 def spawn(argv: list[str], env: dict) -> subprocess.Popen:
@@ -170,37 +181,57 @@ def proc_cpu_s(pid: int) -> float:
 
 
 async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=None,
-                  servers: dict[str, int] | None = None) -> dict:
-    """One echo run then one tips.score run at ``rate``; the scorers' CPU per decision,
-    beside the floor's: the echo responder's CPU per message in the echo run (nats-py
-    receiving a request and publishing its reply, nothing else) and the client's (this
-    process) per request, both from the same iteration."""
+                  servers: dict[str, int] | None = None, windows: int = 5) -> dict:
+    """The echo floor and tips.score at ``rate`` in alternating windows (``windows`` of
+    each, ``duration / windows`` seconds: echo, score, echo, score, …), so both sample the
+    same minutes of a noisy box: a burst of noise from elsewhere lands on both, not on one
+    side of the ratio. p99 is over all of a side's windows. CPU per decision: the scorers'
+    over the score windows, beside the floor's: the echo responder's per message over the
+    echo windows (nats-py receiving a request and publishing its reply, nothing else), the
+    client's (this process) per request, nats-server's and redis-server's per request."""
     servers = servers or {}
-    s0 = {k: proc_cpu_s(pid) for k, pid in servers.items()}
-    e0, m0 = (proc_cpu_s(echo_proc.pid) if echo_proc else 0.0), time.process_time()
-    echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, duration)
-    echo_cpu = (proc_cpu_s(echo_proc.pid) - e0) if echo_proc else None
-    client_echo = time.process_time() - m0
-    server_echo = {k: proc_cpu_s(pid) - s0[k] for k, pid in servers.items()}
-    s0 = {k: proc_cpu_s(pid) for k, pid in servers.items()}
-    c0, m0 = sum(proc_cpu_s(p.pid) for p in scorers), time.process_time()
-    score = await open_loop(nc, "tips.score", bodies, rate, duration)
-    cpu = sum(proc_cpu_s(p.pid) for p in scorers) - c0
-    client_score = time.process_time() - m0
-    # where the box's cores go per decision: nats-server and redis-server beside the scorer
-    server_cpu = {k: proc_cpu_s(pid) - s0[k] for k, pid in servers.items()}
+    side = {k: {"lat": [], "errors": {}, "n": 0, "wall": 0.0, "client": 0.0,
+                "servers": dict.fromkeys(servers, 0.0)} for k in ("echo", "score")}
+    echo_cpu = cpu = 0.0
+    w = max(1, windows)
+    for i in range(w):
+        for name, subject in (("echo", ECHO_SUBJECT), ("score", "tips.score")):
+            d = side[name]
+            s0 = {k: proc_cpu_s(pid) for k, pid in servers.items()}
+            p0 = (sum(proc_cpu_s(p.pid) for p in scorers) if name == "score" else
+                  proc_cpu_s(echo_proc.pid) if echo_proc else 0.0)
+            m0 = time.process_time()
+            lat, errors, n, wall = await open_loop_raw(nc, subject, bodies, rate, duration / w,
+                                                       offset=i * 7919)
+            d["client"] += time.process_time() - m0
+            p1 = (sum(proc_cpu_s(p.pid) for p in scorers) if name == "score" else
+                  proc_cpu_s(echo_proc.pid) if echo_proc else 0.0)
+            if name == "score":
+                cpu += p1 - p0
+            else:
+                echo_cpu += p1 - p0
+            for k, pid in servers.items():
+                d["servers"][k] += proc_cpu_s(pid) - s0[k]
+            d["lat"] += lat
+            d["n"] += n
+            d["wall"] += wall
+            for k, v in errors.items():
+                d["errors"][k] = d["errors"].get(k, 0) + v
+    echo, score = (summarize(subj, rate, duration, side[k]["lat"], side[k]["errors"],
+                             side[k]["n"], side[k]["wall"])
+                   for k, subj in (("echo", ECHO_SUBJECT), ("score", "tips.score")))
     ratio = (score["p99_ms"] / echo["p99_ms"]) if echo["p99_ms"] and score["p99_ms"] else None
     per = lambda c, n: round(c / max(n, 1) * 1e6, 1)  # noqa: E731
-    return {"rate": rate, "score": score, "echo": echo,
+    return {"rate": rate, "windows": w, "score": score, "echo": echo,
             "p99_ratio_to_echo": round(ratio, 2) if ratio else None,
             "scorer_cpu_us_per_decision": per(cpu, score["ok"]),
-            "echo_cpu_us_per_message": per(echo_cpu, echo["ok"]) if echo_cpu is not None
-            else None,
-            "client_cpu_us_per_request": {"echo": per(client_echo, echo["ok"]),
-                                          "score": per(client_score, score["ok"])},
+            "echo_cpu_us_per_message": per(echo_cpu, echo["ok"]) if echo_proc else None,
+            "client_cpu_us_per_request": {k: per(side[k]["client"], side[k]["n"])
+                                          for k in ("echo", "score")},
             "server_cpu_us_per_decision": {k: per(v, score["ok"]) for k, v in
-                                           server_cpu.items()},
-            "server_cpu_us_per_echo": {k: per(v, echo["ok"]) for k, v in server_echo.items()},
+                                           side["score"]["servers"].items()},
+            "server_cpu_us_per_echo": {k: per(v, echo["ok"]) for k, v in
+                                       side["echo"]["servers"].items()},
             "loadavg": os.getloadavg()[0],
             "ok": bool(ratio is not None and ratio <= 3.0 and score["errors"] == 0)}
 
@@ -212,8 +243,8 @@ async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None,
     rows = results.setdefault("sweep", {"repeats": args.repeats, "rates": []})["rates"]
     rate = args.sweep_start
     while rate <= args.sweep_max:
-        runs = [await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers)
-                for _ in range(args.repeats)]
+        runs = [await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers,
+                              args.windows) for _ in range(args.repeats)]
         ratios = sorted(r["p99_ratio_to_echo"] or 1e9 for r in runs)
         p99s = sorted(r["score"]["p99_ms"] or 1e9 for r in runs)
         cpus = sorted(r["scorer_cpu_us_per_decision"] for r in runs)
@@ -265,7 +296,8 @@ def record_knee(res: dict, out: str) -> None:
                "loadavg_at_end": cfg["loadavg_at_end"], "when": cfg["when"],
                "details": os.path.relpath(out, ROOT)}
     main = Path(OUT)
-    if Path(out).resolve() == main.resolve():
+    # only a sweep written among the results (a trial run elsewhere leaves score.json alone)
+    if Path(out).resolve() == main.resolve() or Path(out).resolve().parent != main.parent:
         return
     doc = json.loads(main.read_text()) if main.exists() else {}
     doc.setdefault("knee", {})[str(cfg["replicas"])] = summary
@@ -308,22 +340,19 @@ async def run(args) -> dict:
             nc = await nats.connect(env["NATS_URL"], pending_size=64 * 1024 * 1024)
         bodies = payloads(args.users)
         await open_loop(nc, "tips.score", bodies, 200, 3)  # warm-up: users' state, JIT paths
+        servers = {n: p.popen.pid for n, p in stack.procs.items()} if stack else {}
         if args.sweep:
-            servers = {n: p.popen.pid for n, p in stack.procs.items()} if stack else {}
             await sweep(nc, bodies, args, scorers, results, args.out, echo_proc, servers)
         for rate in ([] if args.sweep else args.rates):
-            echo = await open_loop(nc, ECHO_SUBJECT, bodies, rate, args.duration)
-            score = await open_loop(nc, "tips.score", bodies, rate, args.duration)
-            ratio = (score["p99_ms"] / echo["p99_ms"]) if echo["p99_ms"] else None
+            row = await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers,
+                                args.windows)
+            score, echo = row["score"], row["echo"]
+            ratio = row["p99_ratio_to_echo"]
             target = 5.0 if rate <= 500 else 15.0
-            results["rates"].append({
-                "rate": rate, "score": score, "echo": echo,
-                "p99_ratio_to_echo": round(ratio, 2) if ratio else None,
-                "target_p99_ms": target,
-                "meets_target": bool(score["p99_ms"] is not None and score["p99_ms"] <= target
-                                     and score["errors"] == 0 and ratio is not None
-                                     and ratio <= 3.0),
-            })
+            row.update(target_p99_ms=target, meets_target=bool(
+                score["p99_ms"] is not None and score["p99_ms"] <= target
+                and score["errors"] == 0 and ratio is not None and ratio <= 3.0))
+            results["rates"].append(row)
             print(f"rate {rate}/s: score p50 {score['p50_ms']} ms p99 {score['p99_ms']} ms "
                   f"max {score['max_ms']} ms errors {score['errors']} | echo p99 "
                   f"{echo['p99_ms']} ms | ratio {results['rates'][-1]['p99_ratio_to_echo']}",
@@ -372,6 +401,8 @@ def main() -> int:
     ap.add_argument("--sweep-max", type=float, default=3000)
     ap.add_argument("--step", type=float, default=250)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--windows", type=int, default=5, help="sweep: echo and tips.score "
+                    "alternate in this many windows per run (both sample the same noise)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -3,6 +3,12 @@ commit + environment), measured by bench/score_cpu.py on the same fixed workload
 
     .venv/bin/python bench/score_cpu_steps.py                     # the issue-12 steps
     .venv/bin/python bench/score_cpu_steps.py --modes rusage --repeats 3
+    .venv/bin/python bench/score_cpu_steps.py --round 2 --modes callgrind,rusage,open \
+        --concurrency 1 --n 300            # this round's steps, one request at a time
+
+``--modes open`` adds a third measure: this checkout's bench/score_profile.py at a fixed
+rate (``--rate``, open loop, 10 s), the scorer's CPU per decision as the load generator
+really sends it (one request at a time at low rates: no batching to hide behind).
 
 Each step's code is checked out into a temporary worktree (``git worktree add --detach``,
 removed afterwards) and run with this checkout's virtualenv and *this* score_cpu.py
@@ -39,12 +45,40 @@ STEPS = [
 ]
 
 
+# round 2 (2026-11-30): low-rate costs (the open-loop CPU was 1.3-1.4 ms/decision at
+# 500 req/s against 0.86 in the closed loop with 8 in flight)
+ROUND2 = [
+    ("before this round (main at 6e7d370)", "6e7d370", {}),
+    ("+ decision log lingers 5 ms, one task per log batch; coalesced reads settle by "
+     "callbacks", "600a677", {}),
+    ("+ pick: no draw among one candidate, slotted Choice", "ddb2a06", {}),
+    ("+ decision ids drawn 512 at a time", "1f9d56d", {}),
+    ("+ linger 10 ms", "HEAD", {}),
+]
+
+
+def run_open(commit: str, env: dict, args, tmp: Path, src: str) -> dict:
+    """CPU per decision at a fixed rate (open loop): median and spread of --repeats runs."""
+    vals = []
+    for i in range(args.repeats):
+        out = tmp / f"{commit}-open-{i}.json"
+        subprocess.run([sys.executable, str(ROOT / "bench" / "score_profile.py"), "--no-profile",
+                        "--rate", str(args.rate), "--duration", str(args.duration),
+                        "--out", str(out)], env={**os.environ, **env, "PYTHONPATH": src},
+                       check=True, stdout=subprocess.DEVNULL)
+        vals.append(json.loads(out.read_text())["cpu_us_per_decision"])
+    vals.sort()
+    return {"median": vals[len(vals) // 2], "min": vals[0], "max": vals[-1], "runs": vals}
+
+
 def run_step(commit: str, env: dict, mode: str, args, tmp: Path) -> dict:
     wt = tmp / commit
     if not wt.exists():
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(wt), commit], cwd=ROOT,
                        check=True)
     src = ":".join(str(wt / m / "src") for m in ("shared", "scorer", "devtools"))
+    if mode == "open":
+        return run_open(commit, env, args, tmp, src)
     out = tmp / f"{commit}-{mode}-{abs(hash(tuple(sorted(env.items()))))}.json"
     cmd = [sys.executable, str(ROOT / "bench" / "score_cpu.py"), "--mode", mode,
            "--n", str(args.n), "--concurrency", str(args.concurrency), "--out", str(out)]
@@ -61,14 +95,21 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--round", type=int, choices=[1, 2], default=1,
+                    help="1: issue 12's first steps; 2: this round's (low-rate costs)")
+    ap.add_argument("--rate", type=float, default=500, help="--modes open: requests/s")
+    ap.add_argument("--duration", type=float, default=10, help="--modes open: seconds")
+    ap.add_argument("--out")
     args = ap.parse_args()
+    args.out = args.out or str(OUT) + ("" if args.round == 1 else f"_round{args.round}"
+                                       f"_c{args.concurrency}")
+    steps = STEPS if args.round == 1 else ROUND2
     modes = args.modes.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="score-steps-") as t:
         tmp = Path(t)
         try:
-            for label, commit, env in STEPS:
+            for label, commit, env in steps:
                 sha = subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT,
                                      capture_output=True, text=True, check=True).stdout.strip()
                 row = {"step": label, "commit": sha, "env": env}
@@ -77,6 +118,8 @@ def main() -> int:
                     if mode == "callgrind":
                         ins = res["instructions_per_decision"]
                         row["instructions_per_decision"] = ins["median"]
+                    elif mode == "open":
+                        row["open_cpu_us_per_decision"] = res
                     else:
                         row["cpu_us_per_decision"] = res["cpu_us_per_decision"]
                         row["user_us_median"] = sorted(r["user_us_per_decision"]
@@ -91,22 +134,27 @@ def main() -> int:
                     subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT,
                                    capture_output=True)
     res = {"rows": rows, "config": {"n": args.n, "concurrency": args.concurrency,
+                                    "round": args.round, "rate": args.rate,
+                                    "duration_s": args.duration,
                                     "repeats": args.repeats, "modes": modes,
                                     "loadavg_at_end": os.getloadavg(), "cpus": os.cpu_count(),
                                     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     Path(args.out + ".json").write_text(json.dumps(res, indent=1))
     first = rows[0]
     lines = ["| step | commit | instructions / decision | CPU µs / decision (median [min, max] "
-             f"of {args.repeats}) |", "|---|---|---|---|"]
+             f"of {args.repeats}) | CPU µs / decision at {args.rate:.0f} req/s open loop |",
+             "|---|---|---|---|---|"]
     for r in rows:
         ins = r.get("instructions_per_decision")
         base = first.get("instructions_per_decision")
         ins_s = (f"{ins / 1e6:.3f} M ({(ins / base - 1) * 100:+.0f} %)" if ins and base else "–")
         c = r.get("cpu_us_per_decision")
         cpu_s = f"{c['median']:.0f} [{c['min']:.0f}, {c['max']:.0f}]" if c else "–"
+        o = r.get("open_cpu_us_per_decision")
+        open_s = f"{o['median']:.0f} [{o['min']:.0f}, {o['max']:.0f}]" if o else "–"
         env = " ".join(f"{k}={v}" for k, v in r["env"].items())
         lines.append(f"| {r['step']}{' (' + env + ')' if env else ''} | {r['commit']} | {ins_s} "
-                     f"| {cpu_s} |")
+                     f"| {cpu_s} | {open_s} |")
     md = "\n".join(lines)
     Path(args.out + ".md").write_text(
         "# Scorer CPU per decision, change by change (issue 12)\n\n"
