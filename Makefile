@@ -62,8 +62,8 @@ compact-state: setup  ## bytes per user / decision record / DECISIONS message + 
 
 bench-score: setup  ## 500 and 1000 req/s vs echo; SWEEP=1: find the knee (3 runs per rate, 1 and 2 scorer replicas)
 	@if [ -n "$(SWEEP)" ]; then \
-	  $(BIN)/python bench/score_bench.py --sweep --duration $${DURATION:-10} --out bench/results/score_sweep_r1.json && \
-	  $(BIN)/python bench/score_bench.py --sweep --replicas 2 --duration $${DURATION:-10} --out bench/results/score_sweep_r2.json; \
+	  $(BIN)/python bench/score_bench.py --sweep --sweep-start 500 --duration $${DURATION:-10} --out bench/results/score_sweep_r1.json && \
+	  $(BIN)/python bench/score_bench.py --sweep --replicas 2 --sweep-start 250 --duration $${DURATION:-10} --out bench/results/score_sweep_r2.json; \
 	else $(BIN)/python bench/score_bench.py; fi
 
 bench-generate: setup

@@ -4,6 +4,7 @@
     python bench/score_ab.py --base /tmp/base --runs 3 --rates 500 1000 --duration 10
     python bench/score_ab.py --base /tmp/base --runs 4 --cpu-rate 300 --duration 10 \
         --out bench/results/score_ab_cpu.json   # scorer CPU time per decision
+    python bench/score_ab.py --base /tmp/base --same-bench --cpu-rate 500 ...  # one bench
 
 Runs ``bench/score_bench.py`` alternately from the base checkout (its ``shared/src`` and
 ``scorer/src`` first on PYTHONPATH, so the scorer it starts is the base code) and from
@@ -35,7 +36,8 @@ def one(tree: Path, out: Path, args, base: bool) -> dict:
                                              str(tree / "scorer" / "src")])
     else:
         env.pop("PYTHONPATH", None)
-    cmd = [sys.executable, str(tree / "bench" / "score_bench.py"), "--duration",
+    bench = (ROOT if args.same_bench else tree) / "bench" / "score_bench.py"
+    cmd = [sys.executable, str(bench), "--duration",
            str(args.duration), "--out", str(out)]
     if args.cpu_rate:  # one rate, and the scorer's CPU time per decision (from /proc)
         cmd += ["--sweep", "--sweep-start", str(args.cpu_rate), "--sweep-max",
@@ -66,6 +68,9 @@ def main() -> int:
     ap.add_argument("--cpu-rate", type=float, default=None,
                     help="instead of --rates: one rate per run (score_bench --sweep at that "
                          "rate only) and the scorer's CPU microseconds per decision")
+    ap.add_argument("--same-bench", action="store_true",
+                    help="run this checkout's score_bench.py for both variants (only the "
+                         "scorer's code differs: the same load generator and floor)")
     ap.add_argument("--no-run", action="store_true",
                     help="summarise the per-run files of an earlier invocation")
     args = ap.parse_args()
