@@ -2,13 +2,23 @@
 
     make bench-score                 # 500 and 1000 req/s, 30 s each, shadows on
     python bench/score_bench.py --rates 500 --duration 10
+    python bench/score_bench.py --sweep --sweep-start 500 --duration 10   # the knee
 
 Starts the embedded stack (real nats-server + redis-server) unless --external, the
 scorer as its own process (shadow policies on: egreedy-v2 + linucb beside egreedy-v1),
-and an echo responder process; this process is the client. Open loop: requests are
-sent on a fixed schedule whatever the replies do, and latency is measured from the
-*scheduled* send time, so a stall shows up as latency (no coordinated omission).
-Writes bench/results/score.json and prints one summary line.
+and an echo responder process; this process is the client (``--client lean``: the NATS
+protocol by hand, bench/leanclient.py, so the generator takes little of the cores it
+shares with what it measures; ``--client nats-py``: nats-py's ``request()``). Open loop:
+requests are sent on a fixed schedule whatever the replies do, and latency is measured
+from the *scheduled* send time, so a stall shows up as latency (no coordinated omission).
+Echo and tips.score alternate in ``--windows`` windows per run, so both sample the same
+minutes of a shared machine. Each run reads every process's CPU time from /proc: the
+scorer's per decision, the echo responder's per message, the client's, nats-server's and
+redis-server's per request. ``--sweep`` raises the rate by ``--step`` until the median
+p99 over ``--repeats`` runs passes 3x the echo floor; the knee also goes into
+bench/results/score.json (``knee``, by replica count). Results are written after every
+rate (an interrupted run keeps what it measured; SIGTERM stops every process it started).
+Writes bench/results/score.json (or ``--out``) and prints one summary line.
 """
 
 from __future__ import annotations
