@@ -155,12 +155,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--lean-echo", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    try:
-        import uvloop
+    from score_bench import use_uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    use_uvloop()
     if args.lean_echo:
         asyncio.run(lean_echo_server(args.lean_echo))
         return 0

@@ -393,6 +393,16 @@ async def run(args) -> dict:
     return results
 
 
+def use_uvloop() -> None:
+    """The benches' processes run on uvloop, as the workers do (when it is installed)."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rates", type=float, nargs="+", default=[500, 1000])
@@ -416,12 +426,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    use_uvloop()
     if args.echo_server:
         asyncio.run(echo_server(args.echo_server))
         return 0

@@ -331,12 +331,9 @@ def main() -> int:
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    try:
-        import uvloop
+    from score_bench import use_uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    use_uvloop()
     if args.client:
         asyncio.run(client(args.client, args.n, args.concurrency, args.offset))
         return 0
