@@ -5,6 +5,7 @@
     python bench/score_ab.py --base /tmp/base --runs 4 --cpu-rate 300 --duration 10 \
         --out bench/results/score_ab_cpu.json   # scorer CPU time per decision
     python bench/score_ab.py --base /tmp/base --same-bench --cpu-rate 500 ...  # one bench
+    python bench/score_ab.py --base . --before-env SCORER_NATS_FAST_PATH=0 --cpu-rate 500
 
 Runs ``bench/score_bench.py`` alternately from the base checkout (its ``shared/src`` and
 ``scorer/src`` first on PYTHONPATH, so the scorer it starts is the base code) and from
@@ -31,11 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def one(tree: Path, out: Path, args, base: bool) -> dict:
     env = dict(os.environ)
-    if base:
+    if base and tree != ROOT:
         env["PYTHONPATH"] = os.pathsep.join([str(tree / "shared" / "src"),
                                              str(tree / "scorer" / "src")])
     else:
         env.pop("PYTHONPATH", None)
+    if base:  # e.g. SCORER_NATS_FAST_PATH=0 with --base . : one setting before/after
+        env.update(kv.split("=", 1) for kv in args.before_env)
     bench = (ROOT if args.same_bench else tree) / "bench" / "score_bench.py"
     cmd = [sys.executable, str(bench), "--duration",
            str(args.duration), "--out", str(out)]
@@ -68,6 +71,9 @@ def main() -> int:
     ap.add_argument("--cpu-rate", type=float, default=None,
                     help="instead of --rates: one rate per run (score_bench --sweep at that "
                          "rate only) and the scorer's CPU microseconds per decision")
+    ap.add_argument("--before-env", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="environment of the 'before' runs only (with --base . : the same "
+                         "code, one setting off and on)")
     ap.add_argument("--same-bench", action="store_true",
                     help="run this checkout's score_bench.py for both variants (only the "
                          "scorer's code differs: the same load generator and floor)")

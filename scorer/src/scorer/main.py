@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tipsml import metrics as M
 from tipsml import subjects as S
 from tipsml.messaging.connection import prepare_jetstream
+from tipsml.messaging.fastsub import FastConnection
 from tipsml.messaging.lifecycle import Worker, run_service
 from tipsml.messaging.service import package_version
 from tipsml.state import StateStore
@@ -87,16 +88,37 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         # at shutdown, after the requests in flight answered: write what the log holds
         # (leaving a second of the deadline to drain NATS and close Redis)
         w.on_close(lambda: writer.drain(timeout=max(0.1, w.left() - 1.0)), what="decision log")
+        fast = await _fast_connection(w, settings)
         await w.service(
             name=SERVICE_NAME, version=package_version("tips-scorer"), queue_group=S.Q_SCORER,
             description="picks a tip kind (arm) per request with the user's bandit state",
             metadata={"policy": settings.default_policy,
                       "shadow": ",".join(settings.shadow_policies),
                       "contract": "tipsml.contract", "asyncapi": "docs/asyncapi.yaml"},
-            endpoints=Handlers(scorer, writer, m, settings).endpoints(), idle_share=2.0)
+            endpoints=Handlers(scorer, writer, m, settings).endpoints(), idle_share=2.0,
+            fast=fast, fast_endpoints=("score",))
         await w.run(metrics_port=port, policy=settings.default_policy,
                     shadow=settings.shadow_policies)
     log.info("scorer stopped: %d decisions written, %d not written", writer.written, writer.lost)
+
+
+async def _fast_connection(w: Worker, settings: ScorerSettings) -> FastConnection | None:
+    """tips.score's own connection (``SCORER_NATS_FAST_PATH``), closed at shutdown after
+    the service stopped taking requests and the ones in flight answered; ``None`` (nats-py
+    serves it) when it is off, with TLS, or when it cannot connect."""
+    if not settings.nats_fast_path:
+        return None
+    fast = FastConnection.from_settings(settings, "scorer-score")
+    if fast is None:
+        log.info("NATS fast path off: TLS is configured (tips.score on nats-py)")
+        return None
+    try:
+        await fast.connect()
+    except (ConnectionError, OSError, TimeoutError) as e:
+        log.warning("NATS fast path not connected (%r): tips.score on nats-py", e)
+        return None
+    w.closing(fast)
+    return fast
 
 
 def run() -> None:

@@ -15,6 +15,9 @@ the shared ones too (``SCORER_METRICS_PORT`` over ``METRICS_PORT``).
 * ``SCORER_DECISION_LOG_LINGER_S`` (0.01): a decision waits up to this long for others
   to share its write (one Redis pipeline, one flush of DECISIONS publishes); 0 writes
   each at once;
+* ``SCORER_NATS_FAST_PATH`` (true): ``tips.score`` arrives on a connection of its own that
+  speaks the NATS protocol by hand (:mod:`tipsml.messaging.fastsub`, about half nats-py's
+  CPU per request); with TLS, or false, it stays on nats-py;
 * ``SCORER_REDIS_READ_BATCH`` (32) / ``SCORER_REDIS_READ_INFLIGHT`` (2): concurrent
   requests' state reads leave together, one pipeline per batch, at most 2 batches out;
 * ``SCORER_SHUTDOWN_TIMEOUT_S`` (8): SIGTERM → answered, logged and closed within it.
@@ -37,5 +40,6 @@ class ScorerSettings(BaseServiceSettings):
     decision_queue_max: int = 20000
     decision_queue_high_water: int = 2000  # above it, replies wait for the writer
     decision_log_linger_s: float = Field(0.01, ge=0.0, le=1.0)  # batch the log's writes
+    nats_fast_path: bool = True  # tips.score on tipsml.messaging.fastsub (not with TLS)
     redis_read_batch: int = 32      # script calls per coalesced read pipeline
     redis_read_inflight: int = 2    # read pipelines out at once

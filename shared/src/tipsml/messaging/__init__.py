@@ -7,6 +7,8 @@
   register with;
 * :mod:`.pull` — the one JetStream pull-consumer loop with ``retry_or_dead_letter``;
 * :mod:`.breaker` — the one circuit breaker;
+* :mod:`.fastsub` — one hot request subscription on a connection that speaks the NATS
+  protocol by hand (the scorer's ``tips.score``: about half nats-py's CPU per request);
 * :mod:`.lifecycle` — the worker lifecycle (connect, serve, drain and close on SIGTERM
   within a deadline) and the entry point ``run_service``.
 

@@ -173,8 +173,13 @@ class Endpoint:
         return code  # the outcome, for $SRV.STATS
 
 
-async def add_endpoints(service, endpoints: Sequence[tuple[Any, Endpoint]]) -> None:
+async def add_endpoints(service, endpoints: Sequence[tuple[Any, Endpoint]], *,
+                        fast=None, fast_endpoints: Sequence[str] = ()) -> None:
     """Register each ``(spec, endpoint)`` (``spec``: a :class:`tipsml.subjects.EndpointSpec`)
-    with the NATS Services API, so ``$SRV.PING/INFO/STATS`` find it."""
+    with the NATS Services API, so ``$SRV.PING/INFO/STATS`` find it; the endpoints named in
+    ``fast_endpoints`` take their messages from ``fast`` (a
+    :class:`tipsml.messaging.fastsub.FastConnection`) when it is given."""
     for spec, ep in endpoints:
-        await service.add_request_endpoint(spec.name, spec.subject, ep, metadata=spec.metadata())
+        await service.add_request_endpoint(
+            spec.name, spec.subject, ep, metadata=spec.metadata(),
+            subscriber=fast if fast is not None and spec.name in fast_endpoints else None)

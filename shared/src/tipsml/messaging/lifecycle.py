@@ -215,10 +215,13 @@ class Worker:
 
     async def service(self, *, name: str, version: str, description: str,
                       endpoints: Sequence[tuple[Any, Any]], metadata: dict | None = None,
-                      queue_group: str | None = None, idle_share: float = 5.0):
+                      queue_group: str | None = None, idle_share: float = 5.0,
+                      fast=None, fast_endpoints: Sequence[str] = ()):
         """Register the NATS Services API service ``name`` with its ``(spec, endpoint)``
         pairs; at shutdown, stop taking requests, let the ones in flight answer (within
-        ``idle_share``), then stop the service's control subjects."""
+        ``idle_share``), then stop the service's control subjects. ``fast`` /
+        ``fast_endpoints``: those endpoints subscribe on that connection
+        (:func:`tipsml.messaging.endpoint.add_endpoints`)."""
         from .endpoint import add_endpoints
         from .service import start_service
 
@@ -233,7 +236,7 @@ class Worker:
             await svc.stop()
 
         self.stack.push_async_callback(close)
-        await add_endpoints(svc, endpoints)
+        await add_endpoints(svc, endpoints, fast=fast, fast_endpoints=fast_endpoints)
         return svc
 
     def task(self, coro_fn: Callable[[asyncio.Event], Awaitable[Any]], *, name: str,

@@ -168,9 +168,12 @@ class TipsService(Service):
 
     async def add_request_endpoint(self, name: str, subject: str, handler: RequestHandler, *,
                                    queue_group: str | None = None,
-                                   metadata: dict[str, str] | None = None) -> None:
+                                   metadata: dict[str, str] | None = None,
+                                   subscriber=None) -> None:
         """Subscribe ``subject`` on the queue group; each message runs ``handler`` in its own
-        task and its outcome is recorded for ``$SRV.STATS``."""
+        task and its outcome is recorded for ``$SRV.STATS``. ``subscriber``: a connection
+        of its own for this subject (:class:`tipsml.messaging.fastsub.FastConnection`,
+        which calls the dispatcher synchronously) instead of the service's nats-py one."""
         qg = queue_group or self._queue_group or "q"
         ep = EndpointCounters(name, subject, qg, {k: str(v) for k, v in
                                                    (metadata or {}).items()})
@@ -187,7 +190,7 @@ class TipsService(Service):
                 code = t.result() or OK
             ep.record(clock() - t0, code)
 
-        async def cb(msg) -> None:
+        def dispatch(msg) -> None:
             # the handler itself is the task (no wrapper coroutine on the hot path); the
             # time counted runs from here, the message handed to the worker, to its reply
             t0 = clock()
@@ -195,7 +198,13 @@ class TipsService(Service):
             tasks.add(t)
             t.add_done_callback(lambda t, t0=t0: done(t, t0))
 
-        self._subs.append(await self._client.subscribe(subject, queue=qg, cb=cb))
+        async def cb(msg) -> None:  # nats-py wants a coroutine function
+            dispatch(msg)
+
+        if subscriber is not None:
+            self._subs.append(await subscriber.subscribe(subject, queue=qg, cb=dispatch))
+        else:
+            self._subs.append(await self._client.subscribe(subject, queue=qg, cb=cb))
 
     # ---- the documents nats.micro's control handlers send ($SRV.INFO / $SRV.STATS)
     def info(self) -> ServiceInfo:
