@@ -137,3 +137,38 @@ async def test_scorer_serves_tips_score_on_its_own_connection(stack, scorer_serv
         conns = json.loads(resp.read())["connections"]
     fast = [c for c in conns if c.get("name") == "scorer-score"]
     assert fast and "tips.score" in fast[0].get("subscriptions_list", [])
+
+
+class _FakeTransport:
+    def __init__(self):
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data):
+        self.written.append(data)
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_frames_split_across_reads_and_garbage():
+    """Pure parsing (no server): a frame cut anywhere is handed on once complete, headers
+    are parsed, the server's PING is answered, and bytes that are not the protocol make
+    the connection start again instead of being half-read."""
+    from tipsml.messaging.fastsub import FastSub, _Proto
+
+    fc = FastConnection(["nats://127.0.0.1:1"])
+    got: list = []
+    fc._subs[1] = FastSub(fc, 1, "s", "q", got.append)
+    proto = _Proto(fc)
+    proto.transport = _FakeTransport()
+    stream = (b"MSG s 1 _INBOX.a 5\r\nhello\r\nPING\r\n"
+              b"HMSG s 1 _INBOX.b 18 20\r\nNATS/1.0\r\nK: v\r\n\r\nhi\r\nMSG s 9 3\r\nxyz\r\n")
+    for i in range(len(stream)):  # one byte at a time: every cut point
+        fc._feed(proto, stream[i:i + 1])
+    assert [(m.reply, m.data, m.headers) for m in got] == [
+        ("_INBOX.a", b"hello", None), ("_INBOX.b", b"hi", {"K": "v"})]  # sid 9: not ours
+    assert proto.transport.written == [b"PONG\r\n"]
+    assert not proto.buf
+    fc._feed(proto, b"MSG s 1 _INBOX.c notanumber\r\n")
+    assert proto.transport.aborted and not proto.buf

@@ -71,11 +71,12 @@ class FastSub:
 
 
 class _Proto(asyncio.Protocol):
-    __slots__ = ("conn", "transport")
+    __slots__ = ("buf", "conn", "transport")
 
     def __init__(self, conn: FastConnection):
         self.conn = conn
         self.transport = None
+        self.buf = bytearray()  # what this connection read and did not parse yet
 
     def connection_made(self, transport):
         sock = transport.get_extra_info("socket")
@@ -123,7 +124,6 @@ class FastConnection:
         self.ping_interval = ping_interval
         self._proto: _Proto | None = None   # where writes go (from the CONNECT on)
         self._ready: _Proto | None = None   # the connection once its handshake succeeded
-        self._buf = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._subs: dict[int, FastSub] = {}
@@ -176,7 +176,6 @@ class FastConnection:
     async def _connect_one(self, url: str) -> None:
         u = urlparse(url if "://" in url else f"nats://{url}")
         loop = asyncio.get_running_loop()
-        self._buf.clear()
         self._info = loop.create_future()
         self._pong = None
         proto = _Proto(self)
@@ -328,8 +327,20 @@ class FastConnection:
 
     # ------------------------------------------------------------------ reading
     def _feed(self, proto: _Proto, data: bytes) -> None:
-        buf = self._buf
+        buf = proto.buf
         buf += data
+        try:
+            pos = self._parse(proto, buf)
+        except (ValueError, IndexError) as e:  # not the NATS protocol: start again
+            log.warning("%s: unreadable data from NATS (%r): reconnecting", self.name, e)
+            buf.clear()
+            if proto.transport is not None:
+                proto.transport.abort()
+            return
+        del buf[:pos]
+
+    def _parse(self, proto: _Proto, buf: bytearray) -> int:
+        """Hands every complete frame in ``buf`` on; returns how far it read."""
         pos, n = 0, len(buf)
         subs = self._subs
         while pos < n:
@@ -363,7 +374,7 @@ class FastConnection:
             line = bytes(buf[pos:eol])
             pos = eol + 2
             self._control(proto, line)
-        del buf[:pos]
+        return pos
 
     def _control(self, proto: _Proto, line: bytes) -> None:
         if line == b"PING":
