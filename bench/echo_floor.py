@@ -10,8 +10,9 @@ this process (bench/leanclient.py):
 * ``nats-py``: ``score_bench.py --echo-server``, the floor every tips.score figure is
   compared with (a nats-py subscription whose callback responds: what the scorer's
   request path is built on);
-* ``lean``: the NATS protocol by hand on one asyncio connection (``MSG`` frames parsed
-  from the socket's bytes, the replies of one loop turn written together).
+* ``lean``: the same on :mod:`tipsml.messaging.fastsub`, the connection the scorer serves
+  ``tips.score`` on (the NATS protocol by hand: ``MSG`` frames parsed from the socket's
+  bytes, the replies of one loop turn written together).
 
 Per responder and rate: its CPU µs per message (from /proc), nats-server's µs per
 request/reply, latency p50/p99; median [min, max] over the rounds. It says how much of the
@@ -25,12 +26,10 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -38,57 +37,12 @@ OUT = ROOT / "bench" / "results" / "echo_floor.json"
 SUBJECT = "bench.echo"
 
 
-class _LeanEcho(asyncio.Protocol):
-    """Subscribes ``bench.echo`` (queue ``q``) and answers each request with its payload."""
-
-    def __init__(self):
-        self.buf = bytearray()
-        self.out: list[bytes] = []
-        self.scheduled = False
-        self.t = None
-
-    def connection_made(self, t):
-        t.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.t = t
-        t.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
-                b"SUB " + SUBJECT.encode() + b" q 1\r\nPING\r\n")
-
-    def data_received(self, data: bytes):
-        buf = self.buf
-        buf += data
-        pos, n = 0, len(buf)
-        while pos < n:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            head = bytes(buf[pos:eol])
-            if head.startswith(b"MSG "):
-                parts = head.split()
-                end = eol + 2 + int(parts[-1])
-                if end + 2 > n:
-                    break
-                if len(parts) == 5:  # MSG <subject> <sid> <reply> <size>
-                    body = bytes(buf[eol + 2:end])
-                    self.out.append(b"PUB %s %d\r\n%s\r\n" % (parts[3], len(body), body))
-                pos = end + 2
-                continue
-            pos = eol + 2
-            if head == b"PING":
-                self.out.append(b"PONG\r\n")
-        del buf[:pos]
-        if self.out and not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self):
-        self.scheduled = False
-        self.t.write(b"".join(self.out))
-        self.out.clear()
-
-
 async def lean_echo_server(url: str) -> None:
-    u = urlparse(url)
-    await asyncio.get_running_loop().create_connection(_LeanEcho, u.hostname, u.port)
+    """The echo on the scorer's own fast path (:mod:`tipsml.messaging.fastsub`)."""
+    from tipsml.messaging.fastsub import FastConnection
+
+    fc = await FastConnection([url], name="echo-fastsub").connect()
+    await fc.subscribe(SUBJECT, queue="q", cb=lambda m: fc.write_pub(m.reply, m.data))
     print(json.dumps({"ready": "echo"}), flush=True)
     await asyncio.Event().wait()
 
