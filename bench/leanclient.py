@@ -11,7 +11,10 @@ wildcard ``SUB`` on its own inbox (``_INBOX.<random>.*``), each request a ``PUB`
 the reply subject ``_INBOX.<random>.<n>``, writes of one loop turn sent together, and
 ``MSG`` / ``HMSG`` frames parsed from the socket's bytes (``HMSG``: error replies carry
 headers; their payload is what is returned). What the server sees is what any client
-sends: the same subjects, reply inboxes and payloads. ``request`` has nats-py's shape
+sends: the same subjects, reply inboxes and payloads. It does not reuse
+:mod:`tipsml.messaging.fastsub` (the scorer's own hand-written connection) on purpose: the
+load generator stays independent of the code it measures, so a framing bug cannot hide
+on both ends of the wire. ``request`` has nats-py's shape
 (``await req.request(subject, data, timeout)`` → an object with ``.data``), so the bench
 switches between the two with ``--client``.
 """

@@ -53,7 +53,7 @@ ROUND2 = [
      "callbacks", "600a677", {}),
     ("+ pick: no draw among one candidate, slotted Choice", "ddb2a06", {}),
     ("+ decision ids drawn 512 at a time", "1f9d56d", {}),
-    ("+ linger 10 ms", "HEAD", {}),
+    ("+ linger 10 ms", "12ba8a6", {}),
 ]
 
 

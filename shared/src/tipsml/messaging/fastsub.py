@@ -152,10 +152,6 @@ class FastConnection:
                    password=getattr(settings, "nats_password", None) or None, name=name)
 
     # ------------------------------------------------------------------ connecting
-    @property
-    def connected(self) -> bool:
-        return self._proto is not None and not self._closing
-
     async def connect(self) -> FastConnection:
         """Connect to the first server that takes us (in ``NATS_URL`` order); raises the
         last error when none does."""
