@@ -73,14 +73,24 @@ class AckedPublisher:
     a semaphore (the writer bounds what is in flight itself: ``batch`` x ``inflight``), no
     done-callback, and an ack is parsed only when it is not a plain success.
 
+    With ``fast`` (the scorer's :class:`tipsml.messaging.fastsub.FastConnection`, the one
+    ``tips.score`` is served on) the publishes are written by hand on it and the acks come
+    back to a synchronous callback there: no nats-py header encoding, ``Msg`` object,
+    subscription queue or coroutine per message (issue 12, round 3). The ack inbox is the
+    nats-py connection's (``NATS_INBOX_PREFIX``: the role's own prefix, which the
+    permissions allow). While the fast connection is down a publish raises at once and
+    its acks in flight fail with :class:`ConnectionError`: the writer republishes those
+    entries through nats-py (``publish``; the stream deduplicates by ``Nats-Msg-Id``).
+
     ``publish_async`` returns a future: its result is ``True`` once the stream stored the
     message (or knew its ``Nats-Msg-Id``: a duplicate), its exception the
     :class:`nats.js.errors.APIError` of an error ack or ``NoStreamResponseError``.
     ``publish`` (the writer's retries) is nats-py's, unchanged."""
 
-    def __init__(self, nc, js):
+    def __init__(self, nc, js, fast=None):
         self.nc = nc
         self.js = js
+        self.fast = fast
         self._prefix: str | None = None
         self._futs: dict[str, asyncio.Future] = {}
         self._seq = 0
@@ -88,9 +98,16 @@ class AckedPublisher:
 
     async def _start(self) -> None:
         self._prefix = self.nc.new_inbox() + "."
-        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._ack)
+        if self.fast is not None:
+            self.fast.on_lost.append(self._lost)
+            self._sub = await self.fast.subscribe(self._prefix + "*", cb=self._settle)
+        else:
+            self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._ack)
 
     async def _ack(self, msg) -> None:
+        self._settle(msg)
+
+    def _settle(self, msg) -> None:
         fut = self._futs.pop(msg.subject[len(self._prefix):], None)
         if fut is None or fut.done():
             return
@@ -110,10 +127,20 @@ class AckedPublisher:
         else:
             fut.set_result(True)
 
+    def _lost(self) -> None:
+        """The fast connection dropped: its acks in flight will not come."""
+        futs, self._futs = self._futs, {}
+        for fut in futs.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("NATS connection lost before the ack"))
+
     async def publish_async(self, subject: str, data: bytes, headers: dict | None = None,
                             wait_stall: float | None = None) -> asyncio.Future:
         if self._prefix is None:
             await self._start()
+        fast = self.fast
+        if fast is not None and not fast.connected:
+            raise ConnectionError("NATS fast path down")  # the writer republishes it
         self._seq += 1
         token = str(self._seq)
         fut = asyncio.get_running_loop().create_future()
@@ -122,7 +149,10 @@ class AckedPublisher:
             for k in [k for k, f in futs.items() if f.done()]:
                 del futs[k]
         futs[token] = fut
-        await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+        if fast is not None:
+            fast.write_pub(subject, data, headers, reply=self._prefix + token)
+        else:
+            await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
         return fut
 
     async def publish(self, subject: str, data: bytes, headers: dict | None = None,

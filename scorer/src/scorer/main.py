@@ -80,7 +80,8 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         except Exception as e:  # noqa: BLE001 - Redis down at start: serve fallbacks meanwhile
             log.warning("state store not reachable at start (%r): serving fallbacks until it is",
                         e)
-        writer = DecisionLogWriter(store, AckedPublisher(w.nc, w.js),
+        fast = await _fast_connection(w, settings)
+        writer = DecisionLogWriter(store, AckedPublisher(w.nc, w.js, fast=fast),
                                    maxsize=settings.decision_queue_max,
                                    high_water=settings.decision_queue_high_water,
                                    linger_s=settings.decision_log_linger_s, metrics=m)
@@ -88,7 +89,6 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         # at shutdown, after the requests in flight answered: write what the log holds
         # (leaving a second of the deadline to drain NATS and close Redis)
         w.on_close(lambda: writer.drain(timeout=max(0.1, w.left() - 1.0)), what="decision log")
-        fast = await _fast_connection(w, settings)
         await w.service(
             name=SERVICE_NAME, version=package_version("tips-scorer"), queue_group=S.Q_SCORER,
             description="picks a tip kind (arm) per request with the user's bandit state",

@@ -137,6 +137,9 @@ class FastConnection:
         self._pinger: asyncio.Task | None = None
         self.reconnects = 0
         self.dropped_replies = 0
+        # called (synchronously) when the connection in use is lost: what waits for an
+        # answer on it (the decision log's acks) gives up at once instead of timing out
+        self.on_lost: list[Callable[[], None]] = []
         self.last_error: str | None = None
 
     @classmethod
@@ -225,6 +228,11 @@ class FastConnection:
             return  # closing, or an attempt that never became the connection
         self._ready = None
         log.warning("%s: NATS connection lost (%r): reconnecting", self.name, exc)
+        for cb in self.on_lost:
+            try:
+                cb()
+            except Exception:  # noqa: BLE001 - one listener never stops the reconnect
+                log.exception("%s: on_lost callback failed", self.name)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -289,17 +297,25 @@ class FastConnection:
             log.debug("%s: flush timed out", self.name)
 
     # ------------------------------------------------------------------ writing
-    def write_pub(self, subject: str, data: bytes, headers: dict[str, str] | None = None
-                  ) -> None:
+    @property
+    def connected(self) -> bool:
+        """Whether writes go anywhere now (a write while it is not is dropped)."""
+        return self._proto is not None and self._ready is self._proto
+
+    def write_pub(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
+                  reply: str = "") -> None:
+        """Queue one ``PUB``/``HPUB`` (sent with the others of this loop turn); ``reply``:
+        where the answer goes (the decision log's JetStream acks)."""
         if self._proto is None:
             self.dropped_replies += 1
             return
+        to = b"%s %s" % (subject.encode(), reply.encode()) if reply else subject.encode()
         if headers:
             h = _encode_headers(headers)
-            self._write(b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(h),
-                                                        len(h) + len(data), h, data))
+            self._write(b"HPUB %s %d %d\r\n%s%s\r\n" % (to, len(h), len(h) + len(data), h,
+                                                        data))
         else:
-            self._write(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data))
+            self._write(b"PUB %s %d\r\n%s\r\n" % (to, len(data), data))
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "",
                       headers: dict[str, str] | None = None) -> None:
