@@ -56,6 +56,13 @@ ROUND2 = [
     ("+ linger 10 ms", "12ba8a6", {}),
 ]
 
+# round 3 (2026-11-30, second session): the decision log's publishes and acks on the fast
+# connection
+ROUND3 = [
+    ("before this round (main at 57c0bdb)", "57c0bdb", {}),
+    ("+ DECISIONS publishes and acks on the fast NATS connection", "c05d7f8", {}),
+]
+
 
 def run_open(commit: str, env: dict, args, tmp: Path, src: str) -> dict:
     """CPU per decision at a fixed rate (open loop): median and spread of --repeats runs."""
@@ -95,15 +102,15 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--round", type=int, choices=[1, 2], default=1,
-                    help="1: issue 12's first steps; 2: this round's (low-rate costs)")
+    ap.add_argument("--round", type=int, choices=[1, 2, 3], default=1,
+                    help="1: issue 12's first steps; 2: low-rate costs; 3: the third round")
     ap.add_argument("--rate", type=float, default=500, help="--modes open: requests/s")
     ap.add_argument("--duration", type=float, default=10, help="--modes open: seconds")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.out = args.out or str(OUT) + ("" if args.round == 1 else f"_round{args.round}"
                                        f"_c{args.concurrency}")
-    steps = STEPS if args.round == 1 else ROUND2
+    steps = {1: STEPS, 2: ROUND2, 3: ROUND3}[args.round]
     modes = args.modes.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="score-steps-") as t:

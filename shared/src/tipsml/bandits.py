@@ -359,6 +359,8 @@ class Policy:
         the prior in float32); otherwise every row is the full float64 vector."""
         d = self.dim
         n2, n1 = tri_len(d) * 4, packed_len(d) * 8
+        if None not in blobs and set(map(len, blobs)) == {n2}:  # the usual case, in C
+            return True, blobs
         if not any(b and len(b) == n2 for b in blobs):
             init = self._initial_full
             return False, [b if b and len(b) == n1 else init for b in blobs]
@@ -384,7 +386,7 @@ class Policy:
 
     def _model(self, blobs, prior):
         """(b, A⁻¹) per arm; a pooled policy adds λ_p θ_s to b (prior: (K, D) θ_s)."""
-        _, b, ainv = self.stack(blobs)
+        b, ainv = _models(*self._rows(blobs), self.dim)  # as choose_many reads them
         if self.pooled and prior is not None:
             b = b + self.lam * np.asarray(prior, dtype=np.float64)
         return b, ainv
@@ -393,8 +395,8 @@ class Policy:
                rng: np.random.Generator, prior: np.ndarray | None = None) -> Choice:
         b, ainv = self._model(blobs, prior)
         u = ainv @ x                      # (K, D): A⁻¹x per arm
-        mean = np.einsum("kd,kd->k", u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
-        ux = None if self.kind == "egreedy" else np.einsum("kd,d->k", u, x).tolist()
+        mean = _vecdot(u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
+        ux = None if self.kind == "egreedy" else _vecdot(u, x).tolist()
         return self.pick(arms, mean.tolist(), ux, rng)
 
     def pick(self, arms: list[str], mean: list[float], ux: list[float] | None,
@@ -452,19 +454,19 @@ class Policy:
         k = len(arms)
         b, ainv = self._model(blobs, prior)
         u = ainv @ x
-        mean = np.einsum("kd,kd->k", u, b)
+        mean = _vecdot(u, b)
         if self.kind == "egreedy":
             greedy = np.flatnonzero(mean >= mean.max() - 1e-12)
             p = np.full(k, self.epsilon / k)
             p[greedy] += (1.0 - self.epsilon) / len(greedy)
             return p
         if self.kind == "linucb":
-            s = mean + self.alpha * np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+            s = mean + self.alpha * np.sqrt(np.maximum(_vecdot(u, x), 0.0))
             top = np.flatnonzero(s >= s.max() - 1e-12)
             p = np.zeros(k)
             p[top] = 1.0 / len(top)
             return p
-        sd = self.v * np.sqrt(np.maximum(np.einsum("kd,d->k", u, x), 0.0))
+        sd = self.v * np.sqrt(np.maximum(_vecdot(u, x), 0.0))
         if self.propensity != "mc":
             return thompson_probs(mean, sd, self.quad_nodes)
         rng = rng or np.random.default_rng(0)
@@ -483,43 +485,93 @@ def _unpack_rows(stored: bool, parts: list[bytes], d: int):
     return t, t[:, HEADER:HEADER + d], t[:, HEADER + d:][:, full].reshape(n, d, d)
 
 
+_GATHER: dict[tuple[int, int, bool], np.ndarray] = {}
+
+
+def _gather_index(n: int, d: int, stored: bool) -> np.ndarray:
+    """(n, D + D·D) flat positions, in ``n`` joined rows, of each row's b then its full
+    A⁻¹ (expanded from the upper triangle when ``stored``): one ``take`` reads both."""
+    key = (n, d, stored)
+    idx = _GATHER.get(key)
+    if idx is None:
+        if stored:
+            _, full = _tri_index(d)
+            row, width = np.concatenate([np.arange(HEADER, HEADER + d), HEADER + d + full]), \
+                tri_len(d)
+        else:
+            row, width = np.arange(HEADER, packed_len(d)), packed_len(d)
+        idx = (np.arange(n)[:, None] * width + row[None, :]).astype(np.intp)
+        if len(_GATHER) < 4096:  # a handful of (arms x policies, D) shapes in practice
+            _GATHER[key] = idx
+    return idx
+
+
+def _models(stored: bool, parts: list[bytes], d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(b (n, D), A⁻¹ (n, D, D)) of joined arm rows, float64, with one gather."""
+    n = len(parts)
+    flat = np.frombuffer(b"".join(parts), dtype="<f4" if stored else "<f8")
+    g = flat.take(_gather_index(n, d, stored))
+    if stored:
+        g = g.astype(np.float64)
+    return g[:, :d], g[:, d:].reshape(n, d, d)
+
+
+# row-wise dot products (numpy >= 2: a gufunc, one C call; each row summed by the same
+# inner loop whatever the batch's size, so a policy's scores do not depend on which
+# other policies shared its pass)
+_vecdot = getattr(np, "vecdot", None) or (lambda a, b: np.einsum("...d,...d->...", a, b))
+
+
 def choose_many(pols: list[Policy], arms: list[str], blobs: list[list[bytes | None]],
                 xs: list[np.ndarray], rng: np.random.Generator,
                 priors: list | None = None) -> list[Choice]:
-    """``[p.choose(arms, b, x, rng, prior) for ...]``, the same choices (the same numbers,
-    the same draws from ``rng`` in the same order) with the per-arm maths of every policy
-    sharing a feature vector done in one numpy pass: the arms of those policies are
-    stacked into one (P·K, D, D) batch, so a request with shadows costs about as many
-    numpy calls as one policy did. A pooled policy with a prior (its b shifted by λθ_s)
-    is computed on its own, as :meth:`Policy.choose` does."""
+    """``[p.choose(arms, b, x, rng, prior) for ...]``, the same choices (the same numbers
+    up to the last bit of a sum taken in another order, the same draws from ``rng`` in the
+    same order) with the per-arm maths of every policy sharing a feature vector done in
+    one numpy pass: the arms of those policies are stacked into one (P·K, D, D) batch, so a
+    request with shadows costs about as many numpy calls as one policy did — a dozen C
+    calls per pass (one gather for b and A⁻¹, matmul, vecdot; no Python-level numpy
+    wrapper: issue 12, round 3). A pooled policy with a prior (its b shifted by λθ_s) is
+    computed on its own, as :meth:`Policy.choose` does."""
     k = len(arms)
-    priors = priors or [None] * len(pols)
+    n_p = len(pols)
     groups: dict[tuple, list[int]] = {}
-    rows: list = [None] * len(pols)
-    means: list = [None] * len(pols)
-    uxs: list = [None] * len(pols)
-    for i, (p, bl) in enumerate(zip(pols, blobs)):
-        x = xs[i]
-        if p.pooled and priors[i] is not None:
-            b, ainv = p._model(bl, priors[i])
+    rows: list = [None] * n_p
+    means: list = [None] * n_p
+    uxs: list = [None] * n_p
+    for i in range(n_p):
+        p, x = pols[i], xs[i]
+        if p.pooled and priors and priors[i] is not None:
+            b, ainv = p._model(blobs[i], priors[i])
             u = ainv @ x
-            means[i] = np.einsum("kd,kd->k", u, b).tolist()
-            uxs[i] = None if p.kind == "egreedy" else np.einsum("kd,d->k", u, x).tolist()
+            means[i] = _vecdot(u, b).tolist()
+            uxs[i] = None if p.kind == "egreedy" else _vecdot(u, x).tolist()
             continue
-        stored, parts = p._rows(bl)
-        rows[i] = parts
-        groups.setdefault((id(x), p.dim, stored), []).append(i)
+        stored, rows[i] = p._rows(blobs[i])
+        key = (id(x), p.dim, stored)
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [i]
+        else:
+            g.append(i)
     for (_, d, stored), idx in groups.items():
         x = xs[idx[0]]
-        _, b, ainv = _unpack_rows(stored, [r for i in idx for r in rows[i]], d)
-        u = ainv @ x
-        mean = np.einsum("kd,kd->k", u, b).tolist()
-        ux = (np.einsum("kd,d->k", u, x).tolist() if any(pols[i].kind != "egreedy" for i in idx)
-              else None)
+        b, ainv = _models(stored, rows[idx[0]] if len(idx) == 1 else
+                          [r for i in idx for r in rows[i]], d)
+        u = ainv @ x                       # (P·K, D): A⁻¹x per arm
+        mean = _vecdot(u, b).tolist()      # θ·x = bᵀA⁻¹x (A⁻¹ symmetric)
+        ux = None
+        for i in idx:
+            if pols[i].kind != "egreedy":
+                ux = _vecdot(u, x).tolist()  # xᵀA⁻¹x (per row: the same bits at any batch size)
+                break
+        if len(idx) == 1:
+            means[idx[0]], uxs[idx[0]] = mean, ux
+            continue
         for j, i in enumerate(idx):
             means[i] = mean[j * k:(j + 1) * k]
             uxs[i] = None if ux is None else ux[j * k:(j + 1) * k]
-    return [p.pick(arms, means[i], uxs[i], rng) for i, p in enumerate(pols)]
+    return [pols[i].pick(arms, means[i], uxs[i], rng) for i in range(n_p)]
 
 
 POLICY_KINDS = {
