@@ -95,8 +95,10 @@ class AckedPublisher:
         self._futs: dict[str, asyncio.Future] = {}
         self._seq = 0
         self._sub = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._prefix = self.nc.new_inbox() + "."
         if self.fast is not None:
             self.fast.on_lost.append(self._lost)
@@ -143,7 +145,7 @@ class AckedPublisher:
             raise ConnectionError("NATS fast path down")  # the writer republishes it
         self._seq += 1
         token = str(self._seq)
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop.create_future()
         futs = self._futs
         if len(futs) > 20_000:  # futures given up on (cancelled by the writer): forget them
             for k in [k for k, f in futs.items() if f.done()]:

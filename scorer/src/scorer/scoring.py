@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,10 +59,20 @@ class CoalescingReader:
         self._pending: list[tuple[list[str], list[str], asyncio.Future]] = []
         self._inflight = 0
         self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0  # observable: batches sent (tests, metrics)
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop, looked up once (``asyncio.get_running_loop`` costs a getpid() syscall,
+        and the hot path needed it three times per request) and again only if that loop
+        was closed (a reader outliving a test's loop)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         fut = loop.create_future()
         if self.breaker.is_open:
             fut.set_exception(ConnectionError("redis circuit open"))
@@ -74,7 +85,7 @@ class CoalescingReader:
 
     def _flush(self) -> None:
         self._scheduled = False
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         # on a Redis Cluster each master answers for itself within the deadline (a failing
         # master fails only its users' requests, not the batch)
         kw = {"deadline_s": self.timeout_s * 0.8} if getattr(self.store, "cluster", False) \
@@ -86,7 +97,7 @@ class CoalescingReader:
             self.batches += 1
             # callbacks, not a task around wait_for(shield(...)): one task per batch (the
             # pipeline itself) and a timer (issue 12: a third of the reader's CPU at low rates)
-            b = _Batch(batch, asyncio.ensure_future(
+            b = _Batch(batch, loop.create_task(
                 self.store.load_batch([(k, a) for k, a, _ in batch], **kw)))
             b.timer = loop.call_later(self.timeout_s, self._late, b, 0)
             b.job.add_done_callback(lambda job, b=b: self._answered(b))
@@ -113,7 +124,7 @@ class CoalescingReader:
         if b.settled or b.job.done():
             return  # answered: _answered runs in this turn
         if turns < 8:
-            asyncio.get_running_loop().call_soon(self._late, b, turns + 1)
+            self._running_loop().call_soon(self._late, b, turns + 1)
             return
         self._settle(b, TimeoutError(
             f"state store did not answer within {self.timeout_s * 1000:.0f} ms"))
@@ -127,7 +138,7 @@ class CoalescingReader:
             self._fail(b.items, err)
         if self._pending and not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._running_loop().call_soon(self._flush)
 
     def _fail(self, batch, err: BaseException) -> None:
         """A failed batch fails its requests and those queued behind it: Redis is slow or
@@ -156,15 +167,21 @@ class DecisionIds:
     per decision plus a UUID object (4.3 → 1.1 µs). Unpredictable like uuid4: a client
     seeing its own ids learns nothing of another user's."""
 
-    __slots__ = ("_buf", "_pos", "_pid")
+    __slots__ = ("__weakref__", "_buf", "_pos")
 
     def __init__(self):
-        self._buf, self._pos, self._pid = b"", 0, 0
+        self._buf, self._pos = b"", 0
+        # a forked child draws its own (without a getpid() syscall per decision)
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (d := ref()) is not None and d._forget())
+
+    def _forget(self) -> None:
+        self._buf, self._pos = b"", 0
 
     def __call__(self) -> str:
         p = self._pos
-        if p >= len(self._buf) or self._pid != os.getpid():  # a forked child draws its own
-            self._buf, self._pid, p = os.urandom(16 * 512), os.getpid(), 0
+        if p >= len(self._buf):
+            self._buf, p = os.urandom(16 * 512), 0
         self._pos = p + 16
         return self._buf[p:p + 16].hex()
 
@@ -173,7 +190,7 @@ def _logged(x: np.ndarray) -> list[float]:
     """Features as the DECISIONS log keeps them: 6 decimals (the decision record keeps
     float32; 1e-6 is far below any feature's meaningful resolution), about half the bytes
     of full float64 reprs."""
-    return np.round(x, 6).tolist()
+    return x.round(6).tolist()
 
 
 def _consume_exception(t: asyncio.Future) -> None:

@@ -95,6 +95,7 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, owner: FastRedis):
         self.owner = owner
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one it was made on
         self.reader = hiredis.Reader(replyError=_ReplyError)
         self.waiting: collections.deque[_Pending] = collections.deque()
         self.closed = False
@@ -168,6 +169,7 @@ class FastRedis:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         proto = _Protocol(self)
+        proto.loop = loop
         coro = loop.create_connection(lambda: proto, self.host, self.port)
         try:
             await asyncio.wait_for(coro, self.connect_timeout_s)
@@ -205,7 +207,7 @@ class FastRedis:
         return await asyncio.shield(self._connecting)
 
     def _send(self, proto: _Protocol, data: bytes, n: int) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
+        loop = proto.loop  # not asyncio.get_running_loop(): a getpid() syscall per call
         p = _Pending(n, loop.create_future())
         if self.timeout_s:
             p.timer = loop.call_later(self.timeout_s, proto._timed_out, p, self.timeout_s)

@@ -126,6 +126,9 @@ class FastConnection:
         self._ready: _Proto | None = None   # the connection once its handshake succeeded
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        # the loop it connected on: asyncio.get_running_loop() costs a getpid() syscall,
+        # and a write is made per reply
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[int, FastSub] = {}
         self._sid = 0
         self._closing = False
@@ -174,7 +177,7 @@ class FastConnection:
 
     async def _connect_one(self, url: str) -> None:
         u = urlparse(url if "://" in url else f"nats://{url}")
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._info = loop.create_future()
         self._pong = None
         proto = _Proto(self)
@@ -329,7 +332,7 @@ class FastConnection:
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_out)
+            self._loop.call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
         self._flush_scheduled = False

@@ -180,7 +180,8 @@ class TipsService(Service):
         self.counters.append(ep)
         tasks = self.tasks
         clock = time.perf_counter_ns
-        create_task = asyncio.create_task
+        # the loop's own method: asyncio.create_task looks the loop up (a getpid() syscall)
+        create_task = asyncio.get_running_loop().create_task
 
         def done(t: asyncio.Task, t0: int) -> None:
             tasks.discard(t)
