@@ -62,6 +62,7 @@ ROUND3 = [
     ("before this round (main at 57c0bdb)", "57c0bdb", {}),
     ("+ DECISIONS publishes and acks on the fast NATS connection", "c05d7f8", {}),
     ("+ choose_many: one gather for b and A⁻¹, np.vecdot", "45c0133", {}),
+    ("+ no getpid() syscall per loop lookup (loop kept), ids reset at fork", "6469041", {}),
 ]
 
 
