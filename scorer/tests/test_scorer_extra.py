@@ -1,5 +1,6 @@
-"""Global-model option, metrics over HTTP, Redis-down fallback."""
+"""Global-model option, metrics over HTTP, Redis-down fallback, reads without a task."""
 
+import asyncio
 import urllib.request
 
 import numpy as np
@@ -10,7 +11,7 @@ from scorer.settings import ScorerSettings
 from tipsdev.testing import spawn_worker, wait_responding
 from tipsml.contract import ScoreRequest
 from tipsml.messaging.connection import request_json
-from tipsml.state import StateStore
+from tipsml.state import StateStore, state_key
 
 pytestmark = pytest.mark.system
 
@@ -101,3 +102,30 @@ async def test_reset_requires_admin_token_when_configured(stack, nc, uid):
         assert all(r["ok"] for r in ok)
     finally:
         w.stop()
+
+
+async def test_reads_go_out_without_a_task_and_survive_a_script_flush(stack, redis_client, uid):
+    """Once the raw connection is up, the coalesced read is written at once and answered
+    as a plain future (no task per batch); it gives what load_batch gives, and a Redis
+    that forgot its scripts (NOSCRIPT) is answered after the scripts are loaded again."""
+    s = ScorerSettings(redis_url=stack.redis_url, shadow_policies=[])
+    store = StateStore.from_url(stack.redis_url)
+    sc = Scorer(s, store, rng=np.random.default_rng(0))
+    try:
+        first = await sc.score(ScoreRequest(user_id=f"{uid}-a"))  # connects: the task path
+        assert not first.reply["fallback"]
+        await store.record_decisions([first.record])
+        r = await store.apply_reward(f"ev-{uid}", first.reply["decision_id"], f"{uid}-a", 1.0)
+        reqs = [([state_key(first.reply["policy"], f"{uid}-a")], sc.arms)]
+        fut = store.load_batch_nowait(reqs)
+        assert isinstance(fut, asyncio.Future) and not isinstance(fut, asyncio.Task)
+        got = await fut
+        assert got == await store.load_batch(reqs)
+        assert r.outcome == "applied" and sum(b is not None for b in got[0][0]) == 1
+        await redis_client.script_flush()
+        assert await store.load_batch_nowait(reqs) == got
+        batches = sc.reader.batches
+        out = await sc.score(ScoreRequest(user_id=f"{uid}-a"))
+        assert not out.reply["fallback"] and sc.reader.batches == batches + 1
+    finally:
+        await store.close()

@@ -95,10 +95,15 @@ class CoalescingReader:
             del self._pending[: self.max_batch]
             self._inflight += 1
             self.batches += 1
-            # callbacks, not a task around wait_for(shield(...)): one task per batch (the
-            # pipeline itself) and a timer (issue 12: a third of the reader's CPU at low rates)
-            b = _Batch(batch, loop.create_task(
-                self.store.load_batch([(k, a) for k, a, _ in batch], **kw)))
+            # callbacks, not a task around wait_for(shield(...)): the pipeline written at
+            # once where the raw connection is up (a future, no task), else one task per
+            # batch; and a timer (issue 12: a third of the reader's CPU at low rates)
+            reqs = [(k, a) for k, a, _ in batch]
+            nowait = getattr(self.store, "load_batch_nowait", None)
+            job = nowait(reqs) if nowait is not None and not kw else None
+            if job is None:
+                job = loop.create_task(self.store.load_batch(reqs, **kw))
+            b = _Batch(batch, job)
             b.timer = loop.call_later(self.timeout_s, self._late, b, 0)
             b.job.add_done_callback(lambda job, b=b: self._answered(b))
 

@@ -215,6 +215,17 @@ class FastRedis:
         proto.transport.write(data)
         return p.fut
 
+    def send_nowait(self, data: bytes, n: int) -> asyncio.Future | None:
+        """:meth:`execute` without a coroutine: the pipeline is written now and the future
+        it returns resolves like ``execute``'s result (same timeout, same failures).
+        ``None`` when the connection is not up (the caller takes the ``execute`` path,
+        which connects). The scorer's coalesced read goes out this way: no task per read
+        batch, two loop turns fewer per request at a low rate (issue 12)."""
+        p = self._proto
+        if n <= 0 or p is None or p.closed or p.transport is None or p.loop is None:
+            return None
+        return self._send(p, data, n)
+
     async def execute(self, data: bytes, n: int) -> list:
         """Replies of the ``n`` commands in ``data`` (error replies as exception
         instances in their place); raises on a connection failure or timeout."""

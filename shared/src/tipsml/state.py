@@ -568,6 +568,43 @@ class StateStore:
             return out
         return out
 
+    def load_batch_nowait(self, reqs: list[tuple[list[str], list[str]]]
+                          ) -> asyncio.Future | None:
+        """:meth:`load_batch` written at once on the raw connection, as a future (not a
+        coroutine: no task per batch); ``None`` where it does not apply (a cluster,
+        redis-py, the connection not up yet): use :meth:`load_batch`. A ``NOSCRIPT``
+        reply (Redis restarted or flushed its scripts) sends the batch again after loading
+        them, as :meth:`load_batch` does."""
+        fast = self._fast_read
+        if fast is None or self.cluster:
+            return None
+        data = b"".join([pack("EVALSHA", self._load.sha, len(keys), *keys, *arms)
+                         for keys, arms in reqs])
+        first = fast.send_nowait(data, len(reqs))
+        if first is None:
+            return None
+        out = first.get_loop().create_future()
+
+        def answered(f: asyncio.Future) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                out.cancel()
+            elif f.exception() is not None:
+                out.set_exception(f.exception())
+            elif any(isinstance(o, NoScriptError) for o in f.result()):
+                retry = f.get_loop().create_task(self._reload_and_load(data, len(reqs)))
+                retry.add_done_callback(answered)
+            else:
+                out.set_result(f.result())
+
+        first.add_done_callback(answered)
+        return out
+
+    async def _reload_and_load(self, data: bytes, n: int) -> list:
+        await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
+        return await self._fast_read.execute(data, n)
+
     async def _load_fast(self, reqs) -> list:
         """:meth:`_load_pipeline` on the raw connection: the same EVALSHA calls, one
         ``bytes`` out, the replies as redis-py gives them."""
