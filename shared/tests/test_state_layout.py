@@ -76,3 +76,30 @@ async def test_reward_sets_idle_expiry_and_reads_the_former_float64_layout(redis
     np.testing.assert_allclose(decode_arm(got, 7), want, rtol=1e-6, atol=1e-7)
     again = await st.apply_reward(f"e-{uid}", rec["decision_id"], user, 1.0)
     assert again.outcome == "duplicate"
+
+
+@pytest.mark.parametrize("state_ttl", [0, 86400, 3600.5])
+def test_record_bytes_are_what_packing_the_commands_gives(state_ttl):
+    """The decision log's direct RESP (StateStore._record_resp) is byte for byte what
+    tipsml.resp.pack makes of _record_commands: live and global policies, shared and own
+    feature vectors, a fallback, users and arms that are not ASCII, float and int times."""
+    from tipsml.resp import pack
+
+    store = StateStore.from_url("redis://127.0.0.1:1/0", global_policies=["linucb"])
+    store.state_ttl_s = state_ttl
+    x7, x12 = np.linspace(0, 1, 7), np.linspace(-1, 1, 12)
+    recs = []
+    for i, (pol, user, arm) in enumerate([("egreedy-v1", "alice", "reminder"),
+                                          ("linucb", "émile", "célébration"),
+                                          ("egreedy-v2", "u:{1}", "nudge")]):
+        recs.append({
+            "decision_id": f"{i:032x}", "user_id": user, "policy": pol, "arm": arm,
+            "propensity": 0.925 if i else 1 / 3, "ts": 1764480000.123 + i if i != 2 else 1764480000,
+            "learners": ["egreedy-v1", "linucb", "egreedy-v2"],
+            "vectors": {"egreedy-v1": ("k1", x7), "linucb": ("k2", x7), "egreedy-v2": ("k3", x12)},
+            "hyper": {"egreedy-v1": "ctx7:lam=1", "linucb": "ctx7:lam=1"},
+            **({"fallback": True} if i == 1 else {}),
+        })
+    cmds = store._record_commands(recs)
+    data, n = store._record_resp(recs)
+    assert n == len(cmds) and data == b"".join(pack(*c) for c in cmds)

@@ -67,6 +67,9 @@ def _arg(a) -> bytes:
     return repr(a).encode()
 
 
+encode_arg = _arg  # for callers that write RESP themselves (StateStore._record_resp)
+
+
 def pack(*args) -> bytes:
     """One command in RESP (an array of bulk strings)."""
     out = [b"*%d\r\n" % len(args)]
