@@ -243,6 +243,8 @@ class Scorer:
         merged, cached shards (:meth:`StateStore.global_models`). Returns (models, priors):
         a pooled policy's prior is its shared model's θ (merged shards, cached: no Redis
         call on most requests)."""
+        if not any(p.pooled or p.global_model for p in pols):  # the usual case: one read
+            return await self.reader.load(skeys, arms), None
         glob = [p.global_model for p in pols]
         priors = [await self.store.shared_prior(p, arms, self.redis_timeout_s) if p.pooled
                   else None for p in pols]

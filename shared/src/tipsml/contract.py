@@ -137,7 +137,9 @@ class _ProfileCarrier(_Model):
     and listed in ``profile_fallbacks`` (feature → reason) for the workers' metrics."""
 
     profile_features: dict[str, Any] | None = None
-    _profile_fallbacks: dict[str, str] = PrivateAttr(default_factory=dict)
+    # set only when a value falls back: no dict made per request, and the property reads
+    # pydantic's private-attribute slot directly (not its __getattr__: issue 12)
+    _profile_fallbacks: dict[str, str] = PrivateAttr(default=None)
 
     _pf = field_validator("profile_features")(lambda cls, v: _check_profile(v))
 
@@ -149,12 +151,15 @@ class _ProfileCarrier(_Model):
                 why = _profile_value_problem(x)
                 if why:
                     pf[k] = None
+                    if self._profile_fallbacks is None:
+                        self._profile_fallbacks = {}
                     self._profile_fallbacks[k] = why
         return self
 
     @property
     def profile_fallbacks(self) -> dict[str, str]:
-        return self._profile_fallbacks
+        private = self.__pydantic_private__
+        return (private and private.get("_profile_fallbacks")) or {}
 
 
 def _check_arms(v: list[str] | None) -> list[str] | None:
