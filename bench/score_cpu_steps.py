@@ -56,13 +56,17 @@ ROUND2 = [
     ("+ linger 10 ms", "12ba8a6", {}),
 ]
 
-# round 3 (2026-11-30, second session): the decision log's publishes and acks on the fast
-# connection
+# round 3 (2026-11-30, second session): the decision log on the fast connection, then
+# what the profile at 1,000 req/s showed (choose_many, getpid() syscalls, loop turns, the
+# records' packing)
 ROUND3 = [
     ("before this round (main at 57c0bdb)", "57c0bdb", {}),
     ("+ DECISIONS publishes and acks on the fast NATS connection", "c05d7f8", {}),
     ("+ choose_many: one gather for b and A⁻¹, np.vecdot", "45c0133", {}),
     ("+ no getpid() syscall per loop lookup (loop kept), ids reset at fork", "6469041", {}),
+    ("+ coalesced reads written at once (a future, no task per read batch)", "7b54b26", {}),
+    ("+ decision records written as RESP directly", "46f9692", {}),
+    ("+ one read without prior lookups; profile_fallbacks from pydantic's slot", "b750522", {}),
 ]
 
 
