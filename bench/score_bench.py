@@ -13,8 +13,10 @@ requests are sent on a fixed schedule whatever the replies do, and latency is me
 from the *scheduled* send time, so a stall shows up as latency (no coordinated omission).
 Echo and tips.score alternate in ``--windows`` windows per run, so both sample the same
 minutes of a shared machine. Each run reads every process's CPU time from /proc: the
-scorer's per decision, the echo responder's per message, the client's, nats-server's and
-redis-server's per request. ``--sweep`` raises the rate by ``--step`` until the median
+scorer's per decision (and its user/system split), the echo responder's per message, the
+client's, nats-server's and redis-server's per request; ``--perf-stat`` also counts the
+scorer's syscalls (read, write, epoll_pwait: its loop turns, getpid) and context switches
+per decision with ``perf stat`` attached during the tips.score windows. ``--sweep`` raises the rate by ``--step`` until the median
 p99 over ``--repeats`` runs passes 3x the echo floor; the knee also goes into
 bench/results/score.json (``knee``, by replica count). Results are written after every
 rate (an interrupted run keeps what it measured; SIGTERM stops every process it started).
@@ -183,15 +185,64 @@ def stop(p: subprocess.Popen, timeout: float = 10.0) -> float | None:
         return None
 
 
-def proc_cpu_s(pid: int) -> float:
-    """user + system CPU seconds of a process (from /proc; Linux)."""
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (from /proc; Linux)."""
     with open(f"/proc/{pid}/stat") as fh:
         f = fh.read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / tck, int(f[12]) / tck
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process (from /proc; Linux)."""
+    return sum(proc_cpu_split(pid))
+
+
+# what the kernel does for the scorer per decision (``--perf-stat``): its syscalls, loop
+# turns (epoll_pwait) and context switches
+PERF_EVENTS = ["syscalls:sys_enter_read", "syscalls:sys_enter_write",
+               "syscalls:sys_enter_epoll_pwait", "syscalls:sys_enter_getpid",
+               "context-switches"]
+
+
+class PerfStat:
+    """``perf stat`` attached to the scorer processes for one window (``None`` counts when
+    perf is missing or not permitted: the run goes on without them)."""
+
+    def __init__(self, pids: list[int]):
+        self.out = Path(f"/tmp/score-bench-perf-{os.getpid()}.csv")
+        self.proc = None
+        try:
+            self.proc = subprocess.Popen(
+                ["perf", "stat", "-x", ",", "-o", str(self.out), "-e", ",".join(PERF_EVENTS),
+                 "-p", ",".join(map(str, pids))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            self.proc = None
+
+    def stop(self) -> dict[str, float] | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(2)  # SIGINT: perf writes its counts and exits
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        counts = {}
+        try:
+            for line in self.out.read_text().splitlines():
+                f = line.split(",")
+                if len(f) > 2 and f[0].strip().isdigit():
+                    counts[f[2].split(":")[-1].replace("sys_enter_", "")] = float(f[0])
+        finally:
+            self.out.unlink(missing_ok=True)
+        return counts or None
 
 
 async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=None,
-                  servers: dict[str, int] | None = None, windows: int = 5) -> dict:
+                  servers: dict[str, int] | None = None, windows: int = 5,
+                  perf: bool = False) -> dict:
     """The echo floor and tips.score at ``rate`` in alternating windows (``windows`` of
     each, ``duration / windows`` seconds: echo, score, echo, score, …), so both sample the
     same minutes of a noisy box: a burst of noise from elsewhere lands on both, not on one
@@ -203,6 +254,8 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
     side = {k: {"lat": [], "errors": {}, "n": 0, "wall": 0.0, "client": 0.0,
                 "servers": dict.fromkeys(servers, 0.0)} for k in ("echo", "score")}
     echo_cpu = cpu = 0.0
+    split = [0.0, 0.0]  # the scorers' user and system seconds over the score windows
+    events: dict[str, float] = {}
     w = max(1, windows)
     for i in range(w):
         for name, subject in (("echo", ECHO_SUBJECT), ("score", "tips.score")):
@@ -210,6 +263,9 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
             s0 = {k: proc_cpu_s(pid) for k, pid in servers.items()}
             p0 = (sum(proc_cpu_s(p.pid) for p in scorers) if name == "score" else
                   proc_cpu_s(echo_proc.pid) if echo_proc else 0.0)
+            if name == "score":
+                u0 = [proc_cpu_split(p.pid) for p in scorers]
+                ps = PerfStat([p.pid for p in scorers]) if perf else None
             m0 = time.process_time()
             lat, errors, n, wall = await open_loop_raw(nc, subject, bodies, rate, duration / w,
                                                        offset=i * 7919)
@@ -218,6 +274,12 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
                   proc_cpu_s(echo_proc.pid) if echo_proc else 0.0)
             if name == "score":
                 cpu += p1 - p0
+                for p, (us0, sy0) in zip(scorers, u0):
+                    us1, sy1 = proc_cpu_split(p.pid)
+                    split[0] += us1 - us0
+                    split[1] += sy1 - sy0
+                for k, v in ((ps.stop() if ps else None) or {}).items():
+                    events[k] = events.get(k, 0.0) + v
             else:
                 echo_cpu += p1 - p0
             for k, pid in servers.items():
@@ -235,6 +297,10 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
     return {"rate": rate, "windows": w, "score": score, "echo": echo,
             "p99_ratio_to_echo": round(ratio, 2) if ratio else None,
             "scorer_cpu_us_per_decision": per(cpu, score["ok"]),
+            "scorer_user_sys_us_per_decision": [per(split[0], score["ok"]),
+                                                per(split[1], score["ok"])],
+            **({"scorer_events_per_decision": {k: round(v / max(score["ok"], 1), 2)
+                                               for k, v in events.items()}} if events else {}),
             "echo_cpu_us_per_message": per(echo_cpu, echo["ok"]) if echo_proc else None,
             "client_cpu_us_per_request": {k: per(side[k]["client"], side[k]["n"])
                                           for k in ("echo", "score")},
@@ -254,7 +320,7 @@ async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None,
     rate = args.sweep_start
     while rate <= args.sweep_max:
         runs = [await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers,
-                              args.windows) for _ in range(args.repeats)]
+                              args.windows, args.perf_stat) for _ in range(args.repeats)]
         ratios = sorted(r["p99_ratio_to_echo"] or 1e9 for r in runs)
         p99s = sorted(r["score"]["p99_ms"] or 1e9 for r in runs)
         cpus = sorted(r["scorer_cpu_us_per_decision"] for r in runs)
@@ -266,6 +332,9 @@ async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None,
                "ratio_max": ratios[-1], "cpu_us_per_decision_median": cpus[len(cpus) // 2],
                "cpu_us_per_decision_min": cpus[0], "cpu_us_per_decision_max": cpus[-1],
                "echo_cpu_us_per_message_median": floor[len(floor) // 2],
+               "user_sys_us_per_decision_median": sorted(
+                   (r["scorer_user_sys_us_per_decision"] for r in runs),
+                   key=sum)[len(runs) // 2],
                "errors": sum(r["score"]["errors"] for r in runs),
                "ok": ratios[len(ratios) // 2] <= 3.0 and
                sum(r["score"]["errors"] for r in runs) == 0, "runs": runs}
@@ -355,7 +424,7 @@ async def run(args) -> dict:
             await sweep(nc, bodies, args, scorers, results, args.out, echo_proc, servers)
         for rate in ([] if args.sweep else args.rates):
             row = await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers,
-                                args.windows)
+                                args.windows, args.perf_stat)
             score, echo = row["score"], row["echo"]
             ratio = row["p99_ratio_to_echo"]
             target = 5.0 if rate <= 500 else 15.0
@@ -423,6 +492,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--windows", type=int, default=5, help="sweep: echo and tips.score "
                     "alternate in this many windows per run (both sample the same noise)")
+    ap.add_argument("--perf-stat", action="store_true",
+                    help="count the scorer's syscalls and context switches per decision "
+                         "(perf stat attached during the tips.score windows)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--echo-server", help=argparse.SUPPRESS)
     args = ap.parse_args()
