@@ -407,7 +407,10 @@ async def run(args) -> dict:
     procs: list[subprocess.Popen] = []
     try:
         for _ in range(args.replicas):
-            procs.append(spawn([sys.executable, "-m", "scorer.main"], env))
+            # SCORER_PYTHON: another interpreter for the scorer (e.g. a newer CPython, with
+            # PYTHONPATH naming shared/src and scorer/src), the rest of the bench unchanged
+            procs.append(spawn([os.environ.get("SCORER_PYTHON") or sys.executable, "-m",
+                                "scorer.main"], env))
         scorers = list(procs)
         echo_proc = spawn([sys.executable, __file__, "--echo-server", env["NATS_URL"]], env)
         procs.append(echo_proc)
