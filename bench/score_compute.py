@@ -44,8 +44,8 @@ def timed(fn, n: int, repeats: int) -> dict:
 
 async def measure(redis_url: str, n: int, repeats: int) -> dict:
     import orjson
-
     from score_bench import payloads
+
     from scorer.scoring import Scorer
     from scorer.settings import ScorerSettings
     from tipsml.bandits import choose_many
