@@ -598,16 +598,17 @@ class StateStore:
             return None
         out = first.get_loop().create_future()
 
-        def answered(f: asyncio.Future) -> None:
+        def answered(f: asyncio.Future, again: bool = True) -> None:
             if out.done():
                 return
             if f.cancelled():
                 out.cancel()
             elif f.exception() is not None:
                 out.set_exception(f.exception())
-            elif any(isinstance(o, NoScriptError) for o in f.result()):
+            elif again and any(isinstance(o, NoScriptError) for o in f.result()):
+                # once, as load_batch does: a second NOSCRIPT is answered as it is
                 retry = f.get_loop().create_task(self._reload_and_load(data, len(reqs)))
-                retry.add_done_callback(answered)
+                retry.add_done_callback(lambda r: answered(r, again=False))
             else:
                 out.set_result(f.result())
 
