@@ -83,8 +83,8 @@ async def measure(redis_url: str, n: int, repeats: int) -> dict:
             "validation (pydantic, ScoreRequest)": timed(
                 lambda: parse(ScoreRequest, bodies[nxt()]), n, repeats),
             "feature vectors (2 versions)": timed(
-                lambda: build_vectors([p.features for p in pols], reqs[nxt()].context,
-                                      reqs[nxt()].profile_features), n, repeats),
+                lambda: build_vectors([p.features for p in pols], (r := reqs[nxt()]).context,
+                                      r.profile_features), n, repeats),
             "choose_many (live + 2 shadows)": timed(
                 lambda: choose_many(pols, sc.arms, models[reqs[(k := nxt())].user_id],
                                     [xs[k][p.features.version] for p in pols], sc.rng),

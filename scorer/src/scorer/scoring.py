@@ -60,6 +60,8 @@ class CoalescingReader:
         self._inflight = 0
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the raw connection's read, written at once (StateStore.load_batch_nowait)
+        self._nowait = getattr(store, "load_batch_nowait", None)
         self.batches = 0  # observable: batches sent (tests, metrics)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -99,8 +101,7 @@ class CoalescingReader:
             # once where the raw connection is up (a future, no task), else one task per
             # batch; and a timer (issue 12: a third of the reader's CPU at low rates)
             reqs = [(k, a) for k, a, _ in batch]
-            nowait = getattr(self.store, "load_batch_nowait", None)
-            job = nowait(reqs) if nowait is not None and not kw else None
+            job = self._nowait(reqs) if self._nowait is not None and not kw else None
             if job is None:
                 job = loop.create_task(self.store.load_batch(reqs, **kw))
             b = _Batch(batch, job)

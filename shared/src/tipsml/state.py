@@ -591,8 +591,7 @@ class StateStore:
         fast = self._fast_read
         if fast is None or self.cluster:
             return None
-        data = b"".join([pack("EVALSHA", self._load.sha, len(keys), *keys, *arms)
-                         for keys, arms in reqs])
+        data = self._load_bytes(reqs)
         first = fast.send_nowait(data, len(reqs))
         if first is None:
             return None
@@ -619,11 +618,15 @@ class StateStore:
         await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
         return await self._fast_read.execute(data, n)
 
+    def _load_bytes(self, reqs) -> bytes:
+        """The EVALSHA calls of a coalesced read, as one RESP ``bytes``."""
+        sha = self._load.sha
+        return b"".join([pack("EVALSHA", sha, len(keys), *keys, *arms) for keys, arms in reqs])
+
     async def _load_fast(self, reqs) -> list:
         """:meth:`_load_pipeline` on the raw connection: the same EVALSHA calls, one
         ``bytes`` out, the replies as redis-py gives them."""
-        sha = self._load.sha
-        data = b"".join([pack("EVALSHA", sha, len(keys), *keys, *arms) for keys, arms in reqs])
+        data = self._load_bytes(reqs)
         out = await self._fast_read.execute(data, len(reqs))
         if any(isinstance(o, NoScriptError) for o in out):
             await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
