@@ -167,9 +167,12 @@ def test_thompson_choice_states_the_exact_propensity():
     x = rng.normal(size=dim)
     _, b, ainv = pol.stack(blobs)
     u = ainv @ x
-    mean = np.vecdot(u, b)  # the maths Policy uses (bandits._vecdot)
+    mean = np.vecdot(u, b)  # the maths of Policy's numpy path (bandits._vecdot)
     sd = 0.5 * np.sqrt(np.vecdot(u, x))
-    want = thompson_probs(mean, sd)
+    np.testing.assert_allclose(pol.selection_probs(ARMS, blobs, x), thompson_probs(mean, sd),
+                               rtol=1e-12, atol=1e-15)  # the C part's sums, another order
+    m, ux = pol.arm_stats(blobs, x)  # what choose and selection_probs use
+    want = thompson_probs(np.array(m), 0.5 * np.sqrt(np.array(ux)))
     np.testing.assert_allclose(pol.selection_probs(ARMS, blobs, x), want, rtol=0, atol=0)
     g = np.random.default_rng(9)
     for _ in range(50):
@@ -207,14 +210,22 @@ def test_dwell_log_encoding_is_versioned_and_not_tiny():
     assert build_vector(FS_CTX_PROFILE_V2, ctx, {"mean_dwell_ms": 0})[9] == 0.0
 
 
-def test_choose_many_is_choose_per_policy():
+@pytest.mark.parametrize("path", ["c", "numpy"])
+def test_choose_many_is_choose_per_policy(path, monkeypatch):
     """The scorer's one-pass choice of all its policies (issue 12) gives exactly what
     each policy's own choose gives: same arms, propensities, scores, and the same draws
-    from the generator in the same order (every layout mix, shared and own vectors)."""
+    from the generator in the same order (every layout mix, shared and own vectors), with
+    the C part and without it."""
     from types import SimpleNamespace
 
+    from tipsml import bandits
     from tipsml.bandits import build_policies, choose_many, encode_arm
     from tipsml.features import build_vectors
+
+    if path == "numpy":
+        monkeypatch.setattr(bandits, "_hot", None)
+    elif bandits._hot is None:
+        pytest.skip("the C part is not built (TIPSML_PURE_NUMPY or no compiler)")
 
     settings = SimpleNamespace(ridge_lambda=0.7, epsilon=0.3, linucb_alpha=0.5, thompson_v=0.3,
                                thompson_samples=64, thompson_propensity="exact",

@@ -258,3 +258,28 @@ async def test_a_stalled_refresh_serves_the_previous_shared_model_within_the_dea
     fresh.stall = True
     with pytest.raises(asyncio.TimeoutError):  # nothing to fall back on: the request falls back
         await fresh.shared_prior(p, ["a", "b"], timeout_s=0.05)
+
+
+async def test_a_fresh_shared_model_is_read_without_a_task():
+    """The scorer's usual read of a pooled policy's prior: the fresh cache, synchronously
+    (no task, timer or await on the hot path); a due refresh goes the awaited way."""
+    p = build_policies(BaseServiceSettings())["egreedy-pooled"]
+    good = [pack(shared_full(shared_add(None, np.ones(D) * 0.5, 1.0), D, 1.0))] * 2
+
+    class Cached(StateStore):
+        merges = 0
+
+        async def _merge_global(self, policy, dim, lam, arms):
+            self.merges += 1
+            return list(good)
+
+    st = Cached(_NoRedis())
+    assert st.shared_prior_nowait(p, ["a", "b"]) is None  # nothing merged yet
+    th = await st.shared_prior(p, ["a", "b"], timeout_s=0.05)
+    assert st.shared_prior_nowait(p, ["a", "b"]) is th
+    assert st.shared_prior_nowait(p, ["b", "a"]) is None  # another arm order: its own merge
+    st.global_refresh_s = 0.0
+    assert st.shared_prior_nowait(p, ["a", "b"]) is None  # a refresh is due
+    again = await st.shared_prior(p, ["a", "b"], timeout_s=0.05)
+    assert st.merges == 2
+    np.testing.assert_array_equal(again, th)

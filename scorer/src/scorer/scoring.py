@@ -222,6 +222,8 @@ class Scorer:
         self.arms = list(settings.arms)
         self.rng = rng or np.random.default_rng()
         self.new_id = DecisionIds()
+        # a pooled policy's prior from the fresh cache without a task (StateStore)
+        self._prior_nowait = getattr(store, "shared_prior_nowait", None)
         self.redis_timeout_s = getattr(settings, "redis_timeout_s", 0.025)
         self.reader = CoalescingReader(
             store, timeout_s=self.redis_timeout_s,
@@ -247,8 +249,15 @@ class Scorer:
         if not any(p.pooled or p.global_model for p in pols):  # the usual case: one read
             return await self.reader.load(skeys, arms), None
         glob = [p.global_model for p in pols]
-        priors = [await self.store.shared_prior(p, arms, self.redis_timeout_s) if p.pooled
-                  else None for p in pols]
+        priors = []
+        for p in pols:
+            th = None
+            if p.pooled:
+                if self._prior_nowait is not None:  # the fresh cache: no task, no await
+                    th = self._prior_nowait(p, arms)
+                if th is None:
+                    th = await self.store.shared_prior(p, arms, self.redis_timeout_s)
+            priors.append(th)
         if not any(glob):
             return await self.reader.load(skeys, arms), priors
         ukeys = [k for k, g in zip(skeys, glob) if not g]

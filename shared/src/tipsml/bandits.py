@@ -45,12 +45,25 @@ about λ_p / D rewards per arm their own data weigh as much as the prior.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from .features import FS_CTX, FS_CTX_PROFILE, FS_CTX_PROFILE_V2, FeatureSet
+
+# The per-arm maths in C (shared/src/tipsml/_hot.c, built by shared/setup.py where a C
+# compiler is present): the same numbers to the last bits of a sum taken in another
+# order, in about a tenth of the time of the numpy calls on these tiny matrices (issue 12).
+# Without it (or with TIPSML_PURE_NUMPY=1) the numpy path below does the same maths.
+try:
+    from . import _hot
+except ImportError:  # pragma: no cover - built without a C compiler
+    _hot = None
+if os.environ.get("TIPSML_PURE_NUMPY", "") not in ("", "0"):
+    _hot = None
+_HOT_MAXD = 32  # the C part's largest feature dimension
 
 HEADER = 2  # n, reward_sum
 
@@ -244,6 +257,18 @@ def _legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def thompson_probs(mean: np.ndarray, sd: np.ndarray, nodes: int = QUAD_NODES) -> np.ndarray:
+    """P(arm a has the largest draw) for independent draws N(mean_a, sd_a²), every a
+    (:func:`thompson_probs_numpy`'s rule; in C when it is built)."""
+    if _hot is None:
+        return thompson_probs_numpy(mean, sd, nodes)
+    g, w = _legendre(nodes)
+    return np.array(_hot.thompson_probs(np.ascontiguousarray(mean, dtype=np.float64),
+                                        np.ascontiguousarray(sd, dtype=np.float64),
+                                        QUAD_BREAKS, g, w))
+
+
+def thompson_probs_numpy(mean: np.ndarray, sd: np.ndarray,
+                         nodes: int = QUAD_NODES) -> np.ndarray:
     """P(arm a has the largest draw) for independent draws N(mean_a, sd_a²), every a.
 
     ``P_a = ∫ φ_a(x) Π_{b≠a} Φ_b(x) dx``, one integral over x for all arms at once:
@@ -391,13 +416,33 @@ class Policy:
             b = b + self.lam * np.asarray(prior, dtype=np.float64)
         return b, ainv
 
-    def choose(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
-               rng: np.random.Generator, prior: np.ndarray | None = None) -> Choice:
+    def arm_stats(self, blobs: list[bytes | None], x: np.ndarray, prior=None,
+                  want_ux: bool = True) -> tuple[list[float], list[float] | None]:
+        """(θ·x per arm, xᵀA⁻¹x per arm or None) as plain floats: in C
+        (``tipsml._hot.arm_stats``) when it is built, else :meth:`arm_stats_numpy`."""
+        if _hot is not None and type(x) is np.ndarray and x.dtype == np.float64 \
+                and self.dim <= _HOT_MAXD:
+            pr = None
+            if self.pooled and prior is not None:
+                pr = np.ascontiguousarray(prior, dtype=np.float64)
+            try:
+                return _hot.arm_stats(blobs if type(blobs) is list else list(blobs),
+                                      x if x.flags.c_contiguous else np.ascontiguousarray(x),
+                                      self.lam, want_ux, pr, self.lam)
+            except TypeError:  # rows of another type (bytearray, arrays): numpy reads them
+                pass
+        return self.arm_stats_numpy(blobs, x, prior, want_ux)
+
+    def arm_stats_numpy(self, blobs, x, prior=None, want_ux: bool = True):
         b, ainv = self._model(blobs, prior)
         u = ainv @ x                      # (K, D): A⁻¹x per arm
-        mean = _vecdot(u, b)  # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
-        ux = None if self.kind == "egreedy" else _vecdot(u, x).tolist()
-        return self.pick(arms, mean.tolist(), ux, rng)
+        mean = _vecdot(u, b).tolist()     # θ·x = xᵀA⁻¹b (A⁻¹ symmetric)
+        return mean, (_vecdot(u, x).tolist() if want_ux else None)
+
+    def choose(self, arms: list[str], blobs: list[bytes | None], x: np.ndarray,
+               rng: np.random.Generator, prior: np.ndarray | None = None) -> Choice:
+        mean, ux = self.arm_stats(blobs, x, prior, self.kind != "egreedy")
+        return self.pick(arms, mean, ux, rng)
 
     def pick(self, arms: list[str], mean: list[float], ux: list[float] | None,
              rng: np.random.Generator) -> Choice:
@@ -452,21 +497,21 @@ class Policy:
                         prior: np.ndarray | None = None) -> np.ndarray:
         """Full distribution over arms (for off-policy evaluation)."""
         k = len(arms)
-        b, ainv = self._model(blobs, prior)
-        u = ainv @ x
-        mean = _vecdot(u, b)
+        mean, ux = self.arm_stats(blobs, x, prior, self.kind != "egreedy")
+        mean = np.array(mean)
         if self.kind == "egreedy":
             greedy = np.flatnonzero(mean >= mean.max() - 1e-12)
             p = np.full(k, self.epsilon / k)
             p[greedy] += (1.0 - self.epsilon) / len(greedy)
             return p
+        ux = np.array(ux)
         if self.kind == "linucb":
-            s = mean + self.alpha * np.sqrt(np.maximum(_vecdot(u, x), 0.0))
+            s = mean + self.alpha * np.sqrt(np.maximum(ux, 0.0))
             top = np.flatnonzero(s >= s.max() - 1e-12)
             p = np.zeros(k)
             p[top] = 1.0 / len(top)
             return p
-        sd = self.v * np.sqrt(np.maximum(_vecdot(u, x), 0.0))
+        sd = self.v * np.sqrt(np.maximum(ux, 0.0))
         if self.propensity != "mc":
             return thompson_probs(mean, sd, self.quad_nodes)
         rng = rng or np.random.default_rng(0)
@@ -532,7 +577,17 @@ def choose_many(pols: list[Policy], arms: list[str], blobs: list[list[bytes | No
     request with shadows costs about as many numpy calls as one policy did — a dozen C
     calls per pass (one gather for b and A⁻¹, matmul, vecdot; no Python-level numpy
     wrapper: issue 12, round 3). A pooled policy with a prior (its b shifted by λθ_s) is
-    computed on its own, as :meth:`Policy.choose` does."""
+    computed on its own, as :meth:`Policy.choose` does. With the C part built, each
+    policy's arms are one C call (:meth:`Policy.arm_stats`), which is what
+    :meth:`Policy.choose` does too."""
+    if _hot is not None:
+        out = []
+        for i in range(len(pols)):
+            p = pols[i]
+            mean, ux = p.arm_stats(blobs[i], xs[i], priors[i] if priors else None,
+                                   p.kind != "egreedy")
+            out.append(p.pick(arms, mean, ux, rng))
+        return out
     k = len(arms)
     n_p = len(pols)
     groups: dict[tuple, list[int]] = {}

@@ -853,6 +853,17 @@ class StateStore:
         tot = await self.global_stats(policy, dim, arms)
         return [pack(shared_full(tot.get(a), dim, lam)) for a in arms]
 
+    def shared_prior_nowait(self, policy, arms: list[str]) -> np.ndarray | None:
+        """θ_s of :meth:`shared_prior` while the cached merge is fresh and its θ computed
+        (the usual case: one refresh per ``global_refresh_s``), without a task, a timer or
+        an await; ``None`` when a refresh is due (then await :meth:`shared_prior`)."""
+        key = (policy.name, tuple(arms))
+        g = self._gcache.get(key)
+        if g is None or time.monotonic() - g[0] >= self.global_refresh_s:
+            return None
+        hit = self._theta.get(key)
+        return hit[1] if hit is not None and hit[0] is g[1] else None
+
     async def shared_prior(self, policy, arms: list[str],
                            timeout_s: float | None = None) -> np.ndarray:
         """(K, D) θ_s of a pooled policy's shared model (merged shards, cached like

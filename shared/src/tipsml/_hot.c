@@ -1,0 +1,357 @@
+/* tipsml._hot: the scorer's per-arm maths in C (issue 12).
+ *
+ * Optional: tipsml.bandits uses it when it is built (setup.py builds it where a C
+ * compiler is present) and falls back to its numpy path otherwise, or when
+ * TIPSML_PURE_NUMPY=1. The two agree to the last bits of a sum taken in another order
+ * (shared/tests/test_hot.py holds them to 1e-12, relative); the choices, the draws from
+ * the generator and their order stay in Python (Policy.pick).
+ *
+ * No numpy C API: arguments are Python lists of bytes and objects with the buffer
+ * protocol (numpy arrays, bytes), results are Python floats.
+ *
+ * arm_stats(rows, x, lam, want_ux, prior=None, plam=0.0) -> (means, uxs | None)
+ *     One policy's arms: rows[k] is arm k's stored model (layout 2: float32
+ *     [n, Σr, b(D), triu(A⁻¹)]; layout 1: float64 [n, Σr, b(D), A⁻¹(D·D)]; anything
+ *     else, None included: the prior, b = 0, A⁻¹ = I/lam). As Policy._rows reads them:
+ *     when any row is layout 2, every row is read in float32 (a layout-1 row and the
+ *     prior rounded to float32). means[k] = bᵀA⁻¹x (b += plam·prior[k] when a prior
+ *     (K·D float64) is given), uxs[k] = xᵀA⁻¹x.
+ *
+ * thompson_probs(mean, sd, breaks, nodes, weights) -> list
+ *     P(arm a has the largest draw) for independent N(mean_a, sd_a²): the composite
+ *     Gauss–Legendre rule of bandits.thompson_probs, step for step.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEADER 2
+#define MAXD 32
+
+static Py_ssize_t tri_len(Py_ssize_t d) { return HEADER + d + d * (d + 1) / 2; }
+static Py_ssize_t full_len(Py_ssize_t d) { return HEADER + d + d * d; }
+
+static int is_f64(const Py_buffer *v)
+{
+    const char *f = v->format;
+    return v->itemsize == 8 && v->len % 8 == 0 &&
+           (f == NULL || strcmp(f, "d") == 0 || strcmp(f, "<d") == 0 || strcmp(f, "=d") == 0);
+}
+
+/* float64 values from an object with the buffer protocol: exactly n of them (n >= 0),
+   or at least one (n < 0) */
+static int get_doubles(PyObject *o, Py_ssize_t n, Py_buffer *view, const char *what)
+{
+    if (PyObject_GetBuffer(o, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    if (!is_f64(view) || (n >= 0 && view->len != n * 8) || (n < 0 && view->len < 8)) {
+        if (n >= 0)
+            PyErr_Format(PyExc_ValueError, "%s: expected %zd float64 values", what, n);
+        else
+            PyErr_Format(PyExc_ValueError, "%s: expected float64 values", what);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *arm_stats(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 4 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "arm_stats(rows, x, lam, want_ux, prior=None, plam=0.0)");
+        return NULL;
+    }
+    PyObject *rows = args[0];
+    if (!PyList_Check(rows)) {
+        PyErr_SetString(PyExc_TypeError, "rows must be a list");
+        return NULL;
+    }
+    double lam = PyFloat_AsDouble(args[2]);
+    if (lam == -1.0 && PyErr_Occurred())
+        return NULL;
+    int want_ux = PyObject_IsTrue(args[3]);
+    if (want_ux < 0)
+        return NULL;
+    PyObject *prior_o = nargs > 4 ? args[4] : Py_None;
+    double plam = 0.0;
+    if (nargs > 5) {
+        plam = PyFloat_AsDouble(args[5]);
+        if (plam == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    Py_buffer xv;
+    if (get_doubles(args[1], -1, &xv, "x") < 0)
+        return NULL;
+    Py_ssize_t d = xv.len / 8;
+    if (d > MAXD) {
+        PyBuffer_Release(&xv);
+        PyErr_Format(PyExc_ValueError, "x: 1 to %d float64 values", MAXD);
+        return NULL;
+    }
+    const double *x = (const double *)xv.buf;
+    Py_ssize_t k = PyList_GET_SIZE(rows);
+    Py_buffer pv;
+    const double *prior = NULL;
+    if (prior_o != Py_None) {
+        if (get_doubles(prior_o, k * d, &pv, "prior") < 0) {
+            PyBuffer_Release(&xv);
+            return NULL;
+        }
+        prior = (const double *)pv.buf;
+    }
+    Py_ssize_t n2 = tri_len(d) * 4, n1 = full_len(d) * 8;
+    int stored = 0;
+    for (Py_ssize_t a = 0; a < k; a++) {
+        PyObject *r = PyList_GET_ITEM(rows, a);
+        if (PyBytes_Check(r) && PyBytes_GET_SIZE(r) == n2) {
+            stored = 1;
+            break;
+        }
+    }
+    PyObject *means = PyList_New(k);
+    PyObject *uxs = want_ux ? PyList_New(k) : (Py_INCREF(Py_None), Py_None);
+    if (means == NULL || uxs == NULL)
+        goto fail;
+    double A[MAXD * MAXD], b[MAXD], u[MAXD];
+    for (Py_ssize_t a = 0; a < k; a++) {
+        PyObject *r = PyList_GET_ITEM(rows, a);
+        Py_ssize_t len = -1;
+        if (PyBytes_Check(r))
+            len = PyBytes_GET_SIZE(r);
+        else if (r != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "rows: bytes or None");
+            goto fail;
+        }
+        if (len == n2) {  /* layout 2: float32, upper triangle of A⁻¹ */
+            const float *t = (const float *)PyBytes_AS_STRING(r);
+            for (Py_ssize_t i = 0; i < d; i++)
+                b[i] = (double)t[HEADER + i];
+            const float *tri = t + HEADER + d;
+            for (Py_ssize_t i = 0, p = 0; i < d; i++)
+                for (Py_ssize_t j = i; j < d; j++, p++)
+                    A[i * d + j] = A[j * d + i] = (double)tri[p];
+        } else if (len == n1) {  /* layout 1: float64, full A⁻¹ */
+            double v[HEADER + MAXD + MAXD * MAXD];
+            memcpy(v, PyBytes_AS_STRING(r), (size_t)n1);
+            for (Py_ssize_t i = 0; i < d; i++)
+                b[i] = stored ? (double)(float)v[HEADER + i] : v[HEADER + i];
+            for (Py_ssize_t i = 0; i < d * d; i++) {
+                /* as encode_arm stores it: the upper triangle, mirrored */
+                Py_ssize_t ii = i / d, jj = i % d;
+                double e = ii <= jj ? v[HEADER + d + i] : v[HEADER + d + jj * d + ii];
+                A[i] = stored ? (double)(float)e : v[HEADER + d + i];
+            }
+        } else {  /* never updated (or another dimension): the prior */
+            double diag = 1.0 / lam;
+            if (stored)
+                diag = (double)(float)diag;
+            memset(A, 0, sizeof(double) * (size_t)(d * d));
+            for (Py_ssize_t i = 0; i < d; i++) {
+                A[i * d + i] = diag;
+                b[i] = 0.0;
+            }
+        }
+        if (prior != NULL)
+            for (Py_ssize_t i = 0; i < d; i++)
+                b[i] = b[i] + plam * prior[a * d + i];
+        for (Py_ssize_t i = 0; i < d; i++) {  /* u = A⁻¹x, row by row */
+            double s = 0.0;
+            const double *row = A + i * d;
+            for (Py_ssize_t j = 0; j < d; j++)
+                s += row[j] * x[j];
+            u[i] = s;
+        }
+        double m = 0.0, w = 0.0;
+        for (Py_ssize_t i = 0; i < d; i++) {
+            m += u[i] * b[i];
+            w += u[i] * x[i];
+        }
+        PyObject *f = PyFloat_FromDouble(m);
+        if (f == NULL)
+            goto fail;
+        PyList_SET_ITEM(means, a, f);
+        if (want_ux) {
+            f = PyFloat_FromDouble(w);
+            if (f == NULL)
+                goto fail;
+            PyList_SET_ITEM(uxs, a, f);
+        }
+    }
+    PyBuffer_Release(&xv);
+    if (prior != NULL)
+        PyBuffer_Release(&pv);
+    PyObject *out = PyTuple_Pack(2, means, uxs);
+    Py_DECREF(means);
+    Py_DECREF(uxs);
+    return out;
+fail:
+    Py_XDECREF(means);
+    Py_XDECREF(uxs);
+    PyBuffer_Release(&xv);
+    if (prior != NULL)
+        PyBuffer_Release(&pv);
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Φ by Abramowitz & Stegun 26.2.17, as bandits._pdf_cdf */
+static const double AS_P = 0.2316419;
+static const double AS_B[5] = {0.319381530, -0.356563782, 1.781477937, -1.821255978,
+                               1.330274429};
+
+static PyObject *thompson_probs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "thompson_probs(mean, sd, breaks, nodes, weights)");
+        return NULL;
+    }
+    Py_buffer mv, sv, bv, gv, wv;
+    int got = 0;
+    PyObject *out = NULL;
+    double *work = NULL;
+    if (get_doubles(args[0], -1, &mv, "mean") < 0)
+        return NULL;
+    got = 1;
+    Py_ssize_t k = mv.len / 8;
+    if (get_doubles(args[1], k, &sv, "sd") < 0)
+        goto done;
+    got = 2;
+    if (get_doubles(args[2], -1, &bv, "breaks") < 0)
+        goto done;
+    got = 3;
+    if (get_doubles(args[3], -1, &gv, "nodes") < 0)
+        goto done;
+    got = 4;
+    if (get_doubles(args[4], gv.len / 8, &wv, "weights") < 0)
+        goto done;
+    got = 5;
+    const double *mean = (const double *)mv.buf, *sd_in = (const double *)sv.buf;
+    const double *brk = (const double *)bv.buf, *g = (const double *)gv.buf;
+    const double *w = (const double *)wv.buf;
+    Py_ssize_t nb = bv.len / 8, ng = gv.len / 8;
+    if (k == 1) {
+        out = PyList_New(1);
+        if (out != NULL)
+            PyList_SET_ITEM(out, 0, PyFloat_FromDouble(1.0));
+        goto done;
+    }
+    /* sd floored; breakpoints μ_a + σ_a·B_j of every arm, sorted, those below
+       max_a(μ_a − B_last·σ_a) dropped */
+    Py_ssize_t nbr = k * nb;
+    Py_ssize_t npts = (nbr - 1) * ng;
+    work = PyMem_Malloc(sizeof(double) * (size_t)(k + nbr + 2 * npts + 4 * k));
+    if (work == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double *sd = work, *br = sd + k, *xs = br + nbr, *wx = xs + npts;
+    double *cdf = wx + npts, *pdf = cdf + k, *pre = pdf + k, *p = pre + k;
+    double lo = -INFINITY;
+    for (Py_ssize_t a = 0; a < k; a++) {
+        sd[a] = sd_in[a] > 1e-12 ? sd_in[a] : 1e-12;
+        if (isnan(sd_in[a]))
+            sd[a] = sd_in[a];
+        for (Py_ssize_t j = 0; j < nb; j++)
+            br[a * nb + j] = mean[a] + sd[a] * brk[j];
+        double l = mean[a] - brk[nb - 1] * sd[a];
+        if (a == 0 || l > lo)
+            lo = l;
+    }
+    qsort(br, (size_t)nbr, sizeof(double), cmp_double);
+    Py_ssize_t first = 0;
+    while (first < nbr && !(br[first] >= lo))
+        first++;
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = first; i + 1 < nbr; i++) {
+        double half = 0.5 * (br[i + 1] - br[i]);
+        double mid = br[i] + half;
+        for (Py_ssize_t j = 0; j < ng; j++, n++) {
+            xs[n] = mid + half * g[j];
+            wx[n] = half * w[j];
+        }
+    }
+    const double inv_sqrt_2pi = 1.0 / sqrt(2.0 * M_PI);
+    for (Py_ssize_t a = 0; a < k; a++)
+        p[a] = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (Py_ssize_t a = 0; a < k; a++) {
+            double z = (xs[i] - mean[a]) / sd[a];
+            double f = exp(-0.5 * z * z) * inv_sqrt_2pi;
+            double t = 1.0 / (1.0 + AS_P * fabs(z));
+            double poly = AS_B[4];
+            for (int c = 3; c >= 0; c--)
+                poly = AS_B[c] + t * poly;
+            double q = f * (t * poly);
+            cdf[a] = z >= 0.0 ? 1.0 - q : q;
+            pdf[a] = f / sd[a];
+        }
+        /* leave-one-out products Π_{b≠a} Φ_b: prefix products, then a suffix pass */
+        double acc = 1.0;
+        for (Py_ssize_t a = 0; a < k; a++) {
+            pre[a] = acc;  /* Π_{b<a} */
+            acc *= cdf[a];
+        }
+        double suf = 1.0;
+        for (Py_ssize_t a = k - 1; a >= 0; a--) {
+            double loo;
+            if (a == 0)
+                loo = suf;
+            else if (a == k - 1)
+                loo = pre[a];
+            else
+                loo = pre[a] * suf;
+            p[a] += wx[i] * (pdf[a] * loo);
+            suf *= cdf[a];
+        }
+    }
+    double s = 0.0;
+    for (Py_ssize_t a = 0; a < k; a++) {
+        if (!(p[a] >= 0.0))
+            p[a] = isnan(p[a]) ? p[a] : 0.0;
+        s += p[a];
+    }
+    out = PyList_New(k);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t a = 0; a < k; a++) {
+        double v = s > 0 ? p[a] / s : 1.0 / (double)k;
+        PyObject *f = PyFloat_FromDouble(v);
+        if (f == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, a, f);
+    }
+done:
+    PyMem_Free(work);
+    if (got >= 5) PyBuffer_Release(&wv);
+    if (got >= 4) PyBuffer_Release(&gv);
+    if (got >= 3) PyBuffer_Release(&bv);
+    if (got >= 2) PyBuffer_Release(&sv);
+    if (got >= 1) PyBuffer_Release(&mv);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"arm_stats", (PyCFunction)(void (*)(void))arm_stats, METH_FASTCALL,
+     "arm_stats(rows, x, lam, want_ux, prior=None, plam=0.0) -> (means, uxs | None)"},
+    {"thompson_probs", (PyCFunction)(void (*)(void))thompson_probs, METH_FASTCALL,
+     "thompson_probs(mean, sd, breaks, nodes, weights) -> list of P(arm is the argmax)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "tipsml._hot",
+    "The scorer's per-arm maths in C (optional; tipsml.bandits falls back to numpy).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__hot(void) { return PyModule_Create(&module); }
