@@ -90,7 +90,8 @@ def test_thompson_probs_match_numpy():
     for nodes in (2, 4, 8):  # another rule: another node count
         g, w = _legendre(nodes)
         mean, sd = np.array([0.3, 0.31, 0.2]), np.array([0.3, 0.003, 0.05])
-        _close(hot.thompson_probs(mean, sd, QUAD_BREAKS, g, w), thompson_probs_numpy(mean, sd, nodes))
+        _close(hot.thompson_probs(mean, sd, QUAD_BREAKS, g, w),
+               thompson_probs_numpy(mean, sd, nodes))
 
 
 @needs_c
