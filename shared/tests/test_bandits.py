@@ -224,6 +224,7 @@ def test_choose_many_is_choose_per_policy(path, monkeypatch):
 
     if path == "numpy":
         monkeypatch.setattr(bandits, "_hot", None)
+        monkeypatch.setattr(bandits, "_HOT_PICK", False)
     elif bandits._hot is None:
         pytest.skip("the C part is not built (TIPSML_PURE_NUMPY or no compiler)")
 

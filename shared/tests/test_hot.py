@@ -123,3 +123,63 @@ def test_policy_reads_rows_the_c_part_does_not_take():
     m, ux = pol.arm_stats([bytearray(b) for b in blobs], x)
     _close(m, pol.arm_stats_numpy(blobs, x)[0])
     _close(ux, pol.arm_stats_numpy(blobs, x)[1])
+
+
+@needs_c
+def test_draws_are_numpys_own():
+    """Generator.integers(n) and Generator.random() reproduced on the same bit generator:
+    the same numbers in the same order, the rejection loop (n just above 2³¹) included,
+    for every bit generator numpy ships."""
+    for bg in (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64,
+               np.random.MT19937):
+        a, b = np.random.Generator(bg(7)), np.random.Generator(bg(7))
+        cap = b.bit_generator.capsule
+        sizes = np.random.default_rng(1).integers(1, 12, size=2000).tolist()
+        sizes += [2**31 + 11] * 200 + [1] * 10 + [2**32 - 1] * 5
+        for n in sizes:
+            assert int(a.integers(n)) == hot.draw_below(cap, n)
+            if n % 3 == 0:
+                assert a.random() == hot.draw_double(cap)
+        assert a.random() == b.random()  # still in step
+    assert bandits._HOT_PICK  # the import-time check agreed
+
+
+@needs_c
+@pytest.mark.parametrize("kind", ["egreedy", "linucb"])
+def test_pick_in_c_is_the_python_pick(kind, monkeypatch):
+    """Same arm, propensity, exploration flag and scores, and the same draws consumed,
+    on ties (a new user's arms), near-ties (within 1e-12) and ordinary means."""
+    pol = Policy(f"t-{kind}", kind, FS_CTX, epsilon=0.3, alpha=0.7)
+    rng = np.random.default_rng(11)
+    cases = []
+    for trial in range(3000):
+        k = int(rng.integers(1, 8))
+        mean = rng.normal(size=k).tolist()
+        if trial % 3 == 0:
+            mean = [0.0] * k  # a new user: every arm tied
+        elif trial % 3 == 1 and k > 1:
+            mean[1] = mean[0] + float(rng.choice([0.0, 5e-13, 2e-12]))
+        ux = np.abs(rng.normal(size=k)).tolist()
+        if trial % 5 == 0:
+            ux[0] = -1e-17  # rounding below zero: clipped
+        cases.append((["a", "b", "c", "d", "e", "f", "g"][:k], mean, ux))
+    r1, r2 = np.random.default_rng(3), np.random.default_rng(3)
+    got = [pol.pick(a, m, u, r1) for a, m, u in cases]
+    monkeypatch.setattr(bandits, "_HOT_PICK", False)
+    want = [pol.pick(a, m, u, r2) for a, m, u in cases]
+    assert got == want
+    assert r1.random() == r2.random()
+    with pytest.raises(ValueError):
+        hot.pick(2, [0.0], None, 0.1, r1.bit_generator.capsule)
+    with pytest.raises(TypeError):
+        hot.pick(1, [0.0, 1.0], [0.0], 0.1, r1.bit_generator.capsule)  # ux: one per arm
+    with pytest.raises(ValueError):
+        hot.pick(0, [], None, 0.1, r1.bit_generator.capsule)
+
+
+@needs_c
+def test_round6_is_numpys_round():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-8, 4, size=5000),
+                        np.array([0.5e-6, 1.5e-6, 2.5e-6, -0.5e-6, 0.0, -0.0, 1e300, np.inf])])
+    assert hot.round6(x) == x.round(6).tolist()

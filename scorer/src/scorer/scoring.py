@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tipsml.bandits import Policy, build_policies, choose_many
+from tipsml.bandits import Policy, build_policies, choose_many, round6
 from tipsml.contract import ContractError, ErrorCode, ScoreRequest
 from tipsml.features import build_vectors, resolve_time
 from tipsml.messaging.breaker import CircuitBreaker
@@ -192,11 +192,10 @@ class DecisionIds:
         return self._buf[p:p + 16].hex()
 
 
-def _logged(x: np.ndarray) -> list[float]:
-    """Features as the DECISIONS log keeps them: 6 decimals (the decision record keeps
-    float32; 1e-6 is far below any feature's meaningful resolution), about half the bytes
-    of full float64 reprs."""
-    return x.round(6).tolist()
+# Features as the DECISIONS log keeps them: 6 decimals (the decision record keeps float32;
+# 1e-6 is far below any feature's meaningful resolution), about half the bytes of full
+# float64 reprs: x.round(6).tolist(), in C where it is built.
+_logged = round6
 
 
 def _consume_exception(t: asyncio.Future) -> None:

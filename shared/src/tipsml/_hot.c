@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -340,11 +341,206 @@ done:
     return out;
 }
 
+/* ------------------------------------------------------------------ choices
+ * numpy's bit generator interface (numpy/random/bitgen.h, a public C API: the layout of
+ * the struct behind ``Generator.bit_generator.capsule``), declared here so that building
+ * this file needs no numpy headers. */
+typedef struct {
+    void *state;
+    uint64_t (*next_uint64)(void *st);
+    uint32_t (*next_uint32)(void *st);
+    double (*next_double)(void *st);
+    uint64_t (*next_raw)(void *st);
+} bitgen_t;
+
+static bitgen_t *get_bitgen(PyObject *capsule)
+{
+    return (bitgen_t *)PyCapsule_GetPointer(capsule, "BitGenerator");
+}
+
+/* Generator.integers(n), 1 <= n < 2³²: Lemire's nearly-divisionless bounded draw on the
+   generator's 32-bit stream, the draw numpy makes (none for a range of one). Whether it
+   is still numpy's is checked when tipsml.bandits is imported (bandits._hot_pick_agrees). */
+static uint32_t draw_below(bitgen_t *bg, uint32_t n)
+{
+    if (n <= 1)
+        return 0;
+    uint64_t m = (uint64_t)bg->next_uint32(bg->state) * n;
+    uint32_t low = (uint32_t)m;
+    if (low < n) {
+        uint32_t reject = (uint32_t)(0u - n) % n;  /* 2³² mod n */
+        while (low < reject) {
+            m = (uint64_t)bg->next_uint32(bg->state) * n;
+            low = (uint32_t)m;
+        }
+    }
+    return (uint32_t)(m >> 32);
+}
+
+static PyObject *py_draw_below(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "draw_below(capsule, n)");
+        return NULL;
+    }
+    bitgen_t *bg = get_bitgen(args[0]);
+    if (bg == NULL)
+        return NULL;
+    unsigned long n = PyLong_AsUnsignedLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_ValueError, "n: 1 to 2**32 - 1");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(draw_below(bg, (uint32_t)n));
+}
+
+static PyObject *py_draw_double(PyObject *self, PyObject *capsule)
+{
+    bitgen_t *bg = get_bitgen(capsule);
+    return bg == NULL ? NULL : PyFloat_FromDouble(bg->next_double(bg->state));
+}
+
+/* Python's max() of doubles: the first, replaced by any later one that is greater */
+static double py_max(const double *v, Py_ssize_t n)
+{
+    double mx = v[0];
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (v[i] > mx)
+            mx = v[i];
+    return mx;
+}
+
+static int list_doubles(PyObject *o, double *out, Py_ssize_t n, const char *what)
+{
+    if (!PyList_Check(o) || PyList_GET_SIZE(o) != n) {
+        PyErr_Format(PyExc_TypeError, "%s: a list of %zd floats", what, n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyFloat_AsDouble(PyList_GET_ITEM(o, i));
+        if (out[i] == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+#define MAXK 256
+
+/* pick(kind, mean, ux, param, capsule) -> (idx, propensity, explored, scores | None)
+ *   kind 0: ε-greedy (param ε; scores are the means: None), kind 1: LinUCB (param α;
+ *   scores θ·x + α√max(xᵀA⁻¹x, 0)). Policy.pick's floating-point operations in its order,
+ *   and the same draws from the generator in the same order. */
+static PyObject *pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "pick(kind, mean, ux, param, capsule)");
+        return NULL;
+    }
+    long kind = PyLong_AsLong(args[0]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "mean: a list of floats");
+        return NULL;
+    }
+    Py_ssize_t k = PyList_GET_SIZE(args[1]);
+    if (k < 1 || k > MAXK) {
+        PyErr_Format(PyExc_ValueError, "1 to %d arms", MAXK);
+        return NULL;
+    }
+    double param = PyFloat_AsDouble(args[3]);
+    if (param == -1.0 && PyErr_Occurred())
+        return NULL;
+    bitgen_t *bg = get_bitgen(args[4]);
+    if (bg == NULL)
+        return NULL;
+    double mean[MAXK], sc[MAXK];
+    Py_ssize_t top[MAXK], nt = 0, idx;
+    if (list_doubles(args[1], mean, k, "mean") < 0)
+        return NULL;
+    double p;
+    int explored;
+    if (kind == 0) {
+        double cut = py_max(mean, k) - 1e-12;
+        for (Py_ssize_t i = 0; i < k; i++)
+            if (mean[i] >= cut)
+                top[nt++] = i;
+        explored = bg->next_double(bg->state) < param;
+        if (explored)
+            idx = (Py_ssize_t)draw_below(bg, (uint32_t)k);
+        else
+            idx = nt == 1 ? top[0] : top[draw_below(bg, (uint32_t)nt)];
+        int greedy = 0;
+        for (Py_ssize_t i = 0; i < nt; i++)
+            greedy |= top[i] == idx;
+        p = param / (double)k + (greedy ? (1.0 - param) / (double)nt : 0.0);
+        return Py_BuildValue("(ndOO)", idx, p, explored ? Py_True : Py_False, Py_None);
+    }
+    if (kind != 1) {
+        PyErr_SetString(PyExc_ValueError, "kind: 0 (egreedy) or 1 (linucb)");
+        return NULL;
+    }
+    if (list_doubles(args[2], sc, k, "ux") < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        double w = 0.0 > sc[i] ? 0.0 : sc[i];  /* Python's max(w, 0.0) */
+        sc[i] = mean[i] + param * sqrt(w);
+    }
+    double cut = py_max(sc, k) - 1e-12;
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (sc[i] >= cut)
+            top[nt++] = i;
+    idx = nt == 1 ? top[0] : top[draw_below(bg, (uint32_t)nt)];
+    p = 1.0 / (double)nt;
+    explored = mean[idx] < py_max(mean, k) - 1e-12;
+    PyObject *scores = PyList_New(k);
+    if (scores == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *f = PyFloat_FromDouble(sc[i]);
+        if (f == NULL) {
+            Py_DECREF(scores);
+            return NULL;
+        }
+        PyList_SET_ITEM(scores, i, f);
+    }
+    return Py_BuildValue("(ndON)", idx, p, explored ? Py_True : Py_False, scores);
+}
+
+/* round6(x) -> list: x.round(6).tolist() (numpy's rounding: rint(x·10⁶)/10⁶) */
+static PyObject *round6(PyObject *self, PyObject *x)
+{
+    Py_buffer v;
+    if (get_doubles(x, -1, &v, "x") < 0)
+        return NULL;
+    Py_ssize_t n = v.len / 8;
+    const double *d = (const double *)v.buf;
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *f = PyFloat_FromDouble(rint(d[i] * 1e6) / 1e6);
+        if (f == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, f);
+    }
+    PyBuffer_Release(&v);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"arm_stats", (PyCFunction)(void (*)(void))arm_stats, METH_FASTCALL,
      "arm_stats(rows, x, lam, want_ux, prior=None, plam=0.0) -> (means, uxs | None)"},
     {"thompson_probs", (PyCFunction)(void (*)(void))thompson_probs, METH_FASTCALL,
      "thompson_probs(mean, sd, breaks, nodes, weights) -> list of P(arm is the argmax)"},
+    {"pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL,
+     "pick(kind, mean, ux, param, capsule) -> (idx, propensity, explored, scores | None)"},
+    {"draw_below", (PyCFunction)(void (*)(void))py_draw_below, METH_FASTCALL,
+     "draw_below(capsule, n): Generator.integers(n) on the capsule's bit generator"},
+    {"draw_double", (PyCFunction)py_draw_double, METH_O,
+     "draw_double(capsule): Generator.random() on the capsule's bit generator"},
+    {"round6", (PyCFunction)round6, METH_O, "round6(x): x.round(6).tolist()"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -65,6 +65,25 @@ if os.environ.get("TIPSML_PURE_NUMPY", "") not in ("", "0"):
     _hot = None
 _HOT_MAXD = 32  # the C part's largest feature dimension
 
+
+def _hot_pick_agrees() -> bool:
+    """Whether the C part's draws are numpy's own (``Generator.random()`` and
+    ``Generator.integers(n)`` on the same bit generator give the same numbers in the same
+    order, the rejection loop included): checked once at import, so a numpy that changed
+    its bounded-integer algorithm silently falls back to the Python pick."""
+    a, b = np.random.default_rng(20261130), np.random.default_rng(20261130)
+    cap = b.bit_generator.capsule
+    for n in (1, 2, 3, 5, 4, 7, 1, 6, 3, 2**31 + 11, 2**31 + 11, 100_003, 5, 2, 9):
+        if int(a.integers(n)) != _hot.draw_below(cap, n) or a.random() != _hot.draw_double(cap):
+            return False
+    return a.integers(2**32 - 1) == b.integers(2**32 - 1)  # and still in step
+
+
+_HOT_PICK = _hot is not None and _hot_pick_agrees()
+
+# features as the DECISIONS log keeps them: x.round(6).tolist(), in C when it is built
+round6 = _hot.round6 if _hot is not None else (lambda x: np.asarray(x).round(6).tolist())
+
 HEADER = 2  # n, reward_sum
 
 # ------------------------------------------------------------------ Thompson propensities
@@ -317,7 +336,7 @@ def update_id(feature_version: str, lam: float) -> str:
     return f"{feature_version}/lambda={float(lam)!r}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3× (issue 12)
 class Choice:
     arm: str
     index: int
@@ -452,6 +471,13 @@ class Policy:
         # a draw among one candidate is skipped: numpy draws nothing for a range of one
         # (``integers(1)`` leaves the generator as it was), so the sequence is unchanged
         k = len(arms)
+        if _HOT_PICK and self.kind != "thompson" and type(rng) is np.random.Generator:
+            # the same operations and draws in C (tipsml._hot.pick; checked at import)
+            lin = self.kind == "linucb"
+            idx, p, explored, scores = _hot.pick(lin, mean, ux, self.alpha if lin
+                                                 else self.epsilon, rng.bit_generator.capsule)
+            return Choice(arms[idx], idx, min(p, 1.0), explored,
+                          dict(zip(arms, mean if scores is None else scores)))
         if self.kind == "egreedy":
             ms = mean
             cut = max(ms) - 1e-12
