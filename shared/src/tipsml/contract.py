@@ -15,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -116,17 +115,48 @@ def _profile_value_problem(x: Any) -> str | None:
     return "wrong_type"  # a list, an object
 
 
+class _Profile(dict):
+    """A request's ``profile_features`` in which unusable values were replaced by null;
+    ``fallbacks`` says which and why (feature → reason). A plain dict otherwise (equal to
+    one, serialised as one)."""
+
+    __slots__ = ("fallbacks",)
+
+    def __reduce__(self):  # copies and pickles keep the reasons
+        return (_restore_profile, (dict(self), self.fallbacks))
+
+
+def _restore_profile(values: dict, fallbacks: dict[str, str]) -> _Profile:
+    p = _Profile(values)
+    p.fallbacks = fallbacks
+    return p
+
+
 def _check_profile(v: dict | None) -> dict | None:
-    """Structural limits only (how many features, how long a name): a bad *value* is not
-    an error, see :class:`_ProfileCarrier`."""
+    """Structural limits (how many features, how long a name) are errors; a bad *value*
+    is not, see :class:`_ProfileCarrier`: it is replaced by null here and its reason kept
+    on the dict (:class:`_Profile`) — no model validator and no private attribute, which
+    cost pydantic a Python-level pass per request (issue 12)."""
     if v is None:
         return None
     if len(v) > MAX_PROFILE_FEATURES:
         raise ValueError(f"at most {MAX_PROFILE_FEATURES} profile features")
-    for k in v:
+    why: dict[str, str] | None = None
+    for k, x in v.items():
         if len(k) > 64:
             raise ValueError("profile feature names are at most 64 characters")
-    return v
+        problem = _profile_value_problem(x)
+        if problem:
+            if why is None:
+                why = {}
+            why[k] = problem
+    if why is None:
+        return v
+    out = _Profile(v)
+    for k in why:
+        out[k] = None
+    out.fallbacks = why
+    return out
 
 
 class _ProfileCarrier(_Model):
@@ -137,29 +167,13 @@ class _ProfileCarrier(_Model):
     and listed in ``profile_fallbacks`` (feature → reason) for the workers' metrics."""
 
     profile_features: dict[str, Any] | None = None
-    # set only when a value falls back: no dict made per request, and the property reads
-    # pydantic's private-attribute slot directly (not its __getattr__: issue 12)
-    _profile_fallbacks: dict[str, str] = PrivateAttr(default=None)
 
     _pf = field_validator("profile_features")(lambda cls, v: _check_profile(v))
 
-    @model_validator(mode="after")
-    def _clean_profile(self):
-        pf = self.profile_features
-        if pf:
-            for k, x in pf.items():
-                why = _profile_value_problem(x)
-                if why:
-                    pf[k] = None
-                    if self._profile_fallbacks is None:
-                        self._profile_fallbacks = {}
-                    self._profile_fallbacks[k] = why
-        return self
-
     @property
     def profile_fallbacks(self) -> dict[str, str]:
-        private = self.__pydantic_private__
-        return (private and private.get("_profile_fallbacks")) or {}
+        pf = self.profile_features
+        return pf.fallbacks if type(pf) is _Profile else {}
 
 
 def _check_arms(v: list[str] | None) -> list[str] | None:
