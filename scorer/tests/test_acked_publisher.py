@@ -33,6 +33,17 @@ async def test_acks_duplicates_and_failures(nc, stack, uid, path):
         done, pending = await asyncio.wait(futs, timeout=5)
         assert not pending and all(f.result() is True for f in futs)
         assert (await js.stream_info(name)).state.messages == 5  # duplicates stored once
+        # the writer's usual path on the fast connection: no coroutine, the header encoded
+        # once; nats-py has none (None: the writer awaits publish_async)
+        futs = [pub.publish_nowait(f"ackt.{uid}.a", b"n%d" % i, f"{'mn'[i % 2]}{i % 4}")
+                for i in range(8)]
+        if path == "fast":
+            done, pending = await asyncio.wait(futs, timeout=5)
+            assert not pending and all(f.result() is True for f in futs)
+            # m0, m2 were stored before (duplicates); n1, n3 are new
+            assert (await js.stream_info(name)).state.messages == 7
+        else:
+            assert futs == [None] * 8
         # no stream for the subject: the future fails (the writer republishes it)
         f = await pub.publish_async(f"nostream.{uid}", b"x", headers={"Nats-Msg-Id": "z"})
         with pytest.raises(js_errors.NoStreamResponseError):

@@ -354,3 +354,18 @@ def test_check_secrets_quotes_for_nats_server():
                                                 "A": "3fa9e0c1d2b3a4f5e6d7"},
                        capture_output=True, text=True, timeout=10, check=False)
     assert r.returncode == 0 and r.stdout == '"3fa9e0c1d2b3a4f5e6d7"', r
+
+
+def test_worker_images_get_tipsml_with_its_c_part():
+    """tipsml's C part (tipsml._hot) is compiled in a builder stage and the workers install
+    that wheel: no compiler in a worker image, no numpy fallback in production."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    stage = dockerfile.split("AS tipsml-wheel", 1)[1].split("\nFROM ", 1)[0]
+    assert "gcc" in stage and "pip wheel --no-deps -w /wheels /src/shared" in stage
+    assert "_hot" in stage  # the build fails if the wheel came out without the C part
+    for w in WORKERS:
+        target = dockerfile.split(f"AS {w}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "COPY --from=tipsml-wheel /wheels /wheels" in target, w
+        assert "gcc" not in target, w
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!shared/setup.py" in ignore and "**/*.so" in ignore  # no host-built binary

@@ -157,6 +157,25 @@ class AckedPublisher:
             await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
         return fut
 
+    def publish_nowait(self, subject: str, data: bytes, msg_id: str) -> asyncio.Future | None:
+        """:meth:`publish_async` with a ``Nats-Msg-Id`` header, written at once on the fast
+        connection (no coroutine, no header dict: the decision log's usual path); ``None``
+        when it cannot be (not started, no fast connection: use publish_async)."""
+        fast = self.fast
+        if fast is None or self._prefix is None or not fast.connected:
+            return None
+        self._seq += 1
+        token = str(self._seq)
+        fut = self._loop.create_future()
+        futs = self._futs
+        if len(futs) > 20_000:  # futures given up on (cancelled by the writer): forget them
+            for k in [k for k, f in futs.items() if f.done()]:
+                del futs[k]
+        futs[token] = fut
+        fast.write_pub(subject, data, b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % msg_id.encode(),
+                       reply=self._prefix + token)
+        return fut
+
     async def publish(self, subject: str, data: bytes, headers: dict | None = None,
                       timeout: float | None = None):
         return await self.js.publish(subject, data, headers=headers, timeout=timeout)
@@ -312,13 +331,18 @@ class DecisionLogWriter:
     async def _publish_start(self, entries) -> tuple[list, list]:
         """Queue every entry's publish; (entry, ack future) pairs and the failed entries."""
         futs, failed = [], []
+        nowait = getattr(self.js, "publish_nowait", None)
         for i, e in enumerate(entries):
             if i and i % 64 == 0:
                 await asyncio.sleep(0)  # let requests in: this loop must not hold the loop
             try:
-                futs.append((e, await self.js.publish_async(
-                    S.decisions_subject(e["policy"]), self._encode(e),
-                    headers=self._headers(e), wait_stall=2.0)))
+                subject, data = S.decisions_subject(e["policy"]), self._encode(e)
+                fut = nowait(subject, data, f"{e['decision_id']}:{e['policy']}") \
+                    if nowait is not None else None
+                if fut is None:
+                    fut = await self.js.publish_async(subject, data, headers=self._headers(e),
+                                                      wait_stall=2.0)
+                futs.append((e, fut))
             except Exception:  # noqa: BLE001 - republished below
                 failed.append(e)
         return futs, failed

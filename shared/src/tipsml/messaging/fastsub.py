@@ -305,16 +305,17 @@ class FastConnection:
         """Whether writes go anywhere now (a write while it is not is dropped)."""
         return self._proto is not None and self._ready is self._proto
 
-    def write_pub(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
-                  reply: str = "") -> None:
+    def write_pub(self, subject: str, data: bytes,
+                  headers: dict[str, str] | bytes | None = None, reply: str = "") -> None:
         """Queue one ``PUB``/``HPUB`` (sent with the others of this loop turn); ``reply``:
-        where the answer goes (the decision log's JetStream acks)."""
+        where the answer goes (the decision log's JetStream acks); ``headers`` a dict, or
+        the header block already encoded (``NATS/1.0\\r\\n…\\r\\n\\r\\n``)."""
         if self._proto is None:
             self.dropped_replies += 1
             return
         to = b"%s %s" % (subject.encode(), reply.encode()) if reply else subject.encode()
         if headers:
-            h = _encode_headers(headers)
+            h = headers if type(headers) is bytes else _encode_headers(headers)
             self._write(b"HPUB %s %d %d\r\n%s%s\r\n" % (to, len(h), len(h) + len(data), h,
                                                         data))
         else:
