@@ -226,7 +226,7 @@ def test_choose_many_is_choose_per_policy(path, monkeypatch):
         monkeypatch.setattr(bandits, "_hot", None)
         monkeypatch.setattr(bandits, "_HOT_PICK", False)
     elif bandits._hot is None:
-        pytest.skip("the C part is not built (TIPSML_PURE_NUMPY or no compiler)")
+        pytest.skip("the C part is not built (TIPSML_NO_C or no compiler)")
 
     settings = SimpleNamespace(ridge_lambda=0.7, epsilon=0.3, linucb_alpha=0.5, thompson_v=0.3,
                                thompson_samples=64, thompson_propensity="exact",

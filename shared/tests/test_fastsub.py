@@ -151,11 +151,19 @@ class _FakeTransport:
         self.aborted = True
 
 
-def test_frames_split_across_reads_and_garbage():
+@pytest.mark.parametrize("parser", ["c", "python"])
+def test_frames_split_across_reads_and_garbage(parser, monkeypatch):
     """Pure parsing (no server): a frame cut anywhere is handed on once complete, headers
     are parsed, the server's PING is answered, and bytes that are not the protocol make
-    the connection start again instead of being half-read."""
+    the connection start again instead of being half-read (the C parser and the Python
+    one)."""
+    from tipsml.messaging import fastsub
     from tipsml.messaging.fastsub import FastSub, _Proto
+
+    if parser == "python":
+        monkeypatch.setattr(fastsub, "_frames", None)
+    elif fastsub._frames is None:
+        pytest.skip("the C part is not built")
 
     fc = FastConnection(["nats://127.0.0.1:1"])
     got: list = []
@@ -172,3 +180,55 @@ def test_frames_split_across_reads_and_garbage():
     assert not proto.buf
     fc._feed(proto, b"MSG s 1 _INBOX.c notanumber\r\n")
     assert proto.transport.aborted and not proto.buf
+
+
+def test_c_and_python_parsers_hand_on_the_same_frames(monkeypatch):
+    """Random streams of MSG / HMSG (with and without reply, empty payloads, payloads
+    holding CRLF and protocol words) and control lines, cut at random points: the C
+    parser hands on what the Python parser does, in the same order."""
+    import random
+
+    from tipsml.messaging import fastsub
+    from tipsml.messaging.fastsub import FastSub, _Proto
+
+    if fastsub._frames is None:
+        pytest.skip("the C part is not built")
+    rnd = random.Random(4)
+    frames = []
+    for i in range(400):
+        kind = rnd.choice(["msg", "hmsg", "ping", "ok", "info"])
+        body = rnd.choice([b"", b"x", b"MSG a 1 2\r\n", b"\r\n\r\n", bytes(range(256)),
+                           b"{\"stream\":\"DECISIONS\",\"seq\":%d}" % i])
+        reply = rnd.choice([b"", b" _INBOX.r%d" % i])
+        sid = rnd.choice([1, 2, 7])
+        if kind == "msg":
+            frames.append(b"MSG s.%d %d%s %d\r\n%s\r\n" % (i, sid, reply, len(body), body))
+        elif kind == "hmsg":
+            hdr = b"NATS/1.0\r\nNats-Msg-Id: m%d\r\nX:  y \r\n\r\n" % i
+            frames.append(b"HMSG s.%d %d%s %d %d\r\n%s%s\r\n"
+                          % (i, sid, reply, len(hdr), len(hdr) + len(body), hdr, body))
+        else:
+            frames.append({"ping": b"PING\r\n", "ok": b"+OK\r\n",
+                           "info": b"INFO {\"max_payload\":1048576}\r\n"}[kind])
+    stream = b"".join(frames)
+
+    def run(c: bool) -> tuple[list, list]:
+        monkeypatch.setattr(fastsub, "_frames", fastsub._hot.nats_frames if c else None)
+        fc = FastConnection(["nats://127.0.0.1:1"])
+        got: list = []
+        for sid in (1, 2):
+            fc._subs[sid] = FastSub(fc, sid, "s.>", "q", got.append)
+        proto = _Proto(fc)
+        proto.transport = _FakeTransport()
+        cuts = random.Random(9)
+        pos = 0
+        while pos < len(stream):
+            n = cuts.choice([1, 2, 3, 7, 64, 1000])
+            fc._feed(proto, stream[pos:pos + n])
+            pos += n
+        assert not proto.buf and not proto.transport.aborted
+        return ([(m.subject, m.reply, m.data, m.headers) for m in got],
+                proto.transport.written)
+
+    c, py = run(True), run(False)
+    assert c == py and len(c[0]) > 50 and len(c[1]) > 10

@@ -1,13 +1,8 @@
-/* tipsml._hot: the scorer's per-arm maths in C (issue 12).
+/* tipsml._hot: what the scorer does per decision and Python does slowly, in C (issue 12).
  *
- * Optional: tipsml.bandits uses it when it is built (setup.py builds it where a C
- * compiler is present) and falls back to its numpy path otherwise, or when
- * TIPSML_PURE_NUMPY=1. The two agree to the last bits of a sum taken in another order
- * (shared/tests/test_hot.py holds them to 1e-12, relative); the choices, the draws from
- * the generator and their order stay in Python (Policy.pick).
- *
- * No numpy C API: arguments are Python lists of bytes and objects with the buffer
- * protocol (numpy arrays, bytes), results are Python floats.
+ * Optional (tipsml.hot): built by shared/setup.py where a C compiler is present; every
+ * user keeps its Python path, taken where it is not built or with TIPSML_NO_C=1, and
+ * the tests hold the two to each other (shared/tests/test_hot.py).
  *
  * arm_stats(rows, x, lam, want_ux, prior=None, plam=0.0) -> (means, uxs | None)
  *     One policy's arms: rows[k] is arm k's stored model (layout 2: float32
@@ -15,11 +10,19 @@
  *     else, None included: the prior, b = 0, A⁻¹ = I/lam). As Policy._rows reads them:
  *     when any row is layout 2, every row is read in float32 (a layout-1 row and the
  *     prior rounded to float32). means[k] = bᵀA⁻¹x (b += plam·prior[k] when a prior
- *     (K·D float64) is given), uxs[k] = xᵀA⁻¹x.
- *
+ *     (K·D float64) is given), uxs[k] = xᵀA⁻¹x. The numpy path's numbers to the last bits
+ *     of a sum taken in another order (1e-12 relative).
  * thompson_probs(mean, sd, breaks, nodes, weights) -> list
  *     P(arm a has the largest draw) for independent N(mean_a, sd_a²): the composite
  *     Gauss–Legendre rule of bandits.thompson_probs, step for step.
+ * pick(kind, mean, ux, param, capsule) -> (idx, propensity, explored, scores | None)
+ *     Policy.pick for ε-greedy and LinUCB: its float operations, and numpy's own draws
+ *     (Generator.random, Generator.integers) from the generator's bit generator.
+ * round6(x) -> list: x.round(6).tolist().
+ * nats_frames(buf, pos) -> (frames, pos): the complete NATS frames of a read buffer.
+ *
+ * No numpy C API: arguments are Python lists, bytes and objects with the buffer protocol;
+ * numpy's bit generator is reached through its public capsule (numpy/random/bitgen.h).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -529,6 +532,151 @@ static PyObject *round6(PyObject *self, PyObject *x)
     return out;
 }
 
+/* ------------------------------------------------------------------ NATS frames
+ * nats_frames(buf, pos) -> (frames, pos): the complete frames of a NATS connection's read
+ * buffer from ``pos`` on, and where the first incomplete one starts. A MSG or HMSG is a
+ * tuple (sid, subject, reply, header block or None, payload): subject and reply as str
+ * ("" when there is none), the header block as its bytes (``NATS/1.0…\r\n\r\n``), the
+ * payload as bytes; any other line is its bytes without the CRLF (PING, +OK, INFO …).
+ * A malformed MSG line raises ValueError (the connection starts again), as
+ * tipsml.messaging.fastsub's Python parser does. */
+
+static const char *find_crlf(const char *p, const char *end)
+{
+    while (p + 1 < end) {
+        const char *cr = memchr(p, '\r', (size_t)(end - p - 1));
+        if (cr == NULL)
+            return NULL;
+        if (cr[1] == '\n')
+            return cr;
+        p = cr + 1;
+    }
+    return NULL;
+}
+
+static int parse_size(const char *s, Py_ssize_t n, Py_ssize_t *out)
+{
+    if (n < 1 || n > 18)
+        return -1;
+    Py_ssize_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *nats_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "nats_frames(buf, pos)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        goto fail;
+    const char *base = (const char *)v.buf, *end = base + v.len;
+    if (pos < 0 || pos > v.len) {
+        PyErr_SetString(PyExc_ValueError, "pos outside the buffer");
+        goto fail;
+    }
+    while (pos < v.len) {
+        const char *line = base + pos;
+        const char *eol = find_crlf(line, end);
+        if (eol == NULL)
+            break;
+        Py_ssize_t llen = eol - line;
+        int hmsg = llen >= 5 && memcmp(line, "HMSG ", 5) == 0;
+        int msg = !hmsg && llen >= 4 && memcmp(line, "MSG ", 4) == 0;
+        PyObject *item;
+        if (!msg && !hmsg) {
+            item = PyBytes_FromStringAndSize(line, llen);
+            pos = eol + 2 - base;
+        } else {
+            /* the line's tokens: MSG subject sid [reply] size | HMSG … hdr_len total_len */
+            const char *tok[7];
+            Py_ssize_t tlen[7];
+            int nt = 0;
+            for (const char *p = line; p < eol;) {
+                while (p < eol && (*p == ' ' || *p == '\t'))
+                    p++;
+                if (p >= eol)
+                    break;
+                const char *q = p;
+                while (q < eol && *q != ' ' && *q != '\t')
+                    q++;
+                if (nt == 7) {
+                    nt = 8;
+                    break;
+                }
+                tok[nt] = p;
+                tlen[nt++] = q - p;
+                p = q;
+            }
+            int want_min = hmsg ? 5 : 4;
+            if (nt < want_min || nt > want_min + 1) {
+                PyErr_SetString(PyExc_ValueError, "malformed MSG line");
+                goto fail;
+            }
+            Py_ssize_t size, hlen = 0, sid;
+            if (parse_size(tok[nt - 1], tlen[nt - 1], &size) < 0 ||
+                (hmsg && parse_size(tok[nt - 2], tlen[nt - 2], &hlen) < 0) ||
+                parse_size(tok[2], tlen[2], &sid) < 0 || hlen > size) {
+                PyErr_SetString(PyExc_ValueError, "malformed MSG line");
+                goto fail;
+            }
+            Py_ssize_t body = eol + 2 - base;
+            if (body + size + 2 > v.len)
+                break;  /* the payload is not all here yet */
+            int has_reply = nt == want_min + 1;
+            PyObject *subject = PyUnicode_DecodeUTF8(tok[1], tlen[1], "strict");
+            PyObject *reply = has_reply ? PyUnicode_DecodeUTF8(tok[3], tlen[3], "strict")
+                                        : PyUnicode_FromStringAndSize("", 0);
+            PyObject *hdr = hmsg ? PyBytes_FromStringAndSize(base + body, hlen)
+                                 : (Py_INCREF(Py_None), Py_None);
+            PyObject *data = PyBytes_FromStringAndSize(base + body + hlen, size - hlen);
+            PyObject *sidobj = PyLong_FromSsize_t(sid);
+            if (subject == NULL || reply == NULL || hdr == NULL || data == NULL ||
+                sidobj == NULL) {
+                Py_XDECREF(subject);
+                Py_XDECREF(reply);
+                Py_XDECREF(hdr);
+                Py_XDECREF(data);
+                Py_XDECREF(sidobj);
+                goto fail;
+            }
+            item = PyTuple_Pack(5, sidobj, subject, reply, hdr, data);
+            Py_DECREF(sidobj);
+            Py_DECREF(subject);
+            Py_DECREF(reply);
+            Py_DECREF(hdr);
+            Py_DECREF(data);
+            pos = body + size + 2;
+        }
+        if (item == NULL)
+            goto fail;
+        int rc = PyList_Append(frames, item);
+        Py_DECREF(item);
+        if (rc < 0)
+            goto fail;
+    }
+    PyBuffer_Release(&v);
+    PyObject *out = Py_BuildValue("(Nn)", frames, pos);
+    return out;
+fail:
+    Py_XDECREF(frames);
+    PyBuffer_Release(&v);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"arm_stats", (PyCFunction)(void (*)(void))arm_stats, METH_FASTCALL,
      "arm_stats(rows, x, lam, want_ux, prior=None, plam=0.0) -> (means, uxs | None)"},
@@ -541,6 +689,8 @@ static PyMethodDef methods[] = {
     {"draw_double", (PyCFunction)py_draw_double, METH_O,
      "draw_double(capsule): Generator.random() on the capsule's bit generator"},
     {"round6", (PyCFunction)round6, METH_O, "round6(x): x.round(6).tolist()"},
+    {"nats_frames", (PyCFunction)(void (*)(void))nats_frames, METH_FASTCALL,
+     "nats_frames(buf, pos) -> (frames, pos): the complete NATS frames of a read buffer"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -45,24 +45,18 @@ about λ_p / D rewards per arm their own data weigh as much as the prior.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from .features import FS_CTX, FS_CTX_PROFILE, FS_CTX_PROFILE_V2, FeatureSet
+from .hot import lib as _hot
 
-# The per-arm maths in C (shared/src/tipsml/_hot.c, built by shared/setup.py where a C
-# compiler is present): the same numbers to the last bits of a sum taken in another
-# order, in about a tenth of the time of the numpy calls on these tiny matrices (issue 12).
-# Without it (or with TIPSML_PURE_NUMPY=1) the numpy path below does the same maths.
-try:
-    from . import _hot
-except ImportError:  # pragma: no cover - built without a C compiler
-    _hot = None
-if os.environ.get("TIPSML_PURE_NUMPY", "") not in ("", "0"):
-    _hot = None
+# The per-arm maths in C (tipsml.hot): the same numbers to the last bits of a sum taken
+# in another order, in about a tenth of the time of the numpy calls on these tiny
+# matrices (issue 12). Without it (or with TIPSML_NO_C=1) the numpy path below does the
+# same maths.
 _HOT_MAXD = 32  # the C part's largest feature dimension
 
 

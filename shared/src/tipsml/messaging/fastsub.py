@@ -32,9 +32,13 @@ import socket
 from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
+from ..hot import lib as _hot
+
 log = logging.getLogger(__name__)
 
 _CRLF = b"\r\n"
+# the frames of a read buffer, parsed in C where it is built (tipsml.hot; issue 12)
+_frames = _hot.nats_frames if _hot is not None else None
 
 
 class FastMsg:
@@ -357,6 +361,30 @@ class FastConnection:
 
     def _parse(self, proto: _Proto, buf: bytearray) -> int:
         """Hands every complete frame in ``buf`` on; returns how far it read."""
+        if _frames is not None:
+            return self._dispatch(proto, *_frames(buf, 0))
+        return self._parse_python(proto, buf)
+
+    def _dispatch(self, proto: _Proto, frames: list, pos: int) -> int:
+        """The frames :func:`tipsml._hot.nats_frames` parsed, handed on in order."""
+        subs = self._subs
+        for f in frames:
+            if type(f) is not tuple:
+                self._control(proto, f)
+                continue
+            sub = subs.get(f[0])
+            if sub is None:
+                continue  # unsubscribed meanwhile
+            hdr = f[3]
+            try:
+                sub.cb(FastMsg(self, f[1], f[2], f[4],
+                               _parse_headers(hdr) if hdr is not None else None))
+            except Exception:  # noqa: BLE001 - one bad message never stops the reader
+                log.exception("%s: message callback failed", self.name)
+        return pos
+
+    def _parse_python(self, proto: _Proto, buf: bytearray) -> int:
+        """:meth:`_parse` where the C part is not built."""
         pos, n = 0, len(buf)
         subs = self._subs
         while pos < n:
