@@ -23,6 +23,22 @@ pytestmark = pytest.mark.system
     ("SET", "k", 1e-300, "", b""),
 ])
 def test_pack_is_what_redis_py_sends(args):
+    from tipsml.resp import pack_python
+
+    want = b"".join(Connection().pack_command(*args))
+    assert pack(*args) == want and pack_python(*args) == want  # C (where built) and Python
+
+
+def test_pack_hands_other_types_to_the_python_packer():
+    import enum
+
+    class N(enum.IntEnum):
+        A = 7
+
+    class F(float):
+        pass
+
+    args = ("SET", N.A, F(2.5), 3)
     assert pack(*args) == b"".join(Connection().pack_command(*args))
 
 

@@ -20,6 +20,7 @@
  *     (Generator.random, Generator.integers) from the generator's bit generator.
  * round6(x) -> list: x.round(6).tolist().
  * nats_frames(buf, pos) -> (frames, pos): the complete NATS frames of a read buffer.
+ * resp_pack(*args) -> bytes: one Redis command in RESP (tipsml.resp.pack).
  *
  * No numpy C API: arguments are Python lists, bytes and objects with the buffer protocol;
  * numpy's bit generator is reached through its public capsule (numpy/random/bitgen.h).
@@ -677,6 +678,67 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ RESP
+ * resp_pack(*args) -> bytes: one Redis command as RESP (an array of bulk strings), as
+ * tipsml.resp.pack writes it: bytes as they are, str as UTF-8, an int or a float as its
+ * repr. Anything else (an int or float subclass included) raises TypeError: the Python
+ * packer then answers it (redis-py's DataError). */
+static PyObject *resp_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *tmp[64];
+    const char *ptr[64];
+    Py_ssize_t len[64];
+    if (nargs > 64) {
+        PyErr_SetString(PyExc_TypeError, "more than 64 arguments");
+        return NULL;
+    }
+    Py_ssize_t total = 32, i;
+    PyObject *out = NULL;
+    for (i = 0; i < nargs; i++) {
+        PyObject *a = args[i];
+        tmp[i] = NULL;
+        if (PyBytes_CheckExact(a)) {
+            ptr[i] = PyBytes_AS_STRING(a);
+            len[i] = PyBytes_GET_SIZE(a);
+        } else if (PyUnicode_CheckExact(a)) {
+            ptr[i] = PyUnicode_AsUTF8AndSize(a, &len[i]);
+            if (ptr[i] == NULL)
+                goto done;
+        } else if (PyLong_CheckExact(a) || PyFloat_CheckExact(a)) {
+            tmp[i] = PyObject_Repr(a);
+            if (tmp[i] == NULL)
+                goto done;
+            ptr[i] = PyUnicode_AsUTF8AndSize(tmp[i], &len[i]);
+            if (ptr[i] == NULL)
+                goto done;
+        } else {
+            PyErr_SetString(PyExc_TypeError, "bytes, str, int or float");
+            goto done;
+        }
+        total += len[i] + 24;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        goto done;
+    char *w = PyBytes_AS_STRING(out);
+    w += sprintf(w, "*%zd\r\n", nargs);
+    for (Py_ssize_t j = 0; j < nargs; j++) {
+        w += sprintf(w, "$%zd\r\n", len[j]);
+        memcpy(w, ptr[j], (size_t)len[j]);
+        w += len[j];
+        *w++ = '\r';
+        *w++ = '\n';
+    }
+    if (_PyBytes_Resize(&out, w - PyBytes_AS_STRING(out)) < 0)
+        out = NULL;
+done:
+    for (Py_ssize_t j = 0; j < i && j < nargs; j++)
+        Py_XDECREF(tmp[j]);
+    if (i < nargs)
+        Py_XDECREF(tmp[i]);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"arm_stats", (PyCFunction)(void (*)(void))arm_stats, METH_FASTCALL,
      "arm_stats(rows, x, lam, want_ux, prior=None, plam=0.0) -> (means, uxs | None)"},
@@ -689,6 +751,8 @@ static PyMethodDef methods[] = {
     {"draw_double", (PyCFunction)py_draw_double, METH_O,
      "draw_double(capsule): Generator.random() on the capsule's bit generator"},
     {"round6", (PyCFunction)round6, METH_O, "round6(x): x.round(6).tolist()"},
+    {"resp_pack", (PyCFunction)(void (*)(void))resp_pack, METH_FASTCALL,
+     "resp_pack(*args) -> bytes: one Redis command in RESP"},
     {"nats_frames", (PyCFunction)(void (*)(void))nats_frames, METH_FASTCALL,
      "nats_frames(buf, pos) -> (frames, pos): the complete NATS frames of a read buffer"},
     {NULL, NULL, 0, NULL},

@@ -35,6 +35,10 @@ import collections
 import hiredis
 from redis import exceptions as rex
 
+from .hot import lib as _hot
+
+_c_pack = _hot.resp_pack if _hot is not None else None  # tipsml.hot: RESP packing in C
+
 _ERRORS = {  # error prefix -> redis-py's class (as redis-py's parser maps them)
     "NOSCRIPT": rex.NoScriptError, "NOPERM": rex.NoPermissionError,
     "NOAUTH": rex.AuthenticationError, "WRONGPASS": rex.AuthenticationError,
@@ -71,7 +75,17 @@ encode_arg = _arg  # for callers that write RESP themselves (StateStore._record_
 
 
 def pack(*args) -> bytes:
-    """One command in RESP (an array of bulk strings)."""
+    """One command in RESP (an array of bulk strings); in C where it is built."""
+    if _c_pack is not None:
+        try:
+            return _c_pack(*args)
+        except TypeError:  # another type: redis-py's answer (DataError) from the Python packer
+            pass
+    return pack_python(*args)
+
+
+def pack_python(*args) -> bytes:
+    """:func:`pack` in Python."""
     out = [b"*%d\r\n" % len(args)]
     add = out.append
     for a in args:
