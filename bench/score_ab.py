@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def one(tree: Path, out: Path, args, base: bool) -> dict:
     env = dict(os.environ)
     if base and tree != ROOT:
+        from score_cpu_steps import build_c_part
+
+        build_c_part(tree)  # a base with tipsml's C part runs with it, as `make setup` builds it
         env["PYTHONPATH"] = os.pathsep.join([str(tree / "shared" / "src"),
                                              str(tree / "scorer" / "src")])
     else:

@@ -69,6 +69,21 @@ ROUND3 = [
     ("+ one read without prior lookups; profile_fallbacks from pydantic's slot", "b750522", {}),
 ]
 
+# round 4 (2026-11-30, third session): the per-decision work Python did slowly, in C
+# (tipsml._hot), and fewer objects and loop turns per decision
+ROUND4 = [
+    ("before this round (main at 3697cd9)", "3697cd9", {}),
+    ("+ the arms' maths in C (arm_stats, thompson_probs)", "249a34f", {}),
+    ("+ the choice in C with numpy's own draws (pick), features rounded in C", "e7cc359", {}),
+    ("+ profile fallbacks kept by the field validator (no model validator, no private "
+     "attribute)", "a84837f", {}),
+    ("+ metrics without the client's locks; DECISIONS publishes without a coroutine",
+     "40f4b36", {}),
+    ("+ NATS frames parsed in C", "ec7b3bc", {}),
+    ("+ RESP commands packed in C", "0856e11", {}),
+    ("+ reads answered by callback, one deadline timer; a plan per live policy", "HEAD", {}),
+]
+
 
 def run_open(commit: str, env: dict, args, tmp: Path, src: str) -> dict:
     """CPU per decision at a fixed rate (open loop): median and spread of --repeats runs."""
@@ -84,11 +99,21 @@ def run_open(commit: str, env: dict, args, tmp: Path, src: str) -> dict:
     return {"median": vals[len(vals) // 2], "min": vals[0], "max": vals[-1], "runs": vals}
 
 
+def build_c_part(tree: Path) -> None:
+    """A checkout with tipsml's C part (shared/setup.py, issue 12 round 4) gets it built
+    in place, so its step runs with it as `make setup` would (older ones have none)."""
+    shared = tree / "shared"
+    if (shared / "setup.py").exists() and not list((shared / "src" / "tipsml").glob("_hot*.so")):
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=shared,
+                       check=True, stdout=subprocess.DEVNULL)
+
+
 def run_step(commit: str, env: dict, mode: str, args, tmp: Path) -> dict:
     wt = tmp / commit
     if not wt.exists():
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(wt), commit], cwd=ROOT,
                        check=True)
+        build_c_part(wt)
     src = ":".join(str(wt / m / "src") for m in ("shared", "scorer", "devtools"))
     if mode == "open":
         return run_open(commit, env, args, tmp, src)
@@ -108,15 +133,16 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--round", type=int, choices=[1, 2, 3], default=1,
-                    help="1: issue 12's first steps; 2: low-rate costs; 3: the third round")
+    ap.add_argument("--round", type=int, choices=[1, 2, 3, 4], default=1,
+                    help="1: issue 12's first steps; 2: low-rate costs; 3: the third round; "
+                         "4: the C part")
     ap.add_argument("--rate", type=float, default=500, help="--modes open: requests/s")
     ap.add_argument("--duration", type=float, default=10, help="--modes open: seconds")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.out = args.out or str(OUT) + ("" if args.round == 1 else f"_round{args.round}"
                                        f"_c{args.concurrency}")
-    steps = {1: STEPS, 2: ROUND2, 3: ROUND3}[args.round]
+    steps = {1: STEPS, 2: ROUND2, 3: ROUND3, 4: ROUND4}[args.round]
     modes = args.modes.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="score-steps-") as t:

@@ -9,6 +9,7 @@ reward join) and the DECISIONS log entries (JetStream, for off-policy evaluation
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import time
 import weakref
@@ -24,15 +25,15 @@ from tipsml.state import StateStore, pulls_key, state_key
 
 
 class _Batch:
-    """One read pipeline in flight: its requests, the pipeline's task, its deadline."""
+    """One read pipeline in flight: its requests, when it left, whether it is settled."""
 
-    __slots__ = ("items", "job", "settled", "timer")
+    __slots__ = ("items", "late", "settled", "t0")
 
-    def __init__(self, items, job):
+    def __init__(self, items, t0: float):
         self.items = items
-        self.job = job
-        self.timer = None
-        self.settled = False
+        self.t0 = t0
+        self.settled = False  # its requests have their models or their failure
+        self.late = False     # its deadline passed (the grace turns are running)
 
 
 class CoalescingReader:
@@ -47,6 +48,10 @@ class CoalescingReader:
     script calls, one round trip, one connection). The deadline belongs to the batch,
     counted from when it was sent: a slow Redis fails the batch's requests (they fall
     back), but the pipeline itself is never cancelled, so connections stay healthy.
+
+    On the raw connection the pipeline's replies come back by callback, straight from the
+    connection's reader to the requests' futures (no future or loop turn in between), and
+    one timer watches the oldest batch's deadline instead of a timer per batch (issue 12).
     """
 
     def __init__(self, store: StateStore, *, timeout_s: float, max_batch: int = 32,
@@ -60,6 +65,8 @@ class CoalescingReader:
         self._inflight = 0
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._out: collections.deque[_Batch] = collections.deque()  # sent, oldest first
+        self._watch: asyncio.TimerHandle | None = None
         # the raw connection's read, written at once (StateStore.load_batch_nowait)
         self._nowait = getattr(store, "load_batch_nowait", None)
         self.batches = 0  # observable: batches sent (tests, metrics)
@@ -71,6 +78,8 @@ class CoalescingReader:
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
+            self._watch = None  # a closed loop's timer and batches never complete
+            self._out.clear()
         return loop
 
     def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
@@ -92,43 +101,63 @@ class CoalescingReader:
         # master fails only its users' requests, not the batch)
         kw = {"deadline_s": self.timeout_s * 0.8} if getattr(self.store, "cluster", False) \
             else {}
+        out = self._out
+        while out and out[0].settled:
+            out.popleft()
         while self._pending and self._inflight < self.max_inflight:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             self._inflight += 1
             self.batches += 1
-            # callbacks, not a task around wait_for(shield(...)): the pipeline written at
-            # once where the raw connection is up (a future, no task), else one task per
-            # batch; and a timer (issue 12: a third of the reader's CPU at low rates)
             reqs = [(k, a) for k, a, _ in batch]
-            job = self._nowait(reqs) if self._nowait is not None and not kw else None
-            if job is None:
+            b = _Batch(batch, loop.time())
+            out.append(b)
+            if self._watch is None:
+                self._watch = loop.call_at(b.t0 + self.timeout_s, self._check)
+            # the pipeline written at once where the raw connection is up, its replies by
+            # callback; else one task per batch (redis-py, a cluster, not connected yet)
+            try:
+                sent = self._nowait is not None and not kw and self._nowait(
+                    reqs, lambda res, err, b=b: self._answered(b, res, err))
+            except Exception as e:  # noqa: BLE001 - e.g. the connection refused the write
+                self._settle(b, e)
+                continue
+            if not sent:
                 job = loop.create_task(self.store.load_batch(reqs, **kw))
-            b = _Batch(batch, job)
-            b.timer = loop.call_later(self.timeout_s, self._late, b, 0)
-            b.job.add_done_callback(lambda job, b=b: self._answered(b))
+                job.add_done_callback(lambda j, b=b: self._answered(b, *_outcome(j)))
 
-    def _answered(self, b: _Batch) -> None:
-        """The pipeline finished: its requests get their models (or its failure)."""
-        job = b.job
-        if b.settled:  # already failed for lateness: only read the outcome
-            _consume_exception(job)
+    def _answered(self, b: _Batch, results, err: BaseException | None) -> None:
+        """The pipeline finished: its requests get their models (or its failure); one
+        that already failed for lateness only drops the outcome."""
+        if b.settled:
             return
-        b.timer.cancel()
-        if job.cancelled():
-            self._settle(b, ConnectionError("state store read cancelled"))
-        elif job.exception() is not None:
-            self._settle(b, job.exception())
-        else:
-            self._settle(b, None, job.result())
+        if isinstance(err, asyncio.CancelledError):
+            err = ConnectionError("state store read cancelled")
+        self._settle(b, err, results)
+
+    def _check(self) -> None:
+        """The watch timer: batches past their deadline start their grace turns
+        (:meth:`_late`); the timer is set again for the oldest batch still in time."""
+        self._watch = None
+        loop = self._running_loop()
+        now = loop.time()
+        for b in self._out:
+            if b.settled or b.late:
+                continue
+            due = b.t0 + self.timeout_s
+            if now < due:
+                self._watch = loop.call_at(due, self._check)
+                return
+            b.late = True
+            self._late(b, 0)
 
     def _late(self, b: _Batch, turns: int) -> None:
         """The deadline passed. A busy loop fires it in the same turn as the reply's socket
         event, before the reader resumes: give the reply a few turns before calling Redis
         slow (our own queueing is not Redis's fault). Then the waiting requests give up;
         the pipeline finishes in the background (its reply is read and dropped)."""
-        if b.settled or b.job.done():
-            return  # answered: _answered runs in this turn
+        if b.settled:
+            return  # answered meanwhile
         if turns < 8:
             self._running_loop().call_soon(self._late, b, turns + 1)
             return
@@ -198,9 +227,29 @@ class DecisionIds:
 _logged = round6
 
 
-def _consume_exception(t: asyncio.Future) -> None:
-    if not t.cancelled():
-        t.exception()
+def _outcome(f: asyncio.Future) -> tuple:
+    """(result, None) or (None, the error) of a finished future."""
+    if f.cancelled():
+        return None, asyncio.CancelledError()
+    err = f.exception()
+    return (f.result(), None) if err is None else (None, err)
+
+
+class _Plan:
+    """What a decision of one live policy needs that does not change between requests:
+    its shadows, which of them learn, their feature sets and update ids (built once per
+    live policy: issue 12)."""
+
+    __slots__ = ("feature_sets", "hyper", "learners", "learns", "pols", "shadows", "versions")
+
+    def __init__(self, live: Policy, shadows: list[Policy], learners: list[str]):
+        self.shadows = shadows
+        self.pols = [live, *shadows]
+        self.learners = learners
+        self.learns = [p.name in learners for p in self.pols]
+        self.feature_sets = [p.features for p in self.pols]
+        self.versions = [p.features.version for p in self.pols]
+        self.hyper = {p.name: p.update_id for p in self.pols if p.name in learners}
 
 
 @dataclass
@@ -221,6 +270,7 @@ class Scorer:
         self.arms = list(settings.arms)
         self.rng = rng or np.random.default_rng()
         self.new_id = DecisionIds()
+        self._plans: dict[str, _Plan] = {}
         # a pooled policy's prior from the fresh cache without a task (StateStore)
         self._prior_nowait = getattr(store, "shared_prior_nowait", None)
         self.redis_timeout_s = getattr(settings, "redis_timeout_s", 0.025)
@@ -266,35 +316,44 @@ class Scorer:
             out.append(await self.store.global_models(p, arms) if g else next(got))
         return out, priors
 
+    def _plan(self, live: Policy) -> _Plan:
+        plan = self._plans.get(live.name)
+        if plan is None:
+            shadows = [self.policies[s] for s in self.settings.shadow_policies
+                       if s != live.name]
+            learners = [live.name]
+            if getattr(self.settings, "shadow_learn", True):
+                learners += [p.name for p in shadows]
+            plan = self._plans[live.name] = _Plan(live, shadows, learners)
+        return plan
+
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         live = self.policy(req.policy)
+        plan = self._plans.get(live.name) or self._plan(live)
         arms = req.arms or self.arms
-        shadows = [self.policies[s] for s in self.settings.shadow_policies if s != live.name]
-        pols = [live, *shadows]
-        skeys = [state_key(p.name, req.user_id, p.global_model) for p in pols]
+        shadows, pols, uid = plan.shadows, plan.pols, req.user_id
+        skeys = [state_key(p.name, uid, p.global_model) for p in pols]
         ts = time.time()
         decision_id = self.new_id()
         hour, dow = resolve_time(req.context)
-        # one vector per feature version (policies sharing one share the array, and their
-        # per-arm maths is one numpy pass: bandits.choose_many)
-        byv = build_vectors([p.features for p in pols], req.context, req.profile_features)
-        xs = {p.name: byv[p.features.version] for p in pols}
-        learners = [live.name]
-        if getattr(self.settings, "shadow_learn", True):
-            learners += [p.name for p in shadows]
+        # one vector per feature version (policies sharing one share the array)
+        byv = build_vectors(plan.feature_sets, req.context, req.profile_features)
+        xs = [byv[v] for v in plan.versions]
+        learners = plan.learners
         record = {
-            "decision_id": decision_id, "user_id": req.user_id,
+            "decision_id": decision_id, "user_id": uid,
             "policy": live.name, "policy_version": live.version,
             "ts": ts, "learners": learners,
-            "vectors": {p.name: (k, xs[p.name]) for p, k in zip(pols, skeys) if p.name in learners},
-            "pulls_key": pulls_key(live.name, req.user_id, live.global_model),
-            "hyper": {p.name: p.update_id for p in pols if p.name in learners},
+            "vectors": {p.name: (k, x) for p, k, x, learns in zip(pols, skeys, xs, plan.learns)
+                        if learns},
+            "pulls_key": pulls_key(live.name, uid, live.global_model),
+            "hyper": plan.hyper,
         }
         try:
             blobs, priors = await self._load_models(pols, skeys, arms)
         except (TimeoutError, Exception) as e:  # Redis down/slow: safe uniform fallback
             return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
-        choices = choose_many(pols, arms, blobs, [xs[p.name] for p in pols], self.rng, priors)
+        choices = choose_many(pols, arms, blobs, xs, self.rng, priors)
         c = choices[0]
         reply = {
             "ok": True, "decision_id": decision_id, "policy": live.name,
@@ -310,11 +369,12 @@ class Scorer:
         record["propensity"] = c.propensity
         rounded: dict[str, list[float]] = {}
 
-        def logged(p: Policy) -> list[float]:  # once per feature version
-            v = p.features.version
-            if v not in rounded:
-                rounded[v] = _logged(xs[p.name])
-            return rounded[v]
+        def logged(i: int) -> list[float]:  # once per feature version
+            v = plan.versions[i]
+            r = rounded.get(v)
+            if r is None:
+                r = rounded[v] = _logged(xs[i])
+            return r
 
         # one DECISIONS message per decision: the served entry (its fields as before) with
         # the shadow policies' choices inside it (``shadow``; scorer.decisionlog.expand_entry
@@ -323,14 +383,14 @@ class Scorer:
             "decision_id": decision_id, "user_id": req.user_id, "policy": live.name,
             "policy_version": live.version, "served": True, "live_policy": live.name,
             "arm": c.arm, "propensity": c.propensity, "explored": c.explored,
-            "arms": arms, "scores": c.scores, "features": logged(live),
+            "arms": arms, "scores": c.scores, "features": logged(0),
             "feature_version": live.features.version, "hour_of_day": hour, "day_of_week": dow,
             "served_arm": c.arm, "ts": ts, "request_id": req.request_id,
             "shadow": [{"policy": p.name, "policy_version": p.version, "arm": ch.arm,
                         "propensity": ch.propensity, "explored": ch.explored,
-                        "scores": ch.scores, "features": logged(p),
+                        "scores": ch.scores, "features": logged(i),
                         "feature_version": p.features.version}
-                       for p, ch in zip(shadows, choices[1:])],
+                       for i, (p, ch) in enumerate(zip(shadows, choices[1:]), 1)],
         }
         log = [entry]
         return ScoreOutcome(reply, record, log)

@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 
 import hiredis
 from redis import exceptions as rex
 
 from .hot import lib as _hot
+
+log = logging.getLogger(__name__)
 
 _c_pack = _hot.resp_pack if _hot is not None else None  # tipsml.hot: RESP packing in C
 
@@ -99,13 +102,31 @@ def pack_python(*args) -> bytes:
 
 
 class _Pending:
-    __slots__ = ("n", "replies", "fut", "timer")
+    """One pipeline waiting for its ``n`` replies: a future resolves with them, or a
+    callback ``cb(replies, error)`` is called with them (no future, no loop turn between
+    the reply and its reader: the scorer's coalesced read)."""
 
-    def __init__(self, n: int, fut: asyncio.Future):
+    __slots__ = ("cb", "fut", "n", "replies", "t0")
+
+    def __init__(self, n: int, fut: asyncio.Future | None, t0: float, cb=None):
         self.n = n
         self.replies: list = []
         self.fut = fut
-        self.timer: asyncio.TimerHandle | None = None
+        self.cb = cb
+        self.t0 = t0
+
+    def done(self, replies: list | None, err: BaseException | None) -> None:
+        if self.cb is not None:
+            cb, self.cb = self.cb, None
+            try:
+                cb(replies, err)
+            except Exception:  # noqa: BLE001 - a reader's bug must not stop the connection
+                log.exception("Redis pipeline callback failed")
+        elif self.fut is not None and not self.fut.done():
+            if err is None:
+                self.fut.set_result(replies)
+            else:
+                self.fut.set_exception(err)
 
 
 class _Protocol(asyncio.Protocol):
@@ -116,6 +137,8 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=_ReplyError)
         self.waiting: collections.deque[_Pending] = collections.deque()
         self.closed = False
+        # one timer watches the oldest pipeline (not a timer per pipeline: issue 12)
+        self.watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -140,10 +163,7 @@ class _Protocol(asyncio.Protocol):
             head.replies.append(r)
             if len(head.replies) == head.n:
                 waiting.popleft()
-                if head.timer is not None:
-                    head.timer.cancel()
-                if not head.fut.done():
-                    head.fut.set_result(head.replies)
+                head.done(head.replies, None)
 
     def connection_lost(self, exc) -> None:
         self.fail(rex.ConnectionError(f"Redis connection lost: {exc!r}" if exc else
@@ -157,16 +177,26 @@ class _Protocol(asyncio.Protocol):
                 self.owner._proto = None
             if self.transport is not None:
                 self.transport.abort()
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
         waiting, self.waiting = self.waiting, collections.deque()
         for p in waiting:
-            if p.timer is not None:
-                p.timer.cancel()
-            if not p.fut.done():
-                p.fut.set_exception(err)
+            p.done(None, err)
 
-    def _timed_out(self, p: _Pending, timeout_s: float) -> None:
-        if not p.fut.done():
+    def watch_oldest(self, timeout_s: float) -> None:
+        """The oldest pipeline waits longer than ``timeout_s``: the connection fails (a
+        reply that late means the server or the network is stuck, and the replies behind
+        it are out of reach). Otherwise the timer is set again for the oldest one left."""
+        self.watch = None
+        if self.closed or not self.waiting:
+            return
+        now = self.loop.time()
+        due = self.waiting[0].t0 + timeout_s
+        if now >= due:
             self.fail(rex.TimeoutError(f"Timeout reading from Redis ({timeout_s:g} s)"))
+        else:
+            self.watch = self.loop.call_at(due, self.watch_oldest, timeout_s)
 
 
 class FastRedis:
@@ -223,25 +253,29 @@ class FastRedis:
             return self._proto
         return await asyncio.shield(self._connecting)
 
-    def _send(self, proto: _Protocol, data: bytes, n: int) -> asyncio.Future:
+    def _send(self, proto: _Protocol, data: bytes, n: int, cb=None) -> asyncio.Future | None:
         loop = proto.loop  # not asyncio.get_running_loop(): a getpid() syscall per call
-        p = _Pending(n, loop.create_future())
-        if self.timeout_s:
-            p.timer = loop.call_later(self.timeout_s, proto._timed_out, p, self.timeout_s)
+        p = _Pending(n, None if cb is not None else loop.create_future(), loop.time(), cb)
         proto.waiting.append(p)
+        if self.timeout_s and proto.watch is None:
+            proto.watch = loop.call_at(p.t0 + self.timeout_s, proto.watch_oldest,
+                                       self.timeout_s)
         proto.transport.write(data)
         return p.fut
 
-    def send_nowait(self, data: bytes, n: int) -> asyncio.Future | None:
+    def send_nowait(self, data: bytes, n: int, cb=None) -> asyncio.Future | bool | None:
         """:meth:`execute` without a coroutine: the pipeline is written now and the future
-        it returns resolves like ``execute``'s result (same timeout, same failures).
-        ``None`` when the connection is not up (the caller takes the ``execute`` path,
-        which connects). The scorer's coalesced read goes out this way: no task per read
-        batch, two loop turns fewer per request at a low rate (issue 12)."""
+        it returns resolves like ``execute``'s result (same timeout, same failures); with
+        ``cb``, no future: ``cb(replies, None)`` or ``cb(None, error)`` is called from the
+        connection's reader (no loop turn in between) and ``True`` is returned. ``None``
+        when the connection is not up (the caller takes the ``execute`` path, which
+        connects). The scorer's coalesced read goes out this way: no task per read batch,
+        no future between the reply and the requests waiting for it (issue 12)."""
         p = self._proto
         if n <= 0 or p is None or p.closed or p.transport is None or p.loop is None:
             return None
-        return self._send(p, data, n)
+        fut = self._send(p, data, n, cb)
+        return True if cb is not None else fut
 
     async def execute(self, data: bytes, n: int) -> list:
         """Replies of the ``n`` commands in ``data`` (error replies as exception

@@ -395,6 +395,14 @@ def _hp_tag(update_id: str) -> str:
     return t
 
 
+def _outcome(f: asyncio.Future) -> tuple:
+    """(result, None) or (None, the error) of a finished future."""
+    if f.cancelled():
+        return None, asyncio.CancelledError()
+    err = f.exception()
+    return (f.result(), None) if err is None else (None, err)
+
+
 class StateStore:
     """Async facade over Redis (or a Redis Cluster) for the scorer and the feedback consumer."""
 
@@ -581,38 +589,43 @@ class StateStore:
             return out
         return out
 
-    def load_batch_nowait(self, reqs: list[tuple[list[str], list[str]]]
-                          ) -> asyncio.Future | None:
+    def load_batch_nowait(self, reqs: list[tuple[list[str], list[str]]], cb=None
+                          ) -> asyncio.Future | bool | None:
         """:meth:`load_batch` written at once on the raw connection, as a future (not a
-        coroutine: no task per batch); ``None`` where it does not apply (a cluster,
-        redis-py, the connection not up yet): use :meth:`load_batch`. A ``NOSCRIPT``
-        reply (Redis restarted or flushed its scripts) sends the batch again after loading
-        them, as :meth:`load_batch` does."""
+        coroutine: no task per batch), or with ``cb``: ``cb(results, None)`` or
+        ``cb(None, error)`` called from the connection's reader (no future, no loop turn
+        between Redis's reply and the requests waiting for it; ``True`` is returned).
+        ``None`` where it does not apply (a cluster, redis-py, the connection not up yet):
+        use :meth:`load_batch`. A ``NOSCRIPT`` reply (Redis restarted or flushed its
+        scripts) sends the batch again after loading them, as :meth:`load_batch` does."""
         fast = self._fast_read
         if fast is None or self.cluster:
             return None
         data = self._load_bytes(reqs)
-        first = fast.send_nowait(data, len(reqs))
-        if first is None:
-            return None
-        out = first.get_loop().create_future()
+        out = asyncio.get_running_loop().create_future() if cb is None else None
 
-        def answered(f: asyncio.Future, again: bool = True) -> None:
-            if out.done():
-                return
-            if f.cancelled():
-                out.cancel()
-            elif f.exception() is not None:
-                out.set_exception(f.exception())
-            elif again and any(isinstance(o, NoScriptError) for o in f.result()):
+        def deliver(res, err) -> None:
+            if cb is not None:
+                cb(res, err)
+            elif not out.done():
+                if err is None:
+                    out.set_result(res)
+                elif isinstance(err, asyncio.CancelledError):
+                    out.cancel()
+                else:
+                    out.set_exception(err)
+
+        def answered(res, err, again: bool = True) -> None:
+            if err is None and again and any(isinstance(o, NoScriptError) for o in res):
                 # once, as load_batch does: a second NOSCRIPT is answered as it is
-                retry = f.get_loop().create_task(self._reload_and_load(data, len(reqs)))
-                retry.add_done_callback(lambda r: answered(r, again=False))
-            else:
-                out.set_result(f.result())
+                retry = asyncio.ensure_future(self._reload_and_load(data, len(reqs)))
+                retry.add_done_callback(lambda r: answered(*_outcome(r), again=False))
+                return
+            deliver(res, err)
 
-        first.add_done_callback(answered)
-        return out
+        if not fast.send_nowait(data, len(reqs), answered):
+            return None
+        return out if cb is None else True
 
     async def _reload_and_load(self, data: bytes, n: int) -> list:
         await self._script_load_all(LOAD_MANY_LUA)  # restarted, flushed, failed over
