@@ -103,3 +103,4 @@ def test_record_bytes_are_what_packing_the_commands_gives(state_ttl):
     cmds = store._record_commands(recs)
     data, n = store._record_resp(recs)
     assert n == len(cmds) and data == b"".join(pack(*c) for c in cmds)
+    assert store._record_resp_python(recs) == (data, n)  # where the C packer is not built

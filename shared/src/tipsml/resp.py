@@ -40,7 +40,8 @@ from .hot import lib as _hot
 
 log = logging.getLogger(__name__)
 
-_c_pack = _hot.resp_pack if _hot is not None else None  # tipsml.hot: RESP packing in C
+# tipsml.hot: RESP packing in C (bytes, str, exact int and float arguments only)
+c_pack = _c_pack = _hot.resp_pack if _hot is not None else None
 
 _ERRORS = {  # error prefix -> redis-py's class (as redis-py's parser maps them)
     "NOSCRIPT": rex.NoScriptError, "NOPERM": rex.NoPermissionError,

@@ -69,7 +69,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from tipsml.resp import FastRedis, encode_arg, fast_params, pack
+from tipsml.resp import FastRedis, c_pack, encode_arg, fast_params, pack
 
 log = logging.getLogger(__name__)
 
@@ -698,8 +698,38 @@ class StateStore:
 
     def _record_resp(self, records: list[dict]) -> tuple[bytes, int]:
         """:meth:`_record_commands` as the RESP bytes :func:`tipsml.resp.pack` makes of
-        them (and how many commands), written directly: the decision log's pipeline on
-        the raw connection (issue 12: generic packing was half of a record's CPU)."""
+        them (and how many commands): the decision log's pipeline on the raw connection.
+        Each command is one call of the C packer where it is built (a record's five
+        commands in about a third of the time the hand-written formatting below takes);
+        without it, the formatting (issue 12: generic packing in Python was half of a
+        record's CPU)."""
+        if c_pack is None:
+            return self._record_resp_python(records)
+        ttl = int(self.reward_window_s + self.record_grace_s)
+        sttl = self.state_ttl_s if self.state_ttl_s > 0 else None
+        window = self.reward_window_s
+        out: list[bytes] = []
+        add = out.append
+        n = 0
+        for rec in records:
+            did, uid = rec["decision_id"], rec["user_id"]
+            dkey = decision_key(did, uid)
+            hset = ["HSET", dkey]
+            for kv in self.decision_fields(rec).items():
+                hset += kv
+            add(c_pack(*hset))
+            add(c_pack("EXPIRE", dkey, ttl))
+            add(c_pack("ZADD", due_key(due_shard(did)), rec["ts"] + window, f"{did}:{uid}"))
+            pk = self._pulls_key(rec)
+            add(c_pack("HINCRBY", pk, rec["arm"], 1))
+            n += 4
+            if sttl is not None and rec["policy"] not in self.global_policies:
+                add(c_pack("EXPIRE", pk, sttl))
+                n += 1
+        return b"".join(out), n
+
+    def _record_resp_python(self, records: list[dict]) -> tuple[bytes, int]:
+        """:meth:`_record_resp` where the C packer is not built: the RESP written by hand."""
         ttl = encode_arg(int(self.reward_window_s + self.record_grace_s))
         sttl = encode_arg(self.state_ttl_s) if self.state_ttl_s > 0 else None
         window = self.reward_window_s
