@@ -81,7 +81,8 @@ ROUND4 = [
      "40f4b36", {}),
     ("+ NATS frames parsed in C", "ec7b3bc", {}),
     ("+ RESP commands packed in C", "0856e11", {}),
-    ("+ reads answered by callback, one deadline timer; a plan per live policy", "HEAD", {}),
+    ("+ reads answered by callback, one deadline timer; a plan per live policy", "36590ff", {}),
+    ("+ decision records packed in C", "1a5cd69", {}),
 ]
 
 
