@@ -145,6 +145,10 @@ def _check_profile(v: dict | None) -> dict | None:
     for k, x in v.items():
         if len(k) > 64:
             raise ValueError("profile feature names are at most 64 characters")
+        t = type(x)
+        # the usual values, without a call: a finite float, an int within float range
+        if (t is float and x - x == 0.0) or (t is int and -1e308 < x < 1e308):
+            continue
         problem = _profile_value_problem(x)
         if problem:
             if why is None:
