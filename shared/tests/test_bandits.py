@@ -263,3 +263,31 @@ def test_choose_many_is_choose_per_policy(path, monkeypatch):
         got = choose_many(ps, arms, blobs, xs, r2, priors)
         assert got == want
         assert r1.random() == r2.random()  # the same draws were consumed
+
+
+def test_resolve_profile_is_the_schema_applied_value_by_value():
+    """The resolver's precomputed table (issue 12) gives what PROFILE_SCHEMA says: a
+    number within the feature's range (an int feature truncated), else its fallback."""
+    import math
+    import random
+
+    from tipsml.features import PROFILE_SCHEMA, _num, resolve_profile
+
+    def by_the_schema(profile):
+        out = {}
+        for name, spec in PROFILE_SCHEMA.items():
+            v = _num((profile or {}).get(name))
+            if v is None or (spec.lo is not None and v < spec.lo) or \
+                    (spec.hi is not None and v > spec.hi):
+                out[name] = spec.fallback
+            else:
+                out[name] = int(v) if spec.dtype == "int" else v
+        return out
+
+    rnd = random.Random(1)
+    vals = [None, True, False, 0, 1, -1, 23, 24, 0.5, -0.0, 1.0, 1.5, 1e300, math.inf,
+            -math.inf, math.nan, 10**400, "x", [1], {}, 15000.0, 7.9, 23.0, 23.5]
+    for _ in range(5000):
+        p = {n: rnd.choice(vals) for n in PROFILE_SCHEMA if rnd.random() < 0.8}
+        assert repr(resolve_profile(p)) == repr(by_the_schema(p)), p
+    assert resolve_profile(None) == by_the_schema(None)

@@ -109,17 +109,24 @@ def _num(v: Any) -> float | None:
     return None
 
 
+# (name, lo, hi, fallback, is int) of every profile feature: read once, not per request
+_PROFILE_SPECS = tuple((name, -math.inf if spec.lo is None else spec.lo,
+                        math.inf if spec.hi is None else spec.hi, spec.fallback,
+                        spec.dtype == "int") for name, spec in PROFILE_SCHEMA.items())
+
+
 def resolve_profile(profile: dict | None) -> dict[str, Any]:
     """Every declared profile feature with its value or its fallback (range-checked)."""
-    profile = profile or {}
+    get = (profile or {}).get
     out: dict[str, Any] = {}
-    for name, spec in PROFILE_SCHEMA.items():
-        v = _num(profile.get(name))
-        if (v is None or (spec.lo is not None and v < spec.lo)
-                or (spec.hi is not None and v > spec.hi)):
-            out[name] = spec.fallback
+    for name, lo, hi, fallback, is_int in _PROFILE_SPECS:
+        v = get(name)
+        if type(v) is not float or v - v != 0.0:  # the usual value: a finite float
+            v = _num(v)
+        if v is None or v < lo or v > hi:
+            out[name] = fallback
         else:
-            out[name] = int(v) if spec.dtype == "int" else v
+            out[name] = int(v) if is_int else v
     return out
 
 
