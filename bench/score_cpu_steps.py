@@ -83,6 +83,7 @@ ROUND4 = [
     ("+ RESP commands packed in C", "0856e11", {}),
     ("+ reads answered by callback, one deadline timer; a plan per live policy", "36590ff", {}),
     ("+ decision records packed in C", "1a5cd69", {}),
+    ("+ profile values without a call, resolve_profile from a table", "555bc86", {}),
 ]
 
 
