@@ -10,7 +10,7 @@ PIP_PKGS := -e './shared[llm]' -e ./scorer -e ./generator -e ./feedback-consumer
 
 .PHONY: lock setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down status asyncapi bench-score bench-generate guard-report bench-job bench-worker bench-run sim sim-heldout sim-sweep sim-versions gate gate-pooled ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
-$(STAMP): requirements.lock shared/pyproject.toml scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml devtools/pyproject.toml
+$(STAMP): requirements.lock shared/pyproject.toml shared/setup.py shared/src/tipsml/_hot.c scorer/pyproject.toml generator/pyproject.toml feedback-consumer/pyproject.toml bench-worker/pyproject.toml devtools/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip wheel setuptools
 	@echo "installing python packages (llama-cpp-python compiles once, ~5 min, then it is cached)..."
