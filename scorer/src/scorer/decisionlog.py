@@ -143,6 +143,15 @@ class AckedPublisher:
         fast = self.fast
         if fast is not None and not fast.connected:
             raise ConnectionError("NATS fast path down")  # the writer republishes it
+        reply, fut = self._new_ack()
+        if fast is not None:
+            fast.write_pub(subject, data, headers, reply=reply)
+        else:
+            await self.nc.publish(subject, data, reply=reply, headers=headers)
+        return fut
+
+    def _new_ack(self) -> tuple[str, asyncio.Future]:
+        """A reply subject for one publish's ack, and the future the ack resolves."""
         self._seq += 1
         token = str(self._seq)
         fut = self._loop.create_future()
@@ -151,11 +160,7 @@ class AckedPublisher:
             for k in [k for k, f in futs.items() if f.done()]:
                 del futs[k]
         futs[token] = fut
-        if fast is not None:
-            fast.write_pub(subject, data, headers, reply=self._prefix + token)
-        else:
-            await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
-        return fut
+        return self._prefix + token, fut
 
     def publish_nowait(self, subject: str, data: bytes, msg_id: str) -> asyncio.Future | None:
         """:meth:`publish_async` with a ``Nats-Msg-Id`` header, written at once on the fast
@@ -164,16 +169,9 @@ class AckedPublisher:
         fast = self.fast
         if fast is None or self._prefix is None or not fast.connected:
             return None
-        self._seq += 1
-        token = str(self._seq)
-        fut = self._loop.create_future()
-        futs = self._futs
-        if len(futs) > 20_000:  # futures given up on (cancelled by the writer): forget them
-            for k in [k for k, f in futs.items() if f.done()]:
-                del futs[k]
-        futs[token] = fut
+        reply, fut = self._new_ack()
         fast.write_pub(subject, data, b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % msg_id.encode(),
-                       reply=self._prefix + token)
+                       reply=reply)
         return fut
 
     async def publish(self, subject: str, data: bytes, headers: dict | None = None,

@@ -21,7 +21,7 @@ from tipsml.bandits import Policy, build_policies, choose_many, round6
 from tipsml.contract import ContractError, ErrorCode, ScoreRequest
 from tipsml.features import build_vectors, resolve_time
 from tipsml.messaging.breaker import CircuitBreaker
-from tipsml.state import StateStore, pulls_key, state_key
+from tipsml.state import StateStore, future_outcome, pulls_key, state_key
 
 
 class _Batch:
@@ -124,7 +124,7 @@ class CoalescingReader:
                 continue
             if not sent:
                 job = loop.create_task(self.store.load_batch(reqs, **kw))
-                job.add_done_callback(lambda j, b=b: self._answered(b, *_outcome(j)))
+                job.add_done_callback(lambda j, b=b: self._answered(b, *future_outcome(j)))
 
     def _answered(self, b: _Batch, results, err: BaseException | None) -> None:
         """The pipeline finished: its requests get their models (or its failure); one
@@ -225,14 +225,6 @@ class DecisionIds:
 # 1e-6 is far below any feature's meaningful resolution), about half the bytes of full
 # float64 reprs: x.round(6).tolist(), in C where it is built.
 _logged = round6
-
-
-def _outcome(f: asyncio.Future) -> tuple:
-    """(result, None) or (None, the error) of a finished future."""
-    if f.cancelled():
-        return None, asyncio.CancelledError()
-    err = f.exception()
-    return (f.result(), None) if err is None else (None, err)
 
 
 class _Plan:

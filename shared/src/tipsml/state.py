@@ -395,7 +395,7 @@ def _hp_tag(update_id: str) -> str:
     return t
 
 
-def _outcome(f: asyncio.Future) -> tuple:
+def future_outcome(f: asyncio.Future) -> tuple:
     """(result, None) or (None, the error) of a finished future."""
     if f.cancelled():
         return None, asyncio.CancelledError()
@@ -619,7 +619,7 @@ class StateStore:
             if err is None and again and any(isinstance(o, NoScriptError) for o in res):
                 # once, as load_batch does: a second NOSCRIPT is answered as it is
                 retry = asyncio.ensure_future(self._reload_and_load(data, len(reqs)))
-                retry.add_done_callback(lambda r: answered(*_outcome(r), again=False))
+                retry.add_done_callback(lambda r: answered(*future_outcome(r), again=False))
                 return
             deliver(res, err)
 
