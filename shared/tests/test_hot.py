@@ -183,3 +183,15 @@ def test_round6_is_numpys_round():
     x = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-8, 4, size=5000),
                         np.array([0.5e-6, 1.5e-6, 2.5e-6, -0.5e-6, 0.0, -0.0, 1e300, np.inf])])
     assert hot.round6(x) == x.round(6).tolist()
+
+
+def test_pick_takes_arrays_too():
+    """A caller's numpy arrays (not the plain floats the scorer passes) go to the Python
+    pick, before any draw: the same choice and the same generator state."""
+    pol = Policy("t-linucb", "linucb", FS_CTX, alpha=0.7)
+    r1, r2 = np.random.default_rng(1), np.random.default_rng(1)
+    for _ in range(50):
+        m = np.zeros(3)
+        assert pol.pick(["a", "b", "c"], m, np.ones(3), r1) == \
+            pol.pick(["a", "b", "c"], m.tolist(), [1.0] * 3, r2)
+    assert r1.random() == r2.random()

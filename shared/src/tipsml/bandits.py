@@ -465,13 +465,20 @@ class Policy:
         # a draw among one candidate is skipped: numpy draws nothing for a range of one
         # (``integers(1)`` leaves the generator as it was), so the sequence is unchanged
         k = len(arms)
-        if _HOT_PICK and self.kind != "thompson" and type(rng) is np.random.Generator:
-            # the same operations and draws in C (tipsml._hot.pick; checked at import)
+        if _HOT_PICK and self.kind != "thompson" and type(rng) is np.random.Generator \
+                and type(mean) is list and len(mean) == k:
+            # the same operations and draws in C (tipsml._hot.pick; checked at import). The
+            # generator is not locked as numpy's own methods lock it: one thread per
+            # generator (the scorer's loop), as everywhere in this project
             lin = self.kind == "linucb"
-            idx, p, explored, scores = _hot.pick(lin, mean, ux, self.alpha if lin
-                                                 else self.epsilon, rng.bit_generator.capsule)
-            return Choice(arms[idx], idx, min(p, 1.0), explored,
-                          dict(zip(arms, mean if scores is None else scores)))
+            try:
+                idx, p, explored, scores = _hot.pick(
+                    lin, mean, ux, self.alpha if lin else self.epsilon, rng.bit_generator.capsule)
+            except TypeError:  # not plain floats (a caller's arrays): the Python pick below
+                pass
+            else:
+                return Choice(arms[idx], idx, min(p, 1.0), explored,
+                              dict(zip(arms, mean if scores is None else scores)))
         if self.kind == "egreedy":
             ms = mean
             cut = max(ms) - 1e-12
