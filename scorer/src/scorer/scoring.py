@@ -241,7 +241,7 @@ class _Plan:
         self.learns = [p.name in learners for p in self.pols]
         self.feature_sets = [p.features for p in self.pols]
         self.versions = [p.features.version for p in self.pols]
-        self.hyper = {p.name: p.update_id for p in self.pols if p.name in learners}
+        self.hyper = {p.name: p.update_id for p, learns in zip(self.pols, self.learns) if learns}
 
 
 @dataclass
@@ -308,20 +308,18 @@ class Scorer:
             out.append(await self.store.global_models(p, arms) if g else next(got))
         return out, priors
 
-    def _plan(self, live: Policy) -> _Plan:
-        plan = self._plans.get(live.name)
-        if plan is None:
-            shadows = [self.policies[s] for s in self.settings.shadow_policies
-                       if s != live.name]
-            learners = [live.name]
-            if getattr(self.settings, "shadow_learn", True):
-                learners += [p.name for p in shadows]
-            plan = self._plans[live.name] = _Plan(live, shadows, learners)
+    def _new_plan(self, live: Policy) -> _Plan:
+        """The plan of ``live``, built on its first request and kept."""
+        shadows = [self.policies[s] for s in self.settings.shadow_policies if s != live.name]
+        learners = [live.name]
+        if getattr(self.settings, "shadow_learn", True):
+            learners += [p.name for p in shadows]
+        plan = self._plans[live.name] = _Plan(live, shadows, learners)
         return plan
 
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         live = self.policy(req.policy)
-        plan = self._plans.get(live.name) or self._plan(live)
+        plan = self._plans.get(live.name) or self._new_plan(live)
         arms = req.arms or self.arms
         shadows, pols, uid = plan.shadows, plan.pols, req.user_id
         skeys = [state_key(p.name, uid, p.global_model) for p in pols]

@@ -41,7 +41,7 @@ from .hot import lib as _hot
 log = logging.getLogger(__name__)
 
 # tipsml.hot: RESP packing in C (bytes, str, exact int and float arguments only)
-c_pack = _c_pack = _hot.resp_pack if _hot is not None else None
+c_pack = _hot.resp_pack if _hot is not None else None
 
 _ERRORS = {  # error prefix -> redis-py's class (as redis-py's parser maps them)
     "NOSCRIPT": rex.NoScriptError, "NOPERM": rex.NoPermissionError,
@@ -80,9 +80,9 @@ encode_arg = _arg  # for callers that write RESP themselves (StateStore._record_
 
 def pack(*args) -> bytes:
     """One command in RESP (an array of bulk strings); in C where it is built."""
-    if _c_pack is not None:
+    if c_pack is not None:
         try:
-            return _c_pack(*args)
+            return c_pack(*args)
         except TypeError:  # another type: redis-py's answer (DataError) from the Python packer
             pass
     return pack_python(*args)
