@@ -335,8 +335,7 @@ class DecisionLogWriter:
                 await asyncio.sleep(0)  # let requests in: this loop must not hold the loop
             try:
                 subject, data = S.decisions_subject(e["policy"]), self._encode(e)
-                fut = nowait(subject, data, f"{e['decision_id']}:{e['policy']}") \
-                    if nowait is not None else None
+                fut = nowait(subject, data, self._msg_id(e)) if nowait is not None else None
                 if fut is None:
                     fut = await self.js.publish_async(subject, data, headers=self._headers(e),
                                                       wait_stall=2.0)
@@ -371,8 +370,13 @@ class DecisionLogWriter:
         return orjson.dumps(e)
 
     @staticmethod
-    def _headers(e: dict) -> dict:
-        return {"Nats-Msg-Id": f"{e['decision_id']}:{e['policy']}"}
+    def _msg_id(e: dict) -> str:
+        """The entry's Nats-Msg-Id: a republish of it is deduplicated by the stream."""
+        return f"{e['decision_id']}:{e['policy']}"
+
+    @classmethod
+    def _headers(cls, e: dict) -> dict:
+        return {"Nats-Msg-Id": cls._msg_id(e)}
 
     async def _publish(self, e: dict) -> None:
         data = self._encode(e)
