@@ -129,3 +129,77 @@ async def test_reads_go_out_without_a_task_and_survive_a_script_flush(stack, red
         assert not out.reply["fallback"] and sc.reader.batches == batches + 1
     finally:
         await store.close()
+
+
+async def _score_cb(sc: Scorer, req: ScoreRequest):
+    """Scorer.score_cb as a coroutine: (taken, outcome)."""
+    fut = asyncio.get_running_loop().create_future()
+    taken = sc.score_cb(req, fut.set_result)
+    if not taken:
+        assert not fut.done()
+        return False, None
+    return True, await asyncio.wait_for(fut, 2.0)
+
+
+def _same_decision(a, b) -> None:
+    """Two outcomes of the same request under the same random draws: equal but for the
+    decision's id and time."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("decision_id", "ts")}
+
+    assert strip(a.reply) == strip(b.reply)
+    assert [strip(e) for e in a.log] == [strip(e) for e in b.log]
+    ra, rb = strip(a.record), strip(b.record)
+    va, vb = ra.pop("vectors"), rb.pop("vectors")
+    assert ra == rb and va.keys() == vb.keys()
+    for k in va:
+        assert va[k][0] == vb[k][0] and np.array_equal(va[k][1], vb[k][1])
+
+
+async def test_score_cb_decides_as_score_does(stack, redis_client, uid):
+    """The synchronous path (no task, the outcome by callback from the Redis reader) makes
+    the decision the awaited path makes: the same draws give the same reply, record and
+    log entry, for users with and without state, the live policy pooled or not; a pooled
+    prior due for its refresh is left to the awaited path (False, nothing drawn)."""
+    store = StateStore.from_url(stack.redis_url, global_refresh_s=60)
+    ctx = {"hour_of_day": 9, "day_of_week": 2}
+    prof = {"completion_rate": 0.4, "dismiss_rate": 0.1}
+    try:
+        for live in ("egreedy-v1", "egreedy-pooled", "linucb"):
+            s = ScorerSettings(redis_url=stack.redis_url, default_policy=live)
+            seed_sc = Scorer(s, store, rng=np.random.default_rng(1))
+            out = await seed_sc.score(ScoreRequest(user_id=f"{uid}-{live}-x"))
+            await store.record_decisions([out.record])
+            assert (await store.apply_reward(f"ev-{uid}-{live}", out.reply["decision_id"],
+                                             f"{uid}-{live}-x", 1.0)).outcome == "applied"
+            a = Scorer(s, store, rng=np.random.default_rng(7))
+            b = Scorer(s, store, rng=np.random.default_rng(7))
+            if live == "egreedy-pooled":  # a fresh scorer: the shared prior is not cached yet
+                store._gcache.clear()
+                assert await _score_cb(b, ScoreRequest(user_id=f"{uid}-p")) == (False, None)
+            for i, user in enumerate([f"{uid}-{live}-x", f"{uid}-{live}-new"] * 3):
+                req = ScoreRequest(user_id=user, context=ctx, profile_features=prof,
+                                   request_id=f"r{i}")
+                want = await a.score(req)
+                taken, got = await _score_cb(b, req)
+                assert taken, (live, i)
+                assert not got.reply["fallback"]
+                _same_decision(want, got)
+    finally:
+        await store.close()
+
+
+async def test_score_cb_falls_back_when_redis_is_unreachable(stack):
+    s = ScorerSettings(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.05,
+                       default_policy="egreedy-v1")
+    store = StateStore.from_url(s.redis_url)
+    sc = Scorer(s, store)
+    try:
+        for _ in range(5):  # the breaker opens after 3: then the answer comes at once
+            taken, out = await _score_cb(sc, ScoreRequest(user_id="u", arms=["a", "b", "c"]))
+            assert taken and out.reply["fallback"] is True
+            assert out.reply["propensity"] == pytest.approx(1 / 3)
+            assert out.record["fallback"] is True and out.log[0]["fallback"] is True
+        assert sc.reader.breaker.is_open
+    finally:
+        await store.close()

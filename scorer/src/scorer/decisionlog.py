@@ -223,15 +223,26 @@ class DecisionLogWriter:
     def pending(self) -> int:
         return len(self.q)
 
+    @property
+    def behind(self) -> bool:
+        """Whether :meth:`submit` would wait now (back-pressure): the reply path must then
+        await it instead of calling :meth:`submit_nowait`."""
+        return len(self.q) >= self.high_water and self._healthy and not self._stopping
+
     async def submit(self, record: dict | None, entries: list[dict]) -> bool:
         """Queue one decision; waits (back-pressure) while the writer is behind."""
-        if len(self.q) >= self.high_water and self._healthy and not self._stopping:
+        if self.behind:
             if self.m:
                 self.m.backpressure.inc()
             try:
                 await asyncio.wait_for(self._caught_up.wait(), self.backpressure_max_s)
             except TimeoutError:
                 pass
+        return self.submit_nowait(record, entries)
+
+    def submit_nowait(self, record: dict | None, entries: list[dict]) -> bool:
+        """:meth:`submit` without the back-pressure wait (the caller checked :attr:`behind`);
+        ``False`` when the queue is full and the decision is dropped (counted)."""
         if len(self.q) >= self.maxsize:
             self.lost += 1
             if self.m:

@@ -42,7 +42,8 @@ class Handlers:
         spec = {e.name: e for e in S.SCORER_ENDPOINTS}
         return [
             (spec["score"], Endpoint(S.TIPS_SCORE, self.score, request=ScoreRequest, metrics=m,
-                                     errors=STORE_DOWN)),
+                                     errors=STORE_DOWN,
+                                     now=self.score_now if self.settings.sync_score else None)),
             (spec["stats"], Endpoint(S.TIPS_STATS, self.stats, request=StatsRequest, metrics=m,
                                      errors=STORE_DOWN)),
             # raw: the admin check comes before the payload is even parsed
@@ -51,11 +52,45 @@ class Handlers:
         ]
 
     async def score(self, req: ScoreRequest, msg) -> bytes:
+        self._count_profile(req)
+        res = await self.scorer.score(req)
+        self._count(res.reply)
+        await self.writer.submit(res.record, res.log)  # waits only when the writer is behind
+        return orjson.dumps(res.reply)
+
+    def score_now(self, req: ScoreRequest, msg, reply) -> bool:
+        """:meth:`score` without a task (the endpoint's synchronous path, issue 12): the
+        reply (or the exception that becomes a typed error) goes to ``reply`` from the state
+        read's callback. ``False`` when it must be awaited — the writer is behind (the reply
+        waits for it: back-pressure) or the scorer needs an await first."""
+        if self.writer.behind:
+            return False
+
+        def scored(res) -> None:
+            try:
+                self._count(res.reply)
+                self.writer.submit_nowait(res.record, res.log)
+                body = orjson.dumps(res.reply)
+            except Exception as e:  # noqa: BLE001 - a typed reply, never a lost request
+                reply(e)
+                return
+            reply(body)
+
+        try:
+            taken = self.scorer.score_cb(req, scored)
+        except Exception:
+            self._count_profile(req)
+            raise
+        if taken:
+            self._count_profile(req)
+        return taken
+
+    def _count_profile(self, req: ScoreRequest) -> None:
         if req.profile_fallbacks:  # bad values use the feature's fallback, never an error
             for why in req.profile_fallbacks.values():
                 self.m.profile_fallbacks.labels(why).inc()
-        res = await self.scorer.score(req)
-        r = res.reply
+
+    def _count(self, r: dict) -> None:
         self._decisions(r["policy"], r["arm"], "live").inc()
         if r["explored"]:
             self._explored(r["policy"]).inc()
@@ -64,8 +99,6 @@ class Handlers:
         for s in r["shadow"]:
             self._decisions(s["policy"], s["arm"], "shadow").inc()
             self._agreement(s["policy"], "true" if s["arm"] == r["arm"] else "false").inc()
-        await self.writer.submit(res.record, res.log)  # waits only when the writer is behind
-        return orjson.dumps(r)
 
     async def stats(self, req: StatsRequest, msg) -> bytes:
         return orjson.dumps(await asyncio.wait_for(self.scorer.stats(req.user_id, req.policy),

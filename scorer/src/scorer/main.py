@@ -81,6 +81,11 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
             log.warning("state store not reachable at start (%r): serving fallbacks until it is",
                         e)
         fast = await _fast_connection(w, settings)
+        if fast is not None and settings.sync_score:
+            # requests served without a task (Handlers.score_now): their reads leave as
+            # the read of NATS ends, their replies as the Redis batch that answered ends
+            fast.after_read.append(scorer.reader.flush_now)
+            scorer.reader.on_settled.append(fast.flush_now)
         writer = DecisionLogWriter(store, AckedPublisher(w.nc, w.js, fast=fast),
                                    maxsize=settings.decision_queue_max,
                                    high_water=settings.decision_queue_high_water,

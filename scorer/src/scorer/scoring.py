@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,8 @@ from tipsml.contract import ContractError, ErrorCode, ScoreRequest
 from tipsml.features import build_vectors, resolve_time
 from tipsml.messaging.breaker import CircuitBreaker
 from tipsml.state import StateStore, future_outcome, pulls_key, state_key
+
+log = logging.getLogger(__name__)
 
 
 class _Batch:
@@ -61,7 +65,7 @@ class CoalescingReader:
         self.timeout_s = timeout_s
         self.max_batch = max(1, max_batch)
         self.max_inflight = max(1, max_inflight)
-        self._pending: list[tuple[list[str], list[str], asyncio.Future]] = []
+        self._pending: list[tuple[list[str], list[str], Callable]] = []
         self._inflight = 0
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,6 +73,9 @@ class CoalescingReader:
         self._watch: asyncio.TimerHandle | None = None
         # the raw connection's read, written at once (StateStore.load_batch_nowait)
         self._nowait = getattr(store, "load_batch_nowait", None)
+        # called after each batch's requests had their answer (the scorer's fast NATS
+        # connection sends the replies they wrote then, not a loop turn later)
+        self.on_settled: list[Callable[[], None]] = []
         self.batches = 0  # observable: batches sent (tests, metrics)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -83,19 +90,32 @@ class CoalescingReader:
         return loop
 
     def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
-        loop = self._running_loop()
-        fut = loop.create_future()
+        fut = self._running_loop().create_future()
+        self.load_cb(keys, arms, lambda res, err: _settle_future(fut, res, err))
+        return fut
+
+    def load_cb(self, keys: list[str], arms: list[str], cb) -> None:
+        """:meth:`load` without a future: ``cb(models, None)`` or ``cb(None, error)`` is
+        called from the connection's reader (or the deadline's timer), in the same loop
+        turn the outcome is known (issue 12: the request path needs no task)."""
         if self.breaker.is_open:
-            fut.set_exception(ConnectionError("redis circuit open"))
-            return fut
-        self._pending.append((keys, arms, fut))
+            cb(None, ConnectionError("redis circuit open"))
+            return
+        self._pending.append((keys, arms, cb))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return fut
+            self._running_loop().call_soon(self._flush)
+
+    def flush_now(self) -> None:
+        """Send the reads queued so far now, not at the next loop turn (the fast NATS
+        connection calls it once it has handed on every request of a read)."""
+        if self._pending:
+            self._flush()
 
     def _flush(self) -> None:
         self._scheduled = False
+        if not self._pending:
+            return
         loop = self._running_loop()
         # on a Redis Cluster each master answers for itself within the deadline (a failing
         # master fails only its users' requests, not the batch)
@@ -167,13 +187,24 @@ class CoalescingReader:
     def _settle(self, b: _Batch, err: BaseException | None, results=None) -> None:
         b.settled = True
         self._inflight -= 1
-        if err is None:
-            self._resolve(b.items, results)
-        else:
-            self._fail(b.items, err)
-        if self._pending and not self._scheduled:
-            self._scheduled = True
-            self._running_loop().call_soon(self._flush)
+        try:
+            if err is None:
+                self._resolve(b.items, results)
+            else:
+                self._fail(b.items, err)
+        finally:
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                self._running_loop().call_soon(self._flush)
+            for hook in self.on_settled:
+                hook()
+
+    @staticmethod
+    def _answer(cb, res, err) -> None:
+        try:
+            cb(res, err)
+        except Exception:  # noqa: BLE001 - one request's failure never stops the batch
+            log.exception("a state read's callback failed")
 
     def _fail(self, batch, err: BaseException) -> None:
         """A failed batch fails its requests and those queued behind it: Redis is slow or
@@ -182,18 +213,24 @@ class CoalescingReader:
         requests then fall back at once, until a probe batch goes through."""
         self.breaker.failure()
         waiting, self._pending = self._pending, []
-        for *_, fut in (*batch, *waiting):
-            if not fut.done():
-                fut.set_exception(err)
+        for *_, cb in (*batch, *waiting):
+            self._answer(cb, None, err)
 
     def _resolve(self, batch, results) -> None:
         self.breaker.success()
-        for (*_, fut), res in zip(batch, results):
-            if not fut.done():
-                if isinstance(res, Exception):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
+        for (*_, cb), res in zip(batch, results):
+            if isinstance(res, Exception):
+                self._answer(cb, None, res)
+            else:
+                self._answer(cb, res, None)
+
+
+def _settle_future(fut: asyncio.Future, res, err) -> None:
+    if not fut.done():
+        if err is None:
+            fut.set_result(res)
+        else:
+            fut.set_exception(err)
 
 
 class DecisionIds:
@@ -232,7 +269,8 @@ class _Plan:
     its shadows, which of them learn, their feature sets and update ids (built once per
     live policy: issue 12)."""
 
-    __slots__ = ("feature_sets", "hyper", "learners", "learns", "pols", "shadows", "versions")
+    __slots__ = ("feature_sets", "global_model", "hyper", "learners", "learns", "pols",
+                 "shared", "shadows", "versions")
 
     def __init__(self, live: Policy, shadows: list[Policy], learners: list[str]):
         self.shadows = shadows
@@ -242,9 +280,30 @@ class _Plan:
         self.feature_sets = [p.features for p in self.pols]
         self.versions = [p.features.version for p in self.pols]
         self.hyper = {p.name: p.update_id for p, learns in zip(self.pols, self.learns) if learns}
+        self.global_model = any(p.global_model for p in self.pols)
+        self.shared = self.global_model or any(p.pooled for p in self.pols)  # not one read
 
 
-@dataclass
+class _Decision:
+    """One request's decision between its start and its models' arrival."""
+
+    __slots__ = ("arms", "decision_id", "live", "plan", "record", "req", "skeys", "ts",
+                 "when", "xs")
+
+    def __init__(self, req, live, plan, arms, skeys, decision_id, ts, when, xs, record):
+        self.req = req
+        self.live = live
+        self.plan = plan
+        self.arms = arms
+        self.skeys = skeys
+        self.decision_id = decision_id
+        self.ts = ts
+        self.when = when  # (hour of day, day of week) the decision was made at
+        self.xs = xs
+        self.record = record
+
+
+@dataclass(slots=True)
 class ScoreOutcome:
     reply: dict
     record: dict | None  # decision record for Redis (fallbacks have one too)
@@ -317,33 +376,73 @@ class Scorer:
         plan = self._plans[live.name] = _Plan(live, shadows, learners)
         return plan
 
-    async def score(self, req: ScoreRequest) -> ScoreOutcome:
-        live = self.policy(req.policy)
-        plan = self._plans.get(live.name) or self._new_plan(live)
-        arms = req.arms or self.arms
-        shadows, pols, uid = plan.shadows, plan.pols, req.user_id
+    def _begin(self, req: ScoreRequest, live: Policy, plan: _Plan, arms: list[str]
+               ) -> _Decision:
+        """What a decision holds before its models are read: its id, time, features and
+        the decision record (the same for the served and the fallback reply)."""
+        pols, uid = plan.pols, req.user_id
         skeys = [state_key(p.name, uid, p.global_model) for p in pols]
         ts = time.time()
         decision_id = self.new_id()
-        hour, dow = resolve_time(req.context)
+        when = resolve_time(req.context)
         # one vector per feature version (policies sharing one share the array)
         byv = build_vectors(plan.feature_sets, req.context, req.profile_features)
         xs = [byv[v] for v in plan.versions]
-        learners = plan.learners
         record = {
             "decision_id": decision_id, "user_id": uid,
             "policy": live.name, "policy_version": live.version,
-            "ts": ts, "learners": learners,
+            "ts": ts, "learners": plan.learners,
             "vectors": {p.name: (k, x) for p, k, x, learns in zip(pols, skeys, xs, plan.learns)
                         if learns},
             "pulls_key": pulls_key(live.name, uid, live.global_model),
             "hyper": plan.hyper,
         }
+        return _Decision(req, live, plan, arms, skeys, decision_id, ts, when, xs, record)
+
+    async def score(self, req: ScoreRequest) -> ScoreOutcome:
+        live = self.policy(req.policy)
+        plan = self._plans.get(live.name) or self._new_plan(live)
+        d = self._begin(req, live, plan, req.arms or self.arms)
         try:
-            blobs, priors = await self._load_models(pols, skeys, arms)
+            blobs, priors = await self._load_models(plan.pols, d.skeys, d.arms)
         except (TimeoutError, Exception) as e:  # Redis down/slow: safe uniform fallback
-            return self._fallback(req, live, arms, decision_id, ts, repr(e)[:200], record)
-        choices = choose_many(pols, arms, blobs, xs, self.rng, priors)
+            return self._fallback(d, repr(e)[:200])
+        return self._finish(d, blobs, priors)
+
+    def score_cb(self, req: ScoreRequest, cb: Callable[[ScoreOutcome], None]) -> bool:
+        """:meth:`score` without a task or a future (issue 12): ``cb(outcome)`` is called
+        from the state read's callback, in the loop turn Redis answered (or the deadline
+        passed: the fallback). ``False``, and nothing done, where the request needs an
+        await first — a pooled policy's shared prior due for a refresh, a global model —
+        then :meth:`score` serves it. Raises what :meth:`score` raises before its read
+        (``unknown_policy``); ``cb`` never raises into the reader (its caller's job)."""
+        live = self.policy(req.policy)
+        plan = self._plans.get(live.name) or self._new_plan(live)
+        arms = req.arms or self.arms
+        priors = None
+        if plan.shared:  # a pooled or global policy among them
+            if plan.global_model or self._prior_nowait is None:
+                return False
+            priors = [self._prior_nowait(p, arms) if p.pooled else None for p in plan.pols]
+            if any(th is None for p, th in zip(plan.pols, priors) if p.pooled):
+                return False  # a refresh is due: score() awaits it
+        d = self._begin(req, live, plan, arms)
+
+        def answered(blobs, err) -> None:
+            if err is not None:  # Redis down/slow: safe uniform fallback
+                cb(self._fallback(d, repr(err)[:200]))
+            else:
+                cb(self._finish(d, blobs, priors))
+
+        self.reader.load_cb(d.skeys, arms, answered)
+        return True
+
+    def _finish(self, d: _Decision, blobs, priors) -> ScoreOutcome:
+        """The choice of every policy from its models, and what the decision replies, records
+        and logs."""
+        req, live, plan, arms, xs = d.req, d.live, d.plan, d.arms, d.xs
+        shadows, decision_id, ts, record = plan.shadows, d.decision_id, d.ts, d.record
+        choices = choose_many(plan.pols, arms, blobs, xs, self.rng, priors)
         c = choices[0]
         reply = {
             "ok": True, "decision_id": decision_id, "policy": live.name,
@@ -366,6 +465,7 @@ class Scorer:
                 r = rounded[v] = _logged(xs[i])
             return r
 
+        hour, dow = d.when
         # one DECISIONS message per decision: the served entry (its fields as before) with
         # the shadow policies' choices inside it (``shadow``; scorer.decisionlog.expand_entry
         # gives the former one-entry-per-policy view)
@@ -382,13 +482,14 @@ class Scorer:
                         "feature_version": p.features.version}
                        for i, (p, ch) in enumerate(zip(shadows, choices[1:]), 1)],
         }
-        log = [entry]
-        return ScoreOutcome(reply, record, log)
+        return ScoreOutcome(reply, record, [entry])
 
-    def _fallback(self, req, live, arms, decision_id, ts, reason, record) -> ScoreOutcome:
+    def _fallback(self, d: _Decision, reason: str) -> ScoreOutcome:
         """A uniform choice (p = 1/K, the best exploration data OPE can get). Its record is
         written like any other once Redis answers again (the writer retries), so its
         reward applies and the log keeps it, flagged ``fallback``."""
+        req, live, arms, record = d.req, d.live, d.arms, d.record
+        decision_id, ts = d.decision_id, d.ts
         arm = arms[int(self.rng.integers(len(arms)))]
         p = 1.0 / len(arms)
         reply = {
@@ -408,7 +509,7 @@ class Scorer:
             "feature_version": live.features.version, "served_arm": arm,
             "ts": ts, "request_id": req.request_id, "fallback": True, "fallback_detail": reason,
         }]
-        log[0]["hour_of_day"], log[0]["day_of_week"] = resolve_time(req.context)
+        log[0]["hour_of_day"], log[0]["day_of_week"] = d.when
         record.update(arm=arm, propensity=p, fallback=True)
         return ScoreOutcome(reply, record, log)
 

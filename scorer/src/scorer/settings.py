@@ -18,6 +18,11 @@ the shared ones too (``SCORER_METRICS_PORT`` over ``METRICS_PORT``).
 * ``SCORER_NATS_FAST_PATH`` (true): ``tips.score`` arrives on a connection of its own that
   speaks the NATS protocol by hand (:mod:`tipsml.messaging.fastsub`, about half nats-py's
   CPU per request); with TLS, or false, it stays on nats-py;
+* ``SCORER_SYNC_SCORE`` (true): on that connection a request is served without a task —
+  parsed, its read queued and sent as the read of NATS ends, its reply written from the
+  Redis reply's callback and sent as that batch ends (two loop turns a decision instead
+  of five or six); a request that needs an await (the writer behind, a pooled prior due
+  for its refresh, a global model) takes the task path as before;
 * ``SCORER_REDIS_READ_BATCH`` (32) / ``SCORER_REDIS_READ_INFLIGHT`` (2): concurrent
   requests' state reads leave together, one pipeline per batch, at most 2 batches out;
 * ``SCORER_SHUTDOWN_TIMEOUT_S`` (8): SIGTERM → answered, logged and closed within it.
@@ -41,5 +46,6 @@ class ScorerSettings(BaseServiceSettings):
     decision_queue_high_water: int = 2000  # above it, replies wait for the writer
     decision_log_linger_s: float = Field(0.01, ge=0.0, le=1.0)  # batch the log's writes
     nats_fast_path: bool = True  # tips.score on tipsml.messaging.fastsub (not with TLS)
+    sync_score: bool = True  # on the fast path: tips.score without a task per request
     redis_read_batch: int = 32      # script calls per coalesced read pipeline
     redis_read_inflight: int = 2    # read pipelines out at once

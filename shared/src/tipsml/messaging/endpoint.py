@@ -47,7 +47,7 @@ from pydantic import BaseModel, ValidationError
 from ..contract import ContractError, ErrorCode, describe_validation_error, error_bytes, parse
 from ..metrics import Children
 from .connection import reply_is_inbox
-from .service import OK, respond
+from .service import OK, respond, respond_now
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +90,25 @@ class Endpoint:
     """One request-reply verb; an instance is the message handler (``await ep(msg)``)."""
 
     __slots__ = ("_error_labels", "_errors", "_latency", "_parse", "_requests", "handler",
-                 "metrics", "raw", "subject")
+                 "metrics", "now", "raw", "subject")
 
     def __init__(self, subject: str, handler: Callable[..., Awaitable[bytes | dict | Reply]], *,
                  request: type[BaseModel] | None = None,
                  parse_fn: Callable[[bytes], Any] | None = None, raw: bool = False,
                  metrics: EndpointMetrics | None = None, errors: ErrorMap = (),
-                 error_labels: tuple[str, ...] = ()):
+                 error_labels: tuple[str, ...] = (),
+                 now: Callable[[Any, Any, Callable[[bytes | Exception], None]], bool]
+                 | None = None):
         if sum(x is not None and x is not False for x in (request, parse_fn, raw or None)) > 1:
             raise ValueError("give one of request, parse_fn, raw")
         self.subject = subject
         self.handler = handler
         self.raw = raw or (request is None and parse_fn is None)
+        if now is not None and self.raw:
+            raise ValueError("a synchronous handler (now) takes a parsed request")
+        # ``now(request, msg, reply) -> bool``: serves the request without a task when it
+        # can (``reply(body or exception)`` once, now or from a callback), else False
+        self.now = now
         if request is not None:
             self._parse = lambda data, _m=request: parse(_m, data)
         else:
@@ -139,7 +146,10 @@ class Endpoint:
     async def __call__(self, msg) -> str:
         if not reply_is_inbox(msg.reply):  # a forged reply subject: never act, never publish
             return self._refuse(msg)
-        t0 = time.perf_counter()
+        return await self._handle(msg, time.perf_counter())
+
+    async def _handle(self, msg, t0: float, req=None) -> str:
+        """:meth:`__call__` from the parse on (``req``: the request already parsed)."""
         code = OK
         labels: tuple[str, ...] = ()
         after = None
@@ -147,7 +157,7 @@ class Endpoint:
             if self.raw:
                 out = await self.handler(msg)
             else:
-                out = await self.handler(self._parse(msg.data), msg)
+                out = await self.handler(self._parse(msg.data) if req is None else req, msg)
             if type(out) is not bytes:  # noqa: E721 - the fast path is exactly bytes
                 if isinstance(out, Reply):
                     labels, after = out.labels, out.after
@@ -164,13 +174,61 @@ class Endpoint:
                 code = "reply_failed"
         else:
             code = await respond(msg, out, code)  # error replies also get ADR-32 headers
+        self._observe(t0, code, labels)
+        if after is not None:
+            after()
+        return code  # the outcome, for $SRV.STATS
+
+    def _observe(self, t0: float, code: str, labels: tuple[str, ...]) -> None:
         if self._latency is not None:
             self._latency(self.subject, *labels).observe(time.perf_counter() - t0)
         if self._requests is not None:
             self._requests(self.subject, code).inc()
-        if after is not None:
-            after()
-        return code  # the outcome, for $SRV.STATS
+
+    def start(self, msg, finished: Callable[[str], None]) -> Awaitable[str] | None:
+        """The request served without a task where it can be (issue 12): an endpoint with
+        a synchronous handler (``now``) on a connection that replies synchronously
+        (``msg.respond_now``: :class:`tipsml.messaging.fastsub.FastMsg`). ``None`` once
+        the request is taken: ``finished(outcome)`` is called when its reply is sent (in
+        this call or from a later callback). Otherwise the awaitable that serves it as
+        :meth:`__call__` does (the dispatcher runs it as a task): a request ``now``
+        declines (it needs an await) is not parsed twice."""
+        now = self.now
+        if now is None or not hasattr(msg, "respond_now"):
+            return self(msg)
+        if not reply_is_inbox(msg.reply):
+            finished(self._refuse(msg))
+            return None
+        t0 = time.perf_counter()
+        try:
+            req = self._parse(msg.data)
+        except Exception as e:  # noqa: BLE001 - every failure is a typed reply
+            self._reply_now(msg, t0, e, finished)
+            return None
+        try:
+            if now(req, msg, lambda out: self._reply_now(msg, t0, out, finished)):
+                return None
+        except Exception as e:  # noqa: BLE001 - every failure is a typed reply
+            self._reply_now(msg, t0, e, finished)
+            return None
+        return self._handle(msg, t0, req)
+
+    def _reply_now(self, msg, t0: float, out: bytes | Exception,
+                   finished: Callable[[str], None]) -> None:
+        """The synchronous path's reply: ``out`` the body, or the exception that becomes a
+        typed error reply; then the metrics, then ``finished``."""
+        if type(out) is bytes:
+            code, labels = OK, ()
+            try:
+                msg.respond_now(out)
+            except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
+                code = "reply_failed"
+        else:
+            code, body = self._error(out)
+            labels = self._error_labels
+            code = respond_now(msg, body, code)
+        self._observe(t0, code, labels)
+        finished(code)
 
 
 async def add_endpoints(service, endpoints: Sequence[tuple[Any, Endpoint]], *,

@@ -55,9 +55,14 @@ class FastMsg:
         self.headers = headers
 
     async def respond(self, data: bytes) -> None:
+        self.respond_now(data)
+
+    def respond_now(self, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """The reply, written with the others of this loop turn (no coroutine: the
+        endpoint helper's synchronous path, :meth:`tipsml.messaging.endpoint.Endpoint.start`)."""
         if not self.reply:
             raise ValueError("no reply subject")
-        self._client.write_pub(self.reply, data)
+        self._client.write_pub(self.reply, data, headers)
 
 
 class FastSub:
@@ -147,6 +152,9 @@ class FastConnection:
         # called (synchronously) when the connection in use is lost: what waits for an
         # answer on it (the decision log's acks) gives up at once instead of timing out
         self.on_lost: list[Callable[[], None]] = []
+        # called (synchronously) once every message of a read was handed on: what the
+        # messages queued (the scorer's Redis reads) leaves now, not a loop turn later
+        self.after_read: list[Callable[[], None]] = []
         self.last_error: str | None = None
 
     @classmethod
@@ -345,6 +353,15 @@ class FastConnection:
         if out and self._proto is not None and self._proto.transport is not None:
             self._proto.transport.write(b"".join(out))
 
+    def flush_now(self) -> None:
+        """Write what this loop turn queued now (e.g. once a batch of replies is written),
+        not at the turn's end; the flush already scheduled then writes only what comes
+        after this."""
+        out = self._out
+        if out and self._proto is not None and self._proto.transport is not None:
+            self._out = []
+            self._proto.transport.write(b"".join(out))
+
     # ------------------------------------------------------------------ reading
     def _feed(self, proto: _Proto, data: bytes) -> None:
         buf = proto.buf
@@ -358,6 +375,11 @@ class FastConnection:
                 proto.transport.abort()
             return
         del buf[:pos]
+        for hook in self.after_read:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - one listener never stops the reader
+                log.exception("%s: after_read callback failed", self.name)
 
     def _parse(self, proto: _Proto, buf: bytearray) -> int:
         """Hands every complete frame in ``buf`` on; returns how far it read."""

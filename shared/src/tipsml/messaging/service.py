@@ -94,15 +94,31 @@ async def respond(msg, body: bytes, code: str = OK) -> str:
         if code == OK:
             await msg.respond(body)
         else:
-            message = ""
-            try:
-                message = json.loads(body).get("error", {}).get("message", "")
-            except (ValueError, AttributeError):
-                message = ""
-            await msg._client.publish(msg.reply, body, headers=error_headers(code, message))
+            await msg._client.publish(msg.reply, body, headers=_error_headers_of(code, body))
     except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
         return "reply_failed"
     return code
+
+
+def respond_now(msg, body: bytes, code: str = OK) -> str:
+    """:func:`respond` on a message that answers synchronously (``msg.respond_now``, the
+    fast connection's :class:`tipsml.messaging.fastsub.FastMsg`)."""
+    if not msg.reply:
+        return code
+    try:
+        msg.respond_now(body, None if code == OK else _error_headers_of(code, body))
+    except Exception:  # noqa: BLE001 - connection gone: nothing to answer to
+        return "reply_failed"
+    return code
+
+
+def _error_headers_of(code: str, body: bytes) -> dict[str, str]:
+    """ADR-32's headers for an error reply, the message read back from its body."""
+    try:
+        message = json.loads(body).get("error", {}).get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return error_headers(code, message)
 
 
 class EndpointCounters:
@@ -164,6 +180,8 @@ class TipsService(Service):
                                            queue_group=queue_group))
         self.counters: list[EndpointCounters] = []
         self.tasks: set[asyncio.Task] = set()
+        self._untracked = 0  # requests in flight served without a task (Endpoint.start)
+        self._idle_now: asyncio.Event | None = None  # set when _untracked falls to 0
         self._subs: list = []
 
     async def add_request_endpoint(self, name: str, subject: str, handler: RequestHandler, *,
@@ -191,11 +209,33 @@ class TipsService(Service):
                 code = t.result() or OK
             ep.record(clock() - t0, code)
 
+        def finished(code: str, t0: int) -> None:  # a request served without a task
+            ep.record(clock() - t0, code or OK)
+            self._untracked -= 1
+            if not self._untracked and self._idle_now is not None:
+                self._idle_now.set()
+
+        # the fast connection's messages answer synchronously: an endpoint that can serve
+        # them without a task does (Endpoint.start; issue 12)
+        start = getattr(handler, "start", None) if subscriber is not None else None
+
         def dispatch(msg) -> None:
             # the handler itself is the task (no wrapper coroutine on the hot path); the
             # time counted runs from here, the message handed to the worker, to its reply
             t0 = clock()
-            t = create_task(handler(msg))
+            if start is not None:
+                self._untracked += 1
+                try:
+                    job = start(msg, lambda code, t0=t0: finished(code, t0))
+                except BaseException:
+                    finished("internal", t0)
+                    raise
+                if job is None:
+                    return
+                self._untracked -= 1  # served by a task after all
+            else:
+                job = handler(msg)
+            t = create_task(job)
             tasks.add(t)
             t.add_done_callback(lambda t, t0=t0: done(t, t0))
 
@@ -233,8 +273,20 @@ class TipsService(Service):
                 log.debug("endpoint unsubscribe failed: %r", e)
 
     async def wait_idle(self, timeout: float) -> None:
+        """The requests in flight answered (tasks, and those served without one), within
+        ``timeout``."""
+        deadline = time.monotonic() + timeout
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=timeout)
+        if self._untracked:
+            self._idle_now = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle_now.wait(),
+                                       max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("%d requests still unanswered at shutdown", self._untracked)
+            finally:
+                self._idle_now = None
 
     async def stop(self) -> None:
         await self.stop_endpoints()
