@@ -6,7 +6,8 @@
 The p99 of this box moves by a factor of ten between runs at the same rate. This trace
 says whether a slow reply is the scorer's or the machine's: requests go out one every
 1/rate s (open loop, bench/leanclient.py) to the nats-py echo responder, then to the scorer
-with ``SCORER_NATS_FAST_PATH=1``, then ``=0``, each for ``--seconds``; every reply's latency
+with ``SCORER_NATS_FAST_PATH=1`` (no task per request), the same with a task per request
+(``SCORER_SYNC_SCORE=0``), then ``SCORER_NATS_FAST_PATH=0``, each for ``--seconds``; every reply's latency
 is kept with its send time. A *stall* is a run of consecutive slow replies (over
 ``--slow-ms``): the box (or the process) did nothing for that long and every request sent
 meanwhile waited. Printed and written (bench/results/stall_trace.json): per target p50,
@@ -103,6 +104,9 @@ async def run(args) -> dict:
                                        "--echo-server", st.nats_url], {}, ECHO_SUBJECT),
                    ("tips.score, fast path", [sys.executable, "-m", "scorer.main"],
                     {"SCORER_NATS_FAST_PATH": "1"}, "tips.score"),
+                   ("tips.score, fast path, a task per request",
+                    [sys.executable, "-m", "scorer.main"],
+                    {"SCORER_NATS_FAST_PATH": "1", "SCORER_SYNC_SCORE": "0"}, "tips.score"),
                    ("tips.score, nats-py", [sys.executable, "-m", "scorer.main"],
                     {"SCORER_NATS_FAST_PATH": "0"}, "tips.score")]
         for name, argv, extra, subject in targets:

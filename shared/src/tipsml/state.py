@@ -615,11 +615,14 @@ class StateStore:
                 else:
                     out.set_exception(err)
 
-        def answered(res, err, again: bool = True) -> None:
-            if err is None and again and any(isinstance(o, NoScriptError) for o in res):
-                # once, as load_batch does: a second NOSCRIPT is answered as it is
+        def answered(res, err) -> None:
+            if err is None and any(isinstance(o, NoScriptError) for o in res):
+                # once, as load_batch does: a second NOSCRIPT is answered as it is. (The
+                # retry's callback must not name ``answered``: a function that refers to
+                # itself is a reference cycle, and it would keep every request of the batch
+                # alive until the garbage collector's next sweep — issue 12's stalls.)
                 retry = asyncio.ensure_future(self._reload_and_load(data, len(reqs)))
-                retry.add_done_callback(lambda r: answered(*future_outcome(r), again=False))
+                retry.add_done_callback(lambda r: deliver(*future_outcome(r)))
                 return
             deliver(res, err)
 
