@@ -86,6 +86,18 @@ ROUND4 = [
     ("+ profile values without a call, resolve_profile from a table", "555bc86", {}),
 ]
 
+# round 5 (2026-12-06): tips.score without a task per request, and the read path's
+# reference cycle (a self-referring callback held each batch's requests until the GC's
+# sweep). The rows at HEAD with SCORER_SYNC_SCORE=0 are the cycle fix alone.
+ROUND5 = [
+    ("before this round (main at c05e9c1)", "c05e9c1", {}),
+    ("+ tips.score without a task (SCORER_SYNC_SCORE), reads and replies sent as their read "
+     "ends", "1fdf3ba", {}),
+    ("+ no reference cycle on the read path", "068dee6", {}),
+    ("the cycle fix alone (a task per request: SCORER_SYNC_SCORE=0)", "068dee6",
+     {"SCORER_SYNC_SCORE": "0"}),
+]
+
 
 def run_open(commit: str, env: dict, args, tmp: Path, src: str) -> dict:
     """CPU per decision at a fixed rate (open loop): median and spread of --repeats runs."""
@@ -135,7 +147,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--round", type=int, choices=[1, 2, 3, 4], default=1,
+    ap.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5], default=1,
                     help="1: issue 12's first steps; 2: low-rate costs; 3: the third round; "
                          "4: the C part")
     ap.add_argument("--rate", type=float, default=500, help="--modes open: requests/s")
@@ -144,7 +156,7 @@ def main() -> int:
     args = ap.parse_args()
     args.out = args.out or str(OUT) + ("" if args.round == 1 else f"_round{args.round}"
                                        f"_c{args.concurrency}")
-    steps = {1: STEPS, 2: ROUND2, 3: ROUND3, 4: ROUND4}[args.round]
+    steps = {1: STEPS, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5}[args.round]
     modes = args.modes.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="score-steps-") as t:

@@ -220,7 +220,7 @@ def test_choose_many_is_choose_per_policy(path, monkeypatch):
 
     from tipsml import bandits
     from tipsml.bandits import build_policies, choose_many, encode_arm
-    from tipsml.features import build_vectors
+    from tipsml.features import build_vectors, resolve_time
 
     if path == "numpy":
         monkeypatch.setattr(bandits, "_hot", None)
@@ -256,6 +256,9 @@ def test_choose_many_is_choose_per_policy(path, monkeypatch):
         xs = [byv[p.features.version] for p in ps]
         for p, x in zip(ps, xs):
             np.testing.assert_array_equal(x, build_vector(p.features, ctx, prof))
+        # the time resolved by the caller (the scorer resolves it once per request)
+        again = build_vectors([p.features for p in ps], ctx, prof, when=resolve_time(ctx))
+        assert all(np.array_equal(again[v], byv[v]) for v in byv)
         priors = [rng.normal(size=(len(arms), p.dim)) if p.pooled and rng.random() < 0.7
                   else None for p in ps]  # a pooled policy's shared θ_s per arm
         r1, r2 = np.random.default_rng(trial), np.random.default_rng(trial)

@@ -386,7 +386,7 @@ class Scorer:
         decision_id = self.new_id()
         when = resolve_time(req.context)
         # one vector per feature version (policies sharing one share the array)
-        byv = build_vectors(plan.feature_sets, req.context, req.profile_features)
+        byv = build_vectors(plan.feature_sets, req.context, req.profile_features, when=when)
         xs = [byv[v] for v in plan.versions]
         record = {
             "decision_id": decision_id, "user_id": uid,

@@ -220,12 +220,15 @@ def build_vector(fs: FeatureSet, context: Any, profile: dict | None,
 
 
 def build_vectors(feature_sets, context: Any, profile: dict | None,
-                  now: _dt.datetime | None = None) -> dict[str, np.ndarray]:
+                  now: _dt.datetime | None = None,
+                  when: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """``{fs.version: build_vector(fs, context, profile)}`` for several feature sets, the
     request's time, context and profile resolved once (the scorer's live and shadow
     policies share them); the same values as :func:`build_vector`, one array per
-    feature version (policies sharing a version share the array)."""
-    hour, dow = resolve_time(context, now)
+    feature version (policies sharing a version share the array). ``when``: the
+    request's (hour, day of week) when the caller resolved it already
+    (:func:`resolve_time`), so the features and the log agree on it."""
+    hour, dow = when if when is not None else resolve_time(context, now)
     ctx = _context_values(hour, dow,
                           getattr(context, "tasks", None) if context is not None else None)
     out: dict[str, np.ndarray] = {}
