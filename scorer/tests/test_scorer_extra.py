@@ -203,3 +203,33 @@ async def test_score_cb_falls_back_when_redis_is_unreachable(stack):
         assert sc.reader.breaker.is_open
     finally:
         await store.close()
+
+
+async def test_a_failure_after_the_read_is_a_typed_error_on_the_taskless_path(
+        nc, scorer_service, uid, monkeypatch):
+    """The arms' maths failing (an injected fault: any bug or unusable model there) fails
+    after the Redis read, inside the reader's callback: the request still gets its typed
+    ``internal`` reply (not silence until the client's timeout), the other requests of
+    the same read batch are served, and the worker keeps serving."""
+    import scorer.scoring as scoring
+
+    real = scoring.choose_many
+
+    def choose_many(pols, arms, blobs, xs, rng, priors=None):
+        if arms == ["boom-1", "boom-2"]:
+            raise ValueError("injected")
+        return real(pols, arms, blobs, xs, rng, priors)
+
+    monkeypatch.setattr(scoring, "choose_many", choose_many)
+    # egreedy-v1: no pooled prior to refresh, so every request takes the task-less path
+    reqs = [{"user_id": f"{uid}-{i}", "policy": "egreedy-v1",
+             "arms": ["boom-1", "boom-2"] if i % 3 == 0 else ["a", "b"]} for i in range(12)]
+    got = await asyncio.gather(*(request_json(nc, "tips.score", r, timeout=2.0) for r in reqs))
+    for r, g in zip(reqs, got):
+        if r["arms"][0] == "boom-1":
+            assert g["ok"] is False and g["error"]["code"] == "internal", g
+        else:
+            assert g["ok"] is True and g["arm"] in ("a", "b"), g
+    monkeypatch.setattr(scoring, "choose_many", real)
+    ok = await request_json(nc, "tips.score", {"user_id": f"{uid}-fine"}, timeout=2.0)
+    assert ok["ok"] is True

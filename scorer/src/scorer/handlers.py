@@ -67,6 +67,9 @@ class Handlers:
             return False
 
         def scored(res) -> None:
+            if isinstance(res, Exception):
+                reply(res)
+                return
             try:
                 self._count(res.reply)
                 self.writer.submit_nowait(res.record, res.log)

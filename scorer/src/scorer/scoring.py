@@ -409,13 +409,15 @@ class Scorer:
             return self._fallback(d, repr(e)[:200])
         return self._finish(d, blobs, priors)
 
-    def score_cb(self, req: ScoreRequest, cb: Callable[[ScoreOutcome], None]) -> bool:
+    def score_cb(self, req: ScoreRequest,
+                 cb: Callable[[ScoreOutcome | Exception], None]) -> bool:
         """:meth:`score` without a task or a future (issue 12): ``cb(outcome)`` is called
         from the state read's callback, in the loop turn Redis answered (or the deadline
-        passed: the fallback). ``False``, and nothing done, where the request needs an
-        await first — a pooled policy's shared prior due for a refresh, a global model —
-        then :meth:`score` serves it. Raises what :meth:`score` raises before its read
-        (``unknown_policy``); ``cb`` never raises into the reader (its caller's job)."""
+        passed: the fallback); ``cb(exception)`` where :meth:`score` would have raised
+        after its read (e.g. a stored model it cannot use). ``False``, and nothing done,
+        where the request needs an await first — a pooled policy's shared prior due for a
+        refresh, a global model — then :meth:`score` serves it. Raises what :meth:`score`
+        raises before its read (``unknown_policy``); ``cb`` must not raise."""
         live = self.policy(req.policy)
         plan = self._plans.get(live.name) or self._new_plan(live)
         arms = req.arms or self.arms
@@ -429,10 +431,13 @@ class Scorer:
         d = self._begin(req, live, plan, arms)
 
         def answered(blobs, err) -> None:
-            if err is not None:  # Redis down/slow: safe uniform fallback
-                cb(self._fallback(d, repr(err)[:200]))
-            else:
-                cb(self._finish(d, blobs, priors))
+            try:
+                out = (self._fallback(d, repr(err)[:200]) if err is not None  # Redis down/slow
+                       else self._finish(d, blobs, priors))
+            except Exception as e:  # noqa: BLE001 - the request's typed error, not the reader's
+                cb(e)
+                return
+            cb(out)
 
         self.reader.load_cb(d.skeys, arms, answered)
         return True
