@@ -384,7 +384,16 @@ def record_knee(res: dict, out: str) -> None:
 
 
 def write(res: dict, out: str) -> None:
+    """``res`` to ``out`` at once (no half-written file). A fixed-rate run keeps the knee
+    that the sweeps recorded in the same file (:func:`record_knee`)."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if "knee" not in res and "sweep" not in res and Path(out).exists():
+        try:
+            knee = json.loads(Path(out).read_text()).get("knee")
+        except (ValueError, AttributeError):
+            knee = None
+        if knee:
+            res = {**res, "knee": knee}
     tmp = Path(out).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(res, indent=2))
     tmp.replace(out)

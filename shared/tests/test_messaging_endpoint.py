@@ -295,11 +295,8 @@ async def test_now_failures_become_typed_replies(metrics, how, exc, code, status
                               {"subject": "t.x", "source": "none"}) == 1
 
 
-@pytest.mark.parametrize("data", [b"", b"{", b'{"user_id": 3}', b"[]"])
-async def test_now_invalid_payload_is_invalid_request(metrics, data):
-    r, m = metrics
-    called = []
-
+def _recording(called: list):
+    """A handler and a synchronous handler that only note they were called."""
     async def handler(req, msg):
         called.append(req)
         return b"{}"
@@ -308,6 +305,14 @@ async def test_now_invalid_payload_is_invalid_request(metrics, data):
         called.append(req)
         return True
 
+    return handler, now
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b'{"user_id": 3}', b"[]"])
+async def test_now_invalid_payload_is_invalid_request(metrics, data):
+    r, m = metrics
+    called: list = []
+    handler, now = _recording(called)
     msg = NowMsg(data)
     ep = Endpoint("t.x", handler, request=Echo, metrics=m, error_labels=("none",), now=now)
     assert await _serve_now(ep, msg) == ("invalid_request", True)
@@ -319,16 +324,8 @@ async def test_now_invalid_payload_is_invalid_request(metrics, data):
 @pytest.mark.parametrize("reply", [None, "", "tips.reset", "_INBOX_X.*"])
 async def test_now_forged_reply_subject_is_refused_unanswered(metrics, reply):
     r, m = metrics
-    called = []
-
-    async def handler(req, msg):
-        called.append(req)
-        return b"{}"
-
-    def now(req, msg, reply):
-        called.append(req)
-        return True
-
+    called: list = []
+    handler, now = _recording(called)
     msg = NowMsg(b'{"user_id":"u1"}', reply=reply)
     ep = Endpoint("t.x", handler, request=Echo, metrics=m, now=now)
     assert await _serve_now(ep, msg) == ("refused_reply", True)
