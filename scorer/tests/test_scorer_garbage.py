@@ -12,29 +12,13 @@ collector saving what it finds, and nothing of the workers' own code may be in i
 from __future__ import annotations
 
 import asyncio
-import collections
-import gc
 import json
 
 import pytest
 
+from tipsdev.testing import CyclesLeft
+
 pytestmark = pytest.mark.system
-
-OURS = ("scorer", "tipsml", "tipsdev")
-
-
-def _ours(o) -> str | None:
-    """A name for ``o`` when the workers' code made it (its class or its function)."""
-    mod = getattr(type(o), "__module__", "") or ""
-    if mod.startswith(OURS):
-        return f"{mod}.{type(o).__qualname__}"
-    code = getattr(o, "__code__", None) or getattr(o, "cr_code", None) \
-        or getattr(o, "f_code", None)
-    fn = getattr(code, "co_filename", "") or ""
-    if any(f"/{m}/" in fn for m in OURS):
-        return f"{type(o).__name__} {code.co_qualname}"
-    return None
-
 
 def _requests(uid: str) -> list[bytes]:
     out = []
@@ -66,18 +50,11 @@ async def test_decisions_leave_no_reference_cycles(nc, scorer_service, uid):
     bodies = _requests(uid)
     await _send(nc, bodies, 8)  # warm: users' state, the pooled prior cached, plans built
     await asyncio.sleep(0.1)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with CyclesLeft() as cycles:
         got = await _send(nc, bodies, 1) + await _send(nc, bodies, 16)
         await asyncio.sleep(0.2)  # the decision log wrote them (its linger is 10 ms)
-        gc.collect()
-        found = collections.Counter(n for n in map(_ours, gc.garbage) if n is not None)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
     assert sum(r["ok"] for r in got) == 2 * (len(bodies) - 3)
     assert not any(r.get("fallback") for r in got if r["ok"])
     assert {r["error"]["code"] for r in got if not r["ok"]} == {"invalid_request",
                                                                 "unknown_policy"}
-    assert not found, found.most_common(10)
+    assert not cycles.found, cycles.found

@@ -188,6 +188,10 @@ class LLMClient:
             except BaseException as e:  # noqa: BLE001 - classified below
                 kind, retry = _classify(e)
                 last = LLMError(kind, f"{model}: {type(e).__name__}: {str(e)[:200]}", attempt)
+                # the provider's error can sit in a reference cycle of the provider's own
+                # (an HTTP client's exceptions often do): its traceback must not keep this
+                # frame, and the request's objects with it, until the collector runs
+                e.__traceback__ = None
                 if kind == "unavailable":  # refused / 5xx: down. A timeout may be a
                     self.breaker.failure()  # short deadline on a busy server, not an outage
                 if not retry or attempt > self.retries or self.circuit_open:
@@ -210,7 +214,13 @@ class LLMClient:
                 raise LLMError("bad_response", f"{model}: {e}", attempt) from None
         if last is None:
             last = LLMError("timeout", f"{model}: no time left for an attempt", attempt - 1)
-        raise last
+        try:
+            raise last
+        finally:
+            # the frame must not keep the error it raises: its traceback holds this frame,
+            # a reference cycle that kept the request's objects (and the frames of its
+            # callers) alive until the garbage collector's next sweep (issue 12)
+            del last
 
     async def complete_json(self, messages: list[dict], **kw) -> tuple[dict, LLMResult]:
         """JSON mode plus a tolerant parse (first ``{...}`` object in the text)."""
