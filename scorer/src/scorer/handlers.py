@@ -5,6 +5,7 @@ helper's (:class:`tipsml.messaging.endpoint.Endpoint`); here only what each verb
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
 import redis.exceptions
@@ -20,6 +21,8 @@ from tipsml.contract import (
 )
 from tipsml.messaging.endpoint import Endpoint, EndpointMetrics
 from tipsml.metrics import Children
+
+log = logging.getLogger(__name__)
 
 # the state store down (stats/reset cannot fall back): 'unavailable', not 'internal'
 STORE_DOWN = [((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError),
@@ -84,8 +87,11 @@ class Handlers:
         except Exception:
             self._count_profile(req)
             raise
-        if taken:
-            self._count_profile(req)
+        if taken:  # the reply may be sent already: nothing after this may raise
+            try:
+                self._count_profile(req)
+            except Exception:  # noqa: BLE001 - a metric never fails a served request
+                log.exception("profile fallback metric failed")
         return taken
 
     def _count_profile(self, req: ScoreRequest) -> None:

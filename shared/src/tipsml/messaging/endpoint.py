@@ -107,7 +107,8 @@ class Endpoint:
         if now is not None and self.raw:
             raise ValueError("a synchronous handler (now) takes a parsed request")
         # ``now(request, msg, reply) -> bool``: serves the request without a task when it
-        # can (``reply(body or exception)`` once, now or from a callback), else False
+        # can (``reply(body or exception)`` once, now or from a callback), else False; it
+        # raises only before it replied (a raise becomes the typed error reply)
         self.now = now
         if request is not None:
             self._parse = lambda data, _m=request: parse(_m, data)
