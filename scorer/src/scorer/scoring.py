@@ -23,7 +23,7 @@ from tipsml.bandits import Policy, build_policies, choose_many, round6
 from tipsml.contract import ContractError, ErrorCode, ScoreRequest
 from tipsml.features import build_vectors, resolve_time
 from tipsml.messaging.breaker import CircuitBreaker
-from tipsml.state import StateStore, future_outcome, pulls_key, state_key
+from tipsml.state import StateStore, future_outcome, pulls_key, settle_future, state_key
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class CoalescingReader:
 
     def load(self, keys: list[str], arms: list[str]) -> asyncio.Future:
         fut = self._running_loop().create_future()
-        self.load_cb(keys, arms, lambda res, err: _settle_future(fut, res, err))
+        self.load_cb(keys, arms, lambda res, err: settle_future(fut, res, err))
         return fut
 
     def load_cb(self, keys: list[str], arms: list[str], cb) -> None:
@@ -223,14 +223,6 @@ class CoalescingReader:
                 self._answer(cb, None, res)
             else:
                 self._answer(cb, res, None)
-
-
-def _settle_future(fut: asyncio.Future, res, err) -> None:
-    if not fut.done():
-        if err is None:
-            fut.set_result(res)
-        else:
-            fut.set_exception(err)
 
 
 class DecisionIds:

@@ -403,6 +403,19 @@ def future_outcome(f: asyncio.Future) -> tuple:
     return (f.result(), None) if err is None else (None, err)
 
 
+def settle_future(fut: asyncio.Future, res, err: BaseException | None) -> None:
+    """:func:`future_outcome` the other way: ``fut`` gets ``res`` or ``err`` (cancelled for
+    a ``CancelledError``), unless it is done already."""
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(res)
+    elif isinstance(err, asyncio.CancelledError):
+        fut.cancel()
+    else:
+        fut.set_exception(err)
+
+
 class StateStore:
     """Async facade over Redis (or a Redis Cluster) for the scorer and the feedback consumer."""
 
@@ -607,13 +620,8 @@ class StateStore:
         def deliver(res, err) -> None:
             if cb is not None:
                 cb(res, err)
-            elif not out.done():
-                if err is None:
-                    out.set_result(res)
-                elif isinstance(err, asyncio.CancelledError):
-                    out.cancel()
-                else:
-                    out.set_exception(err)
+            else:
+                settle_future(out, res, err)
 
         def answered(res, err) -> None:
             if err is None and any(isinstance(o, NoScriptError) for o in res):
