@@ -294,3 +294,29 @@ def test_resolve_profile_is_the_schema_applied_value_by_value():
         p = {n: rnd.choice(vals) for n in PROFILE_SCHEMA if rnd.random() < 0.8}
         assert repr(resolve_profile(p)) == repr(by_the_schema(p)), p
     assert resolve_profile(None) == by_the_schema(None)
+
+
+@pytest.mark.parametrize("c_pick", [True, False])
+@pytest.mark.parametrize("kind", ["egreedy", "linucb"])
+def test_float32_rounding_does_not_break_a_tie(kind, c_pick, monkeypatch):
+    """An arm whose mean is 0 in exact arithmetic reads as ±1e-8 from the float32 state:
+    still a tie with the arms at 0 (uniform choice, the propensity says so), as the
+    float64 simulator sees it; a real difference of 1e-5 is not a tie. The C pick (where
+    built) and the Python pick alike."""
+    from tipsml import bandits
+
+    monkeypatch.setattr(bandits, "_HOT_PICK", bandits._HOT_PICK and c_pick)
+    pol = Policy(f"t-{kind}", kind, FS_CTX, epsilon=0.1, alpha=0.0)
+    arms = ["a", "b", "c", "d", "e"]
+    rng = np.random.default_rng(5)
+    noisy, real, ux = [3e-8, 0.0, -2e-8, 0.0, 0.0], [1e-5, 0.0, 0.0, 0.0, 0.0], [0.0] * 5
+    tied = 0.02 + 0.9 / 5 if kind == "egreedy" else 1 / 5
+    picks = [pol.pick(arms, noisy, ux, rng) for _ in range(500)]
+    assert {round(c.propensity, 12) for c in picks} == {round(tied, 12)}
+    assert {c.arm for c in picks} == set(arms)
+    picks = [pol.pick(arms, real, ux, rng) for _ in range(500)]
+    if kind == "egreedy":  # a is the greedy arm: 0.92, any other 0.02
+        assert {(c.arm == "a", round(c.propensity, 12)) for c in picks} == {(True, 0.92),
+                                                                           (False, 0.02)}
+    else:
+        assert {(c.arm, c.propensity) for c in picks} == {("a", 1.0)}

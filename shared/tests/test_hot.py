@@ -148,7 +148,7 @@ def test_draws_are_numpys_own():
 @pytest.mark.parametrize("kind", ["egreedy", "linucb"])
 def test_pick_in_c_is_the_python_pick(kind, monkeypatch):
     """Same arm, propensity, exploration flag and scores, and the same draws consumed,
-    on ties (a new user's arms), near-ties (within 1e-12) and ordinary means."""
+    on ties (a new user's arms), near-ties (either side of TIE_TOL) and ordinary means."""
     pol = Policy(f"t-{kind}", kind, FS_CTX, epsilon=0.3, alpha=0.7)
     rng = np.random.default_rng(11)
     cases = []
@@ -158,7 +158,7 @@ def test_pick_in_c_is_the_python_pick(kind, monkeypatch):
         if trial % 3 == 0:
             mean = [0.0] * k  # a new user: every arm tied
         elif trial % 3 == 1 and k > 1:
-            mean[1] = mean[0] + float(rng.choice([0.0, 5e-13, 2e-12]))
+            mean[1] = mean[0] + float(rng.choice([0.0, 5e-13, 5e-7, 2e-6]))
         ux = np.abs(rng.normal(size=k)).tolist()
         if trial % 5 == 0:
             ux[0] = -1e-17  # rounding below zero: clipped

@@ -156,11 +156,14 @@ _EPS = re.compile(r"eps=([0-9.eE+-]+)")
 
 
 def target_probs_from_entry(e: dict, arms: list[str]) -> np.ndarray:
-    """π(·|x) of a policy from its own DECISIONS entry (egreedy and linucb)."""
+    """π(·|x) of a policy from its own DECISIONS entry (egreedy and linucb): its greedy
+    set is the scorer's, arms within :data:`tipsml.bandits.TIE_TOL` of the best score."""
+    from tipsml.bandits import TIE_TOL
+
     ver = e.get("policy_version", "")
     kind = ver.split("/")[1] if ver.count("/") >= 2 else ""
     s = np.array([float(e["scores"].get(a, float("-inf"))) for a in arms])
-    top = np.flatnonzero(s >= s.max() - 1e-12)
+    top = np.flatnonzero(s >= s.max() - TIE_TOL)
     k = len(arms)
     if kind == "egreedy":
         m = _EPS.search(ver)

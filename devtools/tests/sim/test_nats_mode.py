@@ -4,8 +4,9 @@ Agreement is checked three ways on a small run:
 1. replay: in-process mode forced to the arms the real scorer chose gives the same
    propensities and ends in the same Redis state (Lua vs numpy Sherman–Morrison);
 2. every reward was applied exactly once (``tips.stats`` updates = rounds);
-3. distribution: on the same world, mean expected reward of NATS mode and of in-process
-   mode agree within a tolerance far above their noise.
+3. distribution: given the history the service had, its choices are draws from the
+   policy's distributions (replayed in process; martingale z-scores, exact from one run),
+   and its mean expected reward lies within the spread of in-process runs on the same world.
 Then the DECISIONS log of the run feeds the off-policy estimators.
 """
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from tipsdev.ope import evaluate, load_from_nats
-from tipsdev.sim.inproc import policy_rng, replay, run_policy
+from tipsdev.sim.inproc import choice_fit, policy_rng, replay, run_policy
 from tipsdev.sim.natsmode import LiveStats, run_nats
 from tipsdev.sim.runner import policies_from_env
 from tipsdev.sim.world import make_episode
@@ -23,7 +24,7 @@ from tipsml.state import state_key
 
 pytestmark = pytest.mark.system
 
-USERS, ROUNDS = 60, 6
+USERS, ROUNDS = 120, 6
 COHORTS = ["egreedy-v1", "egreedy-v2"]
 
 
@@ -56,8 +57,9 @@ async def test_replay_gives_same_propensities_and_state(nats_run, redis_client):
     ep, traces, _, _ = nats_run
     reg = policies_from_env(COHORTS)
     for name, tr in traces.items():
-        prop, book = replay(ep, reg[name], tr.arm)
-        np.testing.assert_allclose(tr.propensity, prop, rtol=0, atol=1e-9)
+        rp = replay(ep, reg[name], tr.arm)
+        book = rp.book
+        np.testing.assert_allclose(tr.propensity, rp.propensity, rtol=0, atol=1e-9)
         for u in range(0, USERS, 7):
             got = await redis_client.hgetall(state_key(name, tr.meta["user_ids"][u]))
             for a, arm in enumerate(ep.arms):
@@ -81,12 +83,34 @@ async def test_every_reward_applied_once(nats_run, nc):
             assert abs(sum(a["reward_sum"] for a in arms.values()) - tr.reward[u].sum()) < 1e-9
 
 
-async def test_modes_agree_in_distribution(nats_run):
+async def test_choices_are_draws_from_the_policy(nats_run):
+    """The propensities match (above); here the service also *samples* by them: given its
+    own history, the arms it chose, their probabilities and their expected rewards fit
+    the replayed distributions (|z| < 4.5 for each statistic: an in-process run's z-scores
+    are N(0, 1), measured over 100 runs of this episode; a sampler that never explores gives
+    prob_z ≈ 6.3 on this size, and the false-alarm rate of the 14 statistics is < 1e-4)."""
     ep, traces, _, _ = nats_run
     reg = policies_from_env(COHORTS)
     for name, tr in traces.items():
-        ip = [run_policy(ep, reg[name], policy_rng(11, s)).mean_expected for s in range(4)]
-        assert abs(tr.mean_expected - np.mean(ip)) < 0.03, (name, tr.mean_expected, ip)
+        fit = choice_fit(replay(ep, reg[name], tr.arm).probs, tr.arm, ep.expected)
+        assert fit["n"] == USERS * ROUNDS
+        assert abs(fit["reward_z"]) < 4.5 and abs(fit["prob_z"]) < 4.5, (name, fit)
+        assert np.abs(fit["arm_z"]).max() < 4.5, (name, fit)
+
+
+async def test_modes_agree_in_distribution(nats_run):
+    """One NATS run's mean expected reward against the spread of in-process runs (32
+    policy seeds) on the same world. The reference needs many seeds: on the earlier 60-user
+    episode four fixed ones averaged 0.334 for egreedy-v2 where 400 average 0.349 (sd of
+    one run 0.011), so a 0.03 tolerance failed about one run in ten with nothing wrong."""
+    ep, traces, _, _ = nats_run
+    reg = policies_from_env(COHORTS)
+    n = 32
+    for name, tr in traces.items():
+        ip = np.array([run_policy(ep, reg[name], policy_rng(11, s)).mean_expected
+                       for s in range(n)])
+        tol = 4.5 * ip.std(ddof=1) * np.sqrt(1 + 1 / n)
+        assert abs(tr.mean_expected - ip.mean()) < tol, (name, tr.mean_expected, ip.mean(), tol)
 
 
 async def test_ope_reads_the_decisions_log(nats_run, nc):

@@ -1,6 +1,7 @@
 """Off-policy estimators: exact cases, and validation against online runs in the simulator."""
 
 import numpy as np
+import pytest
 
 from tipsdev.ope import Logged, dr, evaluate, ips, snips, target_probs_from_entry, validate_pair
 
@@ -43,6 +44,23 @@ def test_target_probs_rebuilt_from_logged_entries():
     lu = {"policy": "linucb", "policy_version": "linucb/linucb/ctx7-v1/alpha=0.5,lambda=1",
           "scores": {"a": 0.1, "b": 0.7, "c": 0.5, "d": 0.0, "e": -1}}
     np.testing.assert_allclose(target_probs_from_entry(lu, arms), [0, 1, 0, 0, 0])
+
+
+def test_target_probs_tie_as_the_scorer_does():
+    """Scores equal up to float32 rounding of the stored state are a tie in the scorer's
+    pick and so in the rebuilt distribution: an own-policy IPS weight is then exactly 1."""
+    from tipsml.bandits import Policy
+    from tipsml.features import FS_CTX
+
+    arms = ["a", "b", "c", "d", "e"]
+    scores = [3e-8, 0.0, -2e-8, 0.0, -0.4]
+    c = Policy("egreedy-v1", "egreedy", FS_CTX, epsilon=0.1).pick(
+        arms, scores, None, np.random.default_rng(1))
+    eg = {"policy_version": "egreedy-v1/egreedy/ctx7-v1/eps=0.1,lambda=1",
+          "scores": dict(zip(arms, scores))}
+    p = target_probs_from_entry(eg, arms)
+    np.testing.assert_allclose(p, [0.245, 0.245, 0.245, 0.245, 0.02])
+    assert p[arms.index(c.arm)] == pytest.approx(c.propensity)
 
 
 def test_ope_matches_online_within_10pct_in_the_simulator():

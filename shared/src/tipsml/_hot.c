@@ -16,8 +16,10 @@
  *     P(arm a has the largest draw) for independent N(mean_a, sd_a²): the composite
  *     Gauss–Legendre rule of bandits.thompson_probs, step for step.
  * pick(kind, mean, ux, param, capsule) -> (idx, propensity, explored, scores | None)
- *     Policy.pick for ε-greedy and LinUCB: its float operations, and numpy's own draws
- *     (Generator.random, Generator.integers) from the generator's bit generator.
+ *     Policy.pick for ε-greedy and LinUCB: its float operations, its ties (within TIE_TOL
+ *     of the best; the module's TIE_TOL, which tipsml.bandits checks is its own), and
+ *     numpy's own draws (Generator.random, Generator.integers) from the generator's bit
+ *     generator.
  * round6(x) -> list: x.round(6).tolist().
  * nats_frames(buf, pos) -> (frames, pos): the complete NATS frames of a read buffer.
  * resp_pack(*args) -> bytes: one Redis command in RESP (tipsml.resp.pack).
@@ -28,6 +30,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+
+/* arms whose values are within TIE_TOL of the best are tied (tipsml.bandits.TIE_TOL) */
+#define TIE_TOL 1e-6
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,7 +472,7 @@ static PyObject *pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     double p;
     int explored;
     if (kind == 0) {
-        double cut = py_max(mean, k) - 1e-12;
+        double cut = py_max(mean, k) - TIE_TOL;
         for (Py_ssize_t i = 0; i < k; i++)
             if (mean[i] >= cut)
                 top[nt++] = i;
@@ -492,13 +497,13 @@ static PyObject *pick(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         double w = 0.0 > sc[i] ? 0.0 : sc[i];  /* Python's max(w, 0.0) */
         sc[i] = mean[i] + param * sqrt(w);
     }
-    double cut = py_max(sc, k) - 1e-12;
+    double cut = py_max(sc, k) - TIE_TOL;
     for (Py_ssize_t i = 0; i < k; i++)
         if (sc[i] >= cut)
             top[nt++] = i;
     idx = nt == 1 ? top[0] : top[draw_below(bg, (uint32_t)nt)];
     p = 1.0 / (double)nt;
-    explored = mean[idx] < py_max(mean, k) - 1e-12;
+    explored = mean[idx] < py_max(mean, k) - TIE_TOL;
     PyObject *scores = PyList_New(k);
     if (scores == NULL)
         return NULL;
@@ -764,4 +769,12 @@ static struct PyModuleDef module = {
     -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__hot(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__hot(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObject(m, "TIE_TOL", PyFloat_FromDouble(TIE_TOL)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -5,7 +5,8 @@ Every policy keeps one disjoint ridge-regression model per arm:
 request path never inverts a matrix), ``b = Σ r x``, ``θ = A⁻¹ b``.
 
 * ``egreedy``  — argmax θ·x with probability 1-ε, uniform otherwise.
-  propensity(a) = ε/K + (1-ε)/|G| if a is among the |G| tied greedy arms, else ε/K.
+  propensity(a) = ε/K + (1-ε)/|G| if a is among the |G| tied greedy arms (within
+  ``TIE_TOL`` of the best), else ε/K.
 * ``linucb``   — disjoint LinUCB (Li et al. 2010): argmax θ·x + α√(xᵀA⁻¹x),
   ties broken uniformly, so propensity = 1/|ties| (deterministic otherwise).
 * ``thompson`` — linear Thompson sampling: θ_a ~ N(θ̂_a, v²A_a⁻¹). Only θ_a·x
@@ -73,7 +74,18 @@ def _hot_pick_agrees() -> bool:
     return a.integers(2**32 - 1) == b.integers(2**32 - 1)  # and still in step
 
 
-_HOT_PICK = _hot is not None and _hot_pick_agrees()
+# Arms whose values (θ·x, LinUCB's score) are within TIE_TOL of the best are tied: the
+# choice among them is uniform and the propensity says so. Not 1e-12 (the former value):
+# the stored state is float32, and a mean that is 0 in exact arithmetic (an arm whose
+# only rewards came with contexts orthogonal to this one) reads as ±1e-8 from float32
+# and as ±1e-17 from float64 — a spurious single "greedy" arm in the scorer where the
+# simulator, on float64 state, saw a tie (found by devtools/tests/sim/test_nats_mode.py's
+# replay). 1e-6 is above that rounding and far below any difference in expected reward
+# that could matter; the C pick uses the same value (checked below).
+TIE_TOL = 1e-6
+
+_HOT_PICK = _hot is not None and getattr(_hot, "TIE_TOL", None) == TIE_TOL \
+    and _hot_pick_agrees()
 
 # features as the DECISIONS log keeps them: x.round(6).tolist(), in C when it is built
 round6 = _hot.round6 if _hot is not None else (lambda x: np.asarray(x).round(6).tolist())
@@ -481,7 +493,7 @@ class Policy:
                               dict(zip(arms, mean if scores is None else scores)))
         if self.kind == "egreedy":
             ms = mean
-            cut = max(ms) - 1e-12
+            cut = max(ms) - TIE_TOL
             greedy = [i for i, m in enumerate(ms) if m >= cut]
             explored = rng.random() < self.epsilon
             if explored:
@@ -494,11 +506,11 @@ class Policy:
         elif self.kind == "linucb":
             a, sqrt = self.alpha, math.sqrt
             scores = [m + a * sqrt(max(w, 0.0)) for m, w in zip(mean, ux)]
-            cut = max(scores) - 1e-12
+            cut = max(scores) - TIE_TOL
             top = [i for i, v in enumerate(scores) if v >= cut]
             idx = top[0] if len(top) == 1 else top[int(rng.integers(len(top)))]
             p = 1.0 / len(top)
-            explored = bool(mean[idx] < max(mean) - 1e-12)
+            explored = bool(mean[idx] < max(mean) - TIE_TOL)
         elif self.kind == "thompson":
             mean, ux = np.array(mean, dtype=np.float64), np.array(ux, dtype=np.float64)
             sd = self.v * np.sqrt(np.maximum(ux, 0.0))
@@ -511,7 +523,7 @@ class Policy:
                 p = max(counts[idx] / m, 1.0 / (m + 1))
             else:
                 p = max(float(thompson_probs(mean, sd, self.quad_nodes)[idx]), 1e-12)
-            explored = bool(mean[idx] < mean.max() - 1e-12)
+            explored = bool(mean[idx] < mean.max() - TIE_TOL)
             scores = mean
         else:  # pragma: no cover - guarded by build_policies
             raise ValueError(self.kind)
@@ -527,14 +539,14 @@ class Policy:
         mean, ux = self.arm_stats(blobs, x, prior, self.kind != "egreedy")
         mean = np.array(mean)
         if self.kind == "egreedy":
-            greedy = np.flatnonzero(mean >= mean.max() - 1e-12)
+            greedy = np.flatnonzero(mean >= mean.max() - TIE_TOL)
             p = np.full(k, self.epsilon / k)
             p[greedy] += (1.0 - self.epsilon) / len(greedy)
             return p
         ux = np.array(ux)
         if self.kind == "linucb":
             s = mean + self.alpha * np.sqrt(np.maximum(ux, 0.0))
-            top = np.flatnonzero(s >= s.max() - 1e-12)
+            top = np.flatnonzero(s >= s.max() - TIE_TOL)
             p = np.zeros(k)
             p[top] = 1.0 / len(top)
             return p

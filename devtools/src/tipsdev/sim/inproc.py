@@ -204,23 +204,65 @@ def policy_rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, 31337, stream])
 
 
-def replay(ep: Episode, policy: Policy, arms: np.ndarray) -> tuple[np.ndarray, StateBook]:
-    """Re-run ``policy`` on ``ep`` forcing the arms of a logged run (e.g. NATS mode).
+@dataclass
+class Replay:
+    """A logged run replayed in process: for every (user, round) the policy's full
+    distribution over arms in the state the forced history gives, and the final state."""
 
-    Returns, for every (user, round), the probability the policy gives the forced arm in
-    the replayed state (the propensity the scorer should have logged), and the final state.
-    """
+    probs: np.ndarray        # (U, T, K) selection probabilities
+    propensity: np.ndarray   # (U, T) the forced arm's probability (what should be logged)
+    book: StateBook
+
+
+def replay(ep: Episode, policy: Policy, arms: np.ndarray) -> Replay:
+    """Re-run ``policy`` on ``ep`` forcing the arms of a logged run (e.g. NATS mode)."""
     U, T = arms.shape
     book = StateBook(policy, ep.arms)
     X = ep.features(policy.features)
-    prop = np.zeros((U, T))
+    probs = np.zeros((U, T, len(ep.arms)))
     rng = np.random.default_rng(0)
     for u in range(U):
         uid = ep.user_ids[u]
         for t in range(T):
             a = int(arms[u, t])
             book.refresh()
-            prop[u, t] = policy.selection_probs(list(ep.arms), book.blobs(uid), X[u, t], rng,
-                                                book.prior())[a]
+            probs[u, t] = policy.selection_probs(list(ep.arms), book.blobs(uid), X[u, t], rng,
+                                                 book.prior())
             book.update(uid, a, X[u, t], REWARD_TABLE[ep.reaction(u, t, a)])
-    return prop, book
+    prop = np.take_along_axis(probs, arms[:, :, None], axis=2)[:, :, 0]
+    return Replay(probs, prop, book)
+
+
+def choice_fit(probs: np.ndarray, arms: np.ndarray, expected: np.ndarray) -> dict:
+    """Do logged choices look like draws from the distributions the policy gave them?
+
+    ``probs`` (N, K) the policy's distribution at each decision (e.g. :func:`replay` of the
+    logged arms), ``arms`` (N,) the arms chosen, ``expected`` (N, K) each arm's expected
+    reward. Given the history, each choice is one fresh draw, so each decision's deviation
+    from its distribution has mean 0 whatever came before (a martingale difference): the
+    sums' z-scores are ~N(0, 1) whatever path the learning took, from a single run — far
+    sharper than comparing two runs' mean rewards, whose spread is mostly the learning's
+    own randomness.
+
+    Returns ``reward_z`` (expected reward of the chosen arms against the distribution's
+    mean), ``prob_z`` (the chosen arms' own probabilities against their expectation Σp²:
+    a sampler that explores too little or too much, or ignores ties, moves it) and
+    ``arm_z`` (K,) (how often each arm was chosen against its summed probability; 0 where
+    an arm could never be chosen).
+    """
+    probs = probs.reshape(-1, probs.shape[-1])
+    arms = arms.reshape(-1)
+    expected = expected.reshape(-1, probs.shape[-1])
+    got = expected[np.arange(len(arms)), arms]
+    mean = (probs * expected).sum(1)
+    var = (probs * expected ** 2).sum(1) - mean ** 2
+    reward_z = float((got - mean).sum() / np.sqrt(max(var.sum(), 1e-300)))
+    p_got = probs[np.arange(len(arms)), arms]
+    p_mean = (probs ** 2).sum(1)
+    p_var = (probs ** 3).sum(1) - p_mean ** 2
+    prob_z = float((p_got - p_mean).sum() / np.sqrt(max(p_var.sum(), 1e-300)))
+    chosen = np.eye(probs.shape[1])[arms]
+    dev = (chosen - probs).sum(0)
+    var_k = (probs * (1 - probs)).sum(0)
+    arm_z = np.divide(dev, np.sqrt(var_k), out=np.zeros_like(dev), where=var_k > 0)
+    return {"reward_z": reward_z, "prob_z": prob_z, "arm_z": arm_z, "n": len(arms)}
