@@ -29,6 +29,18 @@ def test_pack_is_what_redis_py_sends(args):
     assert pack(*args) == want and pack_python(*args) == want  # C (where built) and Python
 
 
+def test_pack_lengths_at_every_digit_boundary():
+    """The C packer writes the lengths by hand and sizes its output exactly: argument
+    lengths and counts either side of each power of ten, as redis-py writes them."""
+    from tipsml.resp import pack_python
+
+    for n in (0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 1001, 9999, 10000, 100000):
+        for count in (1, 9, 10, 11, 63, 64):
+            args = ("HSET", *[b"x" * n] * (count - 1))[:count]
+            want = b"".join(Connection().pack_command(*args))
+            assert pack(*args) == want == pack_python(*args), (n, count)
+
+
 def test_pack_hands_other_types_to_the_python_packer():
     import enum
 
