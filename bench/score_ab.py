@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def one(tree: Path, out: Path, args, base: bool) -> dict:
@@ -84,6 +85,10 @@ def main() -> int:
                     help="summarise the per-run files of an earlier invocation")
     args = ap.parse_args()
     base = Path(args.base).resolve()
+    if not args.no_run and base != ROOT:
+        from score_cpu_steps import build_c_part
+
+        build_c_part(base)  # the base runs with its C part, as `make setup` builds it
     work = Path(args.out).resolve().with_suffix("")  # each run's own score_bench output
     work.mkdir(parents=True, exist_ok=True)
     raw: dict[str, list[dict]] = {"before": [], "after": []}
