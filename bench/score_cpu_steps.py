@@ -98,6 +98,14 @@ ROUND5 = [
      {"SCORER_SYNC_SCORE": "0"}),
 ]
 
+# round 6 (2026-12-06, second session): callgrind put glibc's sprintf (resp_pack's lengths)
+# at 9 % of the instructions per decision
+ROUND6 = [
+    ("before this round (main at 511fba8)", "511fba8", {}),
+    ("+ ties within TIE_TOL (1e-6)", "ac595fe", {}),
+    ("+ resp_pack writes the lengths by hand, exact size", "161881c", {}),
+]
+
 
 def run_open(commit: str, env: dict, args, tmp: Path, src: str) -> dict:
     """CPU per decision at a fixed rate (open loop): median and spread of --repeats runs."""
@@ -147,16 +155,16 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5], default=1,
+    ap.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5, 6], default=1,
                     help="1: issue 12's first steps; 2: low-rate costs; 3: the third round; "
-                         "4: the C part")
+                         "4: the C part; 5: no task per request; 6: RESP lengths by hand")
     ap.add_argument("--rate", type=float, default=500, help="--modes open: requests/s")
     ap.add_argument("--duration", type=float, default=10, help="--modes open: seconds")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.out = args.out or str(OUT) + ("" if args.round == 1 else f"_round{args.round}"
                                        f"_c{args.concurrency}")
-    steps = {1: STEPS, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5}[args.round]
+    steps = {1: STEPS, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6}[args.round]
     modes = args.modes.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="score-steps-") as t:

@@ -132,11 +132,32 @@ def is_cluster_url(url: str) -> bool:
         os.environ.get("REDIS_CLUSTER", "") in ("1", "true", "yes")
 
 
+def _maint_notifications():
+    """redis-py's maintenance-notification handshake, off unless
+    ``REDIS_MAINT_NOTIFICATIONS`` is ``auto`` or ``on``. redis-py 8 speaks RESP3 and, by
+    default, asks every new connection for them (``CLIENT MAINT_NOTIFICATIONS ON``); the
+    Redis this project runs (7.x, OSS) refuses, which costs each new connection a round trip
+    and leaves a reference cycle (the refused error's traceback, held by the connect task:
+    feedback-consumer/tests/test_feedback_garbage.py). A managed Redis that sends them can
+    turn them on. ``None`` where this redis-py has no such handshake."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # pragma: no cover - an older redis-py: nothing to switch off
+        return None
+    mode = os.environ.get("REDIS_MAINT_NOTIFICATIONS", "off").strip().lower()
+    return MaintNotificationsConfig(
+        enabled={"auto": "auto", "on": True, "true": True, "1": True}.get(mode, False))
+
+
 def connect_redis(url: str, *, max_connections: int = 64, pool_timeout_s: float = 5.0,
                   socket_timeout: float | None = 2.0, **kw):
     """A client for ``url``: ``redis://`` → one Redis (blocking pool), ``redis-cluster://h:p,
     h2:p2`` (or ``REDIS_CLUSTER=1``) → :class:`redis.asyncio.RedisCluster` (slots from any
-    reachable node, MOVED/ASK and failovers followed by redis-py)."""
+    reachable node, MOVED/ASK and failovers followed by redis-py). Maintenance
+    notifications: :func:`_maint_notifications`."""
+    maint = _maint_notifications()
+    if maint is not None:
+        kw.setdefault("maint_notifications_config", maint)
     if is_cluster_url(url):
         from urllib.parse import unquote
 
@@ -166,7 +187,8 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout_s: float 
                             require_full_coverage=False, **kw)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout_s,
-        socket_timeout=socket_timeout, socket_connect_timeout=2.0, health_check_interval=0)
+        socket_timeout=socket_timeout, socket_connect_timeout=2.0, health_check_interval=0,
+        **kw)
     return aioredis.Redis.from_pool(pool)
 
 
