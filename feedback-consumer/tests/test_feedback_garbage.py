@@ -11,13 +11,11 @@ cycle, once per such fetch — not per message under load.)"""
 from __future__ import annotations
 
 import asyncio
-import collections
-import gc
 
 import pytest
 from fb_helpers import applied_updates, make_decisions, publish_feedback, wait_for
 
-from tipsdev.testing import ours
+from tipsdev.testing import CyclesLeft
 from tipsml.state import StateStore
 
 pytestmark = pytest.mark.system
@@ -36,26 +34,19 @@ async def test_applying_rewards_leaves_no_cycles(nc, scorer_service, feedback_se
                                             REACTIONS[i % 3]) for i, (u, r) in enumerate(warm)))
     assert await wait_for(lambda: _applied(store, users, 16), timeout=20)
     await asyncio.sleep(0.3)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        for i, (u, r) in enumerate(measured):
-            await publish_feedback(js, f"e-{uid}-{i}", r["decision_id"], u, REACTIONS[i % 3])
-        await publish_feedback(js, f"dup-{uid}", measured[0][1]["decision_id"], measured[0][0],
-                               "completed", msg_id=False)  # reaches the consumer: Lua claim
-        await publish_feedback(js, f"unknown-{uid}", "0" * 32, users[0], "completed")
-        assert await wait_for(lambda: _applied(store, users, 24), timeout=20)
-        await asyncio.sleep(1.5)  # the unknown decision: retried for its grace (1 s), dropped
-        gc.collect()
-        workers = collections.Counter(n for n in map(ours, gc.garbage) if n is not None)
-        redis_frames = sorted({o.f_code.co_name for o in gc.garbage
-                               if type(o).__name__ == "frame"
-                               and "/redis/" in o.f_code.co_filename})
+        with CyclesLeft() as cycles:
+            for i, (u, r) in enumerate(measured):
+                await publish_feedback(js, f"e-{uid}-{i}", r["decision_id"], u, REACTIONS[i % 3])
+            await publish_feedback(js, f"dup-{uid}", measured[0][1]["decision_id"],
+                                   measured[0][0], "completed", msg_id=False)  # the Lua claim
+            await publish_feedback(js, f"unknown-{uid}", "0" * 32, users[0], "completed")
+            assert await wait_for(lambda: _applied(store, users, 24), timeout=20)
+            await asyncio.sleep(1.5)  # the unknown decision: retried for its grace (1 s)
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
         await store.close()
-    assert not workers, sorted(workers.items())
+    assert not cycles.found, sorted(cycles.found.items())
+    redis_frames = sorted(f for f in cycles.frames if "/redis/" in f)
     assert not redis_frames, redis_frames
 
 

@@ -104,7 +104,9 @@ def ours(o) -> str | None:
 class CyclesLeft:
     """``with CyclesLeft() as c: …`` — after the block, ``c.found`` counts the objects of
     the workers' code that were left in reference cycles (collected with
-    ``gc.DEBUG_SAVEALL``), by name. Collects once before, to start from nothing."""
+    ``gc.DEBUG_SAVEALL``), by name, and ``c.frames`` names every frame left in them
+    (``<path>:<function>``: a library's cycles too). Collects once before, to start from
+    nothing."""
 
     def __enter__(self) -> CyclesLeft:
         import gc
@@ -112,6 +114,7 @@ class CyclesLeft:
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
         self.found: dict[str, int] = {}
+        self.frames: set[str] = set()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -122,6 +125,8 @@ class CyclesLeft:
             gc.collect()
             self.found = dict(collections.Counter(
                 n for n in map(ours, gc.garbage) if n is not None))
+            self.frames = {f"{o.f_code.co_filename}:{o.f_code.co_name}" for o in gc.garbage
+                           if type(o).__name__ == "frame"}
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
