@@ -118,6 +118,14 @@ def main() -> int:
                 "score_p50_ms": spread([x["score"]["p50_ms"] for x in runs]),
                 "score_p99_ms": spread([x["score"]["p99_ms"] for x in runs]),
                 "echo_p99_ms": spread([x["echo"]["p99_ms"] for x in runs]),
+                "p99_ratio_to_echo": spread([x["p99_ratio_to_echo"] for x in runs]),
+                # the whole box's share per decision, beside the scorer's own
+                "redis_cpu_us_per_decision": spread([
+                    x.get("server_cpu_us_per_decision", {}).get("redis") for x in runs]),
+                "nats_cpu_us_per_decision": spread([
+                    x.get("server_cpu_us_per_decision", {}).get("nats") for x in runs]),
+                "echo_cpu_us_per_message": spread([x.get("echo_cpu_us_per_message")
+                                                   for x in runs]),
                 "errors": sum(x["score"]["errors"] for x in runs)}}
     for variant, results in ([] if args.cpu_rate else raw.items()):
         for rate in args.rates:
@@ -144,14 +152,15 @@ def main() -> int:
            "raw": raw}
     Path(args.out).resolve().write_text(json.dumps(out, indent=2))
     print(f"\n{'variant':<8} {'rate':>6} {'p50 ms':>22} {'p99 ms':>26} {'echo p99 ms':>24} "
-          f"{'errors':>6}" + ("  scorer CPU us/decision" if args.cpu_rate else ""))
+          f"{'errors':>6}" + ("  scorer / redis CPU us per decision" if args.cpu_rate else ""))
     for variant, per in summary.items():
         for rate, f in per.items():
             def fmt(d):
                 return f"{d['median']} [{d['min']}, {d['max']}]"
             print(f"{variant:<8} {rate:>6} {fmt(f['score_p50_ms']):>22} "
                   f"{fmt(f['score_p99_ms']):>26} {fmt(f['echo_p99_ms']):>24} {f['errors']:>6}"
-                  + (f"  {fmt(f['scorer_cpu_us_per_decision'])}" if args.cpu_rate else ""))
+                  + (f"  {fmt(f['scorer_cpu_us_per_decision'])} / "
+                     f"{fmt(f['redis_cpu_us_per_decision'])}" if args.cpu_rate else ""))
     print(f"written {args.out}")
     return 0
 

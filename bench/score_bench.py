@@ -205,6 +205,38 @@ PERF_EVENTS = ["syscalls:sys_enter_read", "syscalls:sys_enter_write",
                "context-switches"]
 
 
+def redis_commandstats(url: str | None) -> dict[str, tuple[int, int]]:
+    """Redis's own count of calls and microseconds per command (``INFO commandstats``:
+    the time inside each command, not the socket I/O around it); empty where not
+    reachable."""
+    if not url:
+        return {}
+    import redis
+
+    try:
+        r = redis.Redis.from_url(url, socket_timeout=2)
+        try:
+            stats = r.info("commandstats")
+        finally:
+            r.close()
+    except (redis.RedisError, OSError):
+        return {}
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for k, v in stats.items() if isinstance(v, dict)}
+
+
+def commandstats_delta(a: dict, b: dict, n: int) -> dict[str, dict[str, float]]:
+    """Per request between two :func:`redis_commandstats` readings: calls and µs inside
+    Redis per command (the INFO calls themselves left out)."""
+    out = {}
+    for cmd, (calls, usec) in b.items():
+        c0, u0 = a.get(cmd, (0, 0))
+        if calls > c0 and cmd != "info":
+            out[cmd] = {"calls": round((calls - c0) / max(n, 1), 3),
+                        "us": round((usec - u0) / max(n, 1), 2)}
+    return out
+
+
 class PerfStat:
     """``perf stat`` attached to the scorer processes for one window (``None`` counts when
     perf is missing or not permitted: the run goes on without them)."""
@@ -242,7 +274,7 @@ class PerfStat:
 
 async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=None,
                   servers: dict[str, int] | None = None, windows: int = 5,
-                  perf: bool = False) -> dict:
+                  perf: bool = False, redis_url: str | None = None) -> dict:
     """The echo floor and tips.score at ``rate`` in alternating windows (``windows`` of
     each, ``duration / windows`` seconds: echo, score, echo, score, …), so both sample the
     same minutes of a noisy box: a burst of noise from elsewhere lands on both, not on one
@@ -256,6 +288,7 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
     echo_cpu = cpu = 0.0
     split = [0.0, 0.0]  # the scorers' user and system seconds over the score windows
     events: dict[str, float] = {}
+    cmdstats: dict[str, dict[str, float]] = {}
     w = max(1, windows)
     for i in range(w):
         for name, subject in (("echo", ECHO_SUBJECT), ("score", "tips.score")):
@@ -266,6 +299,7 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
             if name == "score":
                 u0 = [proc_cpu_split(p.pid) for p in scorers]
                 ps = PerfStat([p.pid for p in scorers]) if perf else None
+                rs0 = redis_commandstats(redis_url)
             m0 = time.process_time()
             lat, errors, n, wall = await open_loop_raw(nc, subject, bodies, rate, duration / w,
                                                        offset=i * 7919)
@@ -280,6 +314,10 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
                     split[1] += sy1 - sy0
                 for k, v in ((ps.stop() if ps else None) or {}).items():
                     events[k] = events.get(k, 0.0) + v
+                for k, v in commandstats_delta(rs0, redis_commandstats(redis_url), 1).items():
+                    t = cmdstats.setdefault(k, {"calls": 0.0, "us": 0.0})
+                    t["calls"] += v["calls"]
+                    t["us"] += v["us"]
             else:
                 echo_cpu += p1 - p0
             for k, pid in servers.items():
@@ -301,6 +339,12 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
                                                 per(split[1], score["ok"])],
             **({"scorer_events_per_decision": {k: round(v / max(score["ok"], 1), 2)
                                                for k, v in events.items()}} if events else {}),
+            # Redis's time inside each command per decision (the rest of redis-server's
+            # CPU per decision is its socket I/O and wake-ups)
+            **({"redis_commands_per_decision": {
+                k: {"calls": round(v["calls"] / max(score["ok"], 1), 3),
+                    "us": round(v["us"] / max(score["ok"], 1), 2)}
+                for k, v in sorted(cmdstats.items())}} if cmdstats else {}),
             "echo_cpu_us_per_message": per(echo_cpu, echo["ok"]) if echo_proc else None,
             "client_cpu_us_per_request": {k: per(side[k]["client"], side[k]["n"])
                                           for k in ("echo", "score")},
@@ -313,14 +357,15 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
 
 
 async def sweep(nc, bodies, args, scorers, results, out, echo_proc=None,
-                servers=None) -> None:
+                servers=None, redis_url=None) -> None:
     """Find the knee: raise the rate by ``--step`` until the median p99 over ``--repeats``
     runs passes 3x the echo floor (or requests fail); the knee is the last rate under it."""
     rows = results.setdefault("sweep", {"repeats": args.repeats, "rates": []})["rates"]
     rate = args.sweep_start
     while rate <= args.sweep_max:
         runs = [await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers,
-                              args.windows, args.perf_stat) for _ in range(args.repeats)]
+                              args.windows, args.perf_stat, redis_url)
+                for _ in range(args.repeats)]
         ratios = sorted(r["p99_ratio_to_echo"] or 1e9 for r in runs)
         p99s = sorted(r["score"]["p99_ms"] or 1e9 for r in runs)
         cpus = sorted(r["scorer_cpu_us_per_decision"] for r in runs)
@@ -433,10 +478,11 @@ async def run(args) -> dict:
         await open_loop(nc, "tips.score", bodies, 200, 3)  # warm-up: users' state, JIT paths
         servers = {n: p.popen.pid for n, p in stack.procs.items()} if stack else {}
         if args.sweep:
-            await sweep(nc, bodies, args, scorers, results, args.out, echo_proc, servers)
+            await sweep(nc, bodies, args, scorers, results, args.out, echo_proc, servers,
+                        env["REDIS_URL"])
         for rate in ([] if args.sweep else args.rates):
             row = await measure(nc, bodies, rate, args.duration, scorers, echo_proc, servers,
-                                args.windows, args.perf_stat)
+                                args.windows, args.perf_stat, env["REDIS_URL"])
             score, echo = row["score"], row["echo"]
             ratio = row["p99_ratio_to_echo"]
             target = 5.0 if rate <= 500 else 15.0

@@ -107,7 +107,7 @@ async def test_reset_requires_admin_token_when_configured(stack, nc, uid):
 async def test_reads_go_out_without_a_task_and_survive_a_script_flush(stack, redis_client, uid):
     """Once the raw connection is up, the coalesced read is written at once and answered
     as a plain future (no task per batch); it gives what load_batch gives, and a Redis
-    that forgot its scripts (NOSCRIPT) is answered after the scripts are loaded again."""
+    that forgot its scripts still answers it (the read is plain HMGETs, no script)."""
     s = ScorerSettings(redis_url=stack.redis_url, shadow_policies=[])
     store = StateStore.from_url(stack.redis_url)
     sc = Scorer(s, store, rng=np.random.default_rng(0))
@@ -127,6 +127,34 @@ async def test_reads_go_out_without_a_task_and_survive_a_script_flush(stack, red
         batches = sc.reader.batches
         out = await sc.score(ScoreRequest(user_id=f"{uid}-a"))
         assert not out.reply["fallback"] and sc.reader.batches == batches + 1
+    finally:
+        await store.close()
+
+
+async def test_a_read_that_fails_fails_only_its_own_request(stack, redis_client, uid):
+    """A coalesced read is one HMGET per state key: a key Redis refuses (WRONGTYPE) fails
+    the request it belongs to, in its place, on the raw connection and on redis-py alike;
+    the batch's other requests get their models, one list per state key."""
+    store = StateStore.from_url(stack.redis_url)
+    arms = ["a", "b"]
+    good = [state_key("egreedy-v1", f"{uid}-g"), state_key("linucb", f"{uid}-g")]
+    bad = [state_key("egreedy-v1", f"{uid}-x"), state_key("linucb", f"{uid}-x")]
+    await redis_client.hset(good[0], "a", b"model-a")
+    await redis_client.set(bad[1], "not a hash")
+    reqs = [(good, arms), (bad, arms), (good[:1], arms)]
+    try:
+        first = await store.load_batch(reqs)  # connects the raw connection
+        fut = store.load_batch_nowait(reqs)
+        assert fut is not None
+        fast, store._fast_read = store._fast_read, None
+        try:
+            via_redis_py = await store.load_batch(reqs)  # redis-py's pipeline
+        finally:
+            store._fast_read = fast
+        for got in (first, await fut, via_redis_py):
+            assert got[0] == [[b"model-a", None], [None, None]]
+            assert isinstance(got[1], Exception) and "WRONGTYPE" in str(got[1])
+            assert got[2] == [[b"model-a", None]]
     finally:
         await store.close()
 

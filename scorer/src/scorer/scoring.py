@@ -49,7 +49,7 @@ class CoalescingReader:
     so a burst turned into a reconnect storm, the breaker opened and most of the burst
     was served by the fallback. Here, requests that arrive while ``max_inflight``
     pipelines are out wait together and leave in the next one (up to ``max_batch``
-    script calls, one round trip, one connection). The deadline belongs to the batch,
+    requests' reads, one round trip, one connection). The deadline belongs to the batch,
     counted from when it was sent: a slow Redis fails the batch's requests (they fall
     back), but the pipeline itself is never cancelled, so connections stay healthy.
 
@@ -334,8 +334,9 @@ class Scorer:
         return p
 
     async def _load_models(self, pols, skeys, arms):
-        """Per-user models in one script call (one slot: the user's); global ones from the
-        merged, cached shards (:meth:`StateStore.global_models`). Returns (models, priors):
+        """Per-user models in one read (one HMGET per key, one slot: the user's); global
+        ones from the merged, cached shards (:meth:`StateStore.global_models`). Returns
+        (models, priors):
         a pooled policy's prior is its shared model's θ (merged shards, cached: no Redis
         call on most requests)."""
         if not any(p.pooled or p.global_model for p in pols):  # the usual case: one read

@@ -47,5 +47,5 @@ class ScorerSettings(BaseServiceSettings):
     decision_log_linger_s: float = Field(0.01, ge=0.0, le=1.0)  # batch the log's writes
     nats_fast_path: bool = True  # tips.score on tipsml.messaging.fastsub (not with TLS)
     sync_score: bool = True  # on the fast path: tips.score without a task per request
-    redis_read_batch: int = 32      # script calls per coalesced read pipeline
+    redis_read_batch: int = 32      # requests per coalesced read pipeline
     redis_read_inflight: int = 2    # read pipelines out at once

@@ -3,13 +3,13 @@
 redis-py spends most of a decision's Redis CPU in Python around the bytes: per command
 ``pack_command`` and an ``encode`` per argument (with its isinstance chain), a HIMPORT
 check, and per reply ``read_response`` inside an ``async with timeout`` block. The
-scorer sends two kinds of pipeline on every decision — the coalesced EVALSHA read and
+scorer sends two kinds of pipeline on every decision — the coalesced HMGET read and
 the decision writer's record commands — and nothing else on the hot path. Here they go
 over a raw asyncio connection: the request is one RESP ``bytes`` (:func:`pack`), the
 replies are parsed by hiredis (the C parser redis-py uses too) in ``data_received``,
 and one future per pipeline (not per command) resolves with the list of replies.
 Replies are the objects redis-py's parser gives with ``decode_responses=False`` (bytes,
-ints, lists, ``None``; no per-command response callbacks: EVALSHA has none, and the
+ints, lists, ``None``; no per-command response callbacks: HMGET has none, and the
 records' replies are only checked for errors); an error reply is an exception instance
 in its place, mapped the way redis-py maps them (``NOSCRIPT`` →
 :class:`redis.exceptions.NoScriptError`, ...).
