@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PIP_PKGS := -e './shared[llm,compile]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker -e './devtools[dev]'
+PIP_PKGS := -e './shared[llm]' -e ./scorer -e ./generator -e ./feedback-consumer -e ./bench-worker -e './devtools[dev]'
 
 .PHONY: lock setup run test test-fast test-cluster up-cluster bench-failover compact-state up provision down status asyncapi bench-score bench-generate guard-report bench-job bench-worker bench-run sim sim-heldout sim-sweep sim-versions gate gate-pooled ope sim-default-reward thompson gate-features sim-report chaos soak mlflow-ui lint clean
 
@@ -19,8 +19,7 @@ $(STAMP): requirements.lock shared/pyproject.toml shared/setup.py shared/src/tip
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; }
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## also compiles the scorer's hot modules (tipsml.compiled: only what changed; Python serves where it cannot)
-	@$(BIN)/python -m tipsml.compiled build
+setup: $(STAMP)
 
 run: setup  ## embedded NATS + Redis + LLM, all workers, simulated traffic demo with live view
 	$(BIN)/python -m tipsdev.demo
@@ -28,7 +27,6 @@ run: setup  ## embedded NATS + Redis + LLM, all workers, simulated traffic demo 
 test: setup  ## the whole suite against real servers started by the fixtures, then its cluster set on a real NATS cluster + Redis Cluster
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
-	TIPSML_COMPILED=0 $(BIN)/python -m pytest -q scorer/tests shared/tests
 	$(BIN)/python -m pytest -q --cluster -m "cluster and not slow"
 
 test-fast: setup

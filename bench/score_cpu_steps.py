@@ -106,6 +106,19 @@ ROUND6 = [
     ("+ resp_pack writes the lengths by hand, exact size", "161881c", {}),
 ]
 
+# round 7 (2026-12-07): Redis's own CPU per decision (the read's Lua call), then the
+# interpreter's: the hot modules compiled by Cython (tipsml.compiled, d64dfad; reverted in
+# the next commit: 16-17 % fewer instructions, no CPU time saved — README, round 7). The
+# last two steps are that commit with and without them; they load only where they were
+# built for its sources: `pip install cython`, then in a worktree of d64dfad
+# `PYTHONPATH=shared/src:scorer/src python -m tipsml.compiled build` with this .venv's python
+ROUND7 = [
+    ("before this round (main at 7445bf5)", "7445bf5", {}),
+    ("+ the read as plain HMGETs (no Lua script)", "cc4111d", {}),
+    ("+ tipsml.compiled, turned off", "d64dfad", {"TIPSML_COMPILED": "0"}),
+    ("+ tipsml.compiled: 14 hot modules compiled by Cython", "d64dfad", {}),
+]
+
 
 def run_open(commit: str, env: dict, args, tmp: Path, src: str) -> dict:
     """CPU per decision at a fixed rate (open loop): median and spread of --repeats runs."""
@@ -155,16 +168,18 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5, 6], default=1,
+    ap.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5, 6, 7], default=1,
                     help="1: issue 12's first steps; 2: low-rate costs; 3: the third round; "
-                         "4: the C part; 5: no task per request; 6: RESP lengths by hand")
+                         "4: the C part; 5: no task per request; 6: RESP lengths by hand; "
+                         "7: no Lua on the read, compiled modules")
     ap.add_argument("--rate", type=float, default=500, help="--modes open: requests/s")
     ap.add_argument("--duration", type=float, default=10, help="--modes open: seconds")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.out = args.out or str(OUT) + ("" if args.round == 1 else f"_round{args.round}"
                                        f"_c{args.concurrency}")
-    steps = {1: STEPS, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6}[args.round]
+    steps = {1: STEPS, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6,
+             7: ROUND7}[args.round]
     modes = args.modes.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="score-steps-") as t:

@@ -14,7 +14,6 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tipsml import compiled
 from tipsml import metrics as M
 from tipsml import subjects as S
 from tipsml.messaging.connection import prepare_jetstream
@@ -76,9 +75,6 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         await w.connect()
         await prepare_jetstream(w.js, settings, ["DECISIONS"], provision_all_streams=True)
         scorer = Scorer(settings, store)
-        hot = compiled.loaded()
-        log.info("compiled modules: %d of %d (tipsml.compiled%s)", len(hot),
-                 len(compiled.MODULES), "" if compiled.enabled() else f": {compiled.ENV}=0")
         try:
             await store.warm(settings.redis_read_inflight + 1)
         except Exception as e:  # noqa: BLE001 - Redis down at start: serve fallbacks meanwhile

@@ -14,9 +14,3 @@ Each worker's own logic lives in its package (``scorer``, ``generator``,
 """
 
 __version__ = "0.1.0"
-
-# the hot modules' compiled twins, where built and still matching their source
-# (tipsml.compiled; TIPSML_COMPILED=0 turns them off)
-from . import compiled as _compiled  # noqa: E402
-
-_compiled.install()
