@@ -131,6 +131,7 @@ async def test_scorer_and_feedback_run_their_real_code(as_user):
     settings = ScorerSettings(redis_timeout_s=1.0)
     s_store = StateStore(as_user("scorer"))
     f_store = StateStore(as_user("feedback"))
+    await s_store.warm(2, scripts=False)  # as the scorer starts (scorer.main)
     scorer = Scorer(settings, s_store)
     user = f"acl-{uuid.uuid4().hex[:8]}"
     out = await scorer.score(ScoreRequest(user_id=user))
@@ -152,6 +153,22 @@ async def test_scorer_and_feedback_run_their_real_code(as_user):
     assert await f_store.claim_shard(shard, "acl-test", 2000)
     assert await f_store.due_backlog(far) >= 1 and DUE_SHARDS >= 1
     await f_store.forget_due(shard, [d[2] for d in due if d[0] == out.reply["decision_id"]])
+
+
+async def test_the_scorer_runs_no_lua(as_user):
+    """The scorer's user may not run or load a script, on its own keys either: a stolen
+    scorer credential cannot block the server with a long script (Redis runs one at a
+    time). The feedback consumer's may (its reward script)."""
+    from tipsml.state import APPLY_REWARD_LUA
+
+    scorer, feedback = as_user("scorer"), as_user("feedback")
+    key = f"tips:st:{{acl-{uuid.uuid4().hex[:8]}}}:egreedy-v1"
+    await denied(scorer.eval("while true do end", 1, key))
+    await denied(scorer.script_load("return 1"))
+    sha = await feedback.script_load(APPLY_REWARD_LUA)
+    await denied(scorer.evalsha(sha, 1, key))
+    await denied(scorer.execute_command("FUNCTION", "LIST"))
+    assert await scorer.hmget(key, ["a", "b"]) == [None, None]  # its read is allowed
 
 
 async def test_generator_and_bench_operations(as_user):

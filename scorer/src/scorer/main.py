@@ -76,7 +76,7 @@ async def serve(settings: ScorerSettings, ready: asyncio.Event | None = None,
         await prepare_jetstream(w.js, settings, ["DECISIONS"], provision_all_streams=True)
         scorer = Scorer(settings, store)
         try:
-            await store.warm(settings.redis_read_inflight + 1)
+            await store.warm(settings.redis_read_inflight + 1, scripts=False)
         except Exception as e:  # noqa: BLE001 - Redis down at start: serve fallbacks meanwhile
             log.warning("state store not reachable at start (%r): serving fallbacks until it is",
                         e)

@@ -535,10 +535,11 @@ class StateStore:
     async def _script_load_all(self, script: str) -> None:
         await self.r.script_load(script)  # on a cluster redis-py sends it to every primary
 
-    async def warm(self, connections: int = 2) -> None:
-        """Load the scripts and open ``connections`` pooled connections before serving, so
-        the first requests pay neither a SCRIPT LOAD nor a TCP connect."""
-        for src in (APPLY_REWARD_LUA, GLOBAL_ADD_LUA):
+    async def warm(self, connections: int = 2, scripts: bool = True) -> None:
+        """Load the scripts (``scripts``: the scorer runs none — its read is plain HMGETs —
+        and its Redis user may not) and open ``connections`` pooled connections before
+        serving, so the first requests pay neither a SCRIPT LOAD nor a TCP connect."""
+        for src in (APPLY_REWARD_LUA, GLOBAL_ADD_LUA) if scripts else ():
             await self._script_load_all(src)
         if self.cluster:
             await self.r.ping()
