@@ -336,9 +336,8 @@ class Scorer:
     async def _load_models(self, pols, skeys, arms):
         """Per-user models in one read (one HMGET per key, one slot: the user's); global
         ones from the merged, cached shards (:meth:`StateStore.global_models`). Returns
-        (models, priors):
-        a pooled policy's prior is its shared model's θ (merged shards, cached: no Redis
-        call on most requests)."""
+        (models, priors): a pooled policy's prior is its shared model's θ (merged shards,
+        cached: no Redis call on most requests)."""
         if not any(p.pooled or p.global_model for p in pols):  # the usual case: one read
             return await self.reader.load(skeys, arms), None
         glob = [p.global_model for p in pols]
