@@ -225,16 +225,12 @@ def redis_commandstats(url: str | None) -> dict[str, tuple[int, int]]:
             for k, v in stats.items() if isinstance(v, dict)}
 
 
-def commandstats_delta(a: dict, b: dict, n: int) -> dict[str, dict[str, float]]:
-    """Per request between two :func:`redis_commandstats` readings: calls and µs inside
-    Redis per command (the INFO calls themselves left out)."""
-    out = {}
-    for cmd, (calls, usec) in b.items():
-        c0, u0 = a.get(cmd, (0, 0))
-        if calls > c0 and cmd != "info":
-            out[cmd] = {"calls": round((calls - c0) / max(n, 1), 3),
-                        "us": round((usec - u0) / max(n, 1), 2)}
-    return out
+def commandstats_delta(a: dict, b: dict) -> dict[str, tuple[int, int]]:
+    """(calls, µs) per command between two :func:`redis_commandstats` readings (the INFO
+    calls themselves left out)."""
+    return {cmd: (calls - a.get(cmd, (0, 0))[0], usec - a.get(cmd, (0, 0))[1])
+            for cmd, (calls, usec) in b.items()
+            if cmd != "info" and calls > a.get(cmd, (0, 0))[0]}
 
 
 class PerfStat:
@@ -288,7 +284,7 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
     echo_cpu = cpu = 0.0
     split = [0.0, 0.0]  # the scorers' user and system seconds over the score windows
     events: dict[str, float] = {}
-    cmdstats: dict[str, dict[str, float]] = {}
+    cmdstats: dict[str, tuple[int, int]] = {}  # Redis's (calls, µs) per command
     w = max(1, windows)
     for i in range(w):
         for name, subject in (("echo", ECHO_SUBJECT), ("score", "tips.score")):
@@ -314,10 +310,10 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
                     split[1] += sy1 - sy0
                 for k, v in ((ps.stop() if ps else None) or {}).items():
                     events[k] = events.get(k, 0.0) + v
-                for k, v in commandstats_delta(rs0, redis_commandstats(redis_url), 1).items():
-                    t = cmdstats.setdefault(k, {"calls": 0.0, "us": 0.0})
-                    t["calls"] += v["calls"]
-                    t["us"] += v["us"]
+                for k, (calls, usec) in commandstats_delta(
+                        rs0, redis_commandstats(redis_url)).items():
+                    c0, u0 = cmdstats.get(k, (0, 0))
+                    cmdstats[k] = (c0 + calls, u0 + usec)
             else:
                 echo_cpu += p1 - p0
             for k, pid in servers.items():
@@ -342,9 +338,9 @@ async def measure(nc, bodies, rate: float, duration: float, scorers, echo_proc=N
             # Redis's time inside each command per decision (the rest of redis-server's
             # CPU per decision is its socket I/O and wake-ups)
             **({"redis_commands_per_decision": {
-                k: {"calls": round(v["calls"] / max(score["ok"], 1), 3),
-                    "us": round(v["us"] / max(score["ok"], 1), 2)}
-                for k, v in sorted(cmdstats.items())}} if cmdstats else {}),
+                k: {"calls": round(calls / max(score["ok"], 1), 3),
+                    "us": round(usec / max(score["ok"], 1), 2)}
+                for k, (calls, usec) in sorted(cmdstats.items())}} if cmdstats else {}),
             "echo_cpu_us_per_message": per(echo_cpu, echo["ok"]) if echo_proc else None,
             "client_cpu_us_per_request": {k: per(side[k]["client"], side[k]["n"])
                                           for k in ("echo", "score")},
